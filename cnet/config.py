@@ -1,0 +1,312 @@
+"""Agent configuration: the seed's YAML format plus our own sections, validated at start.
+
+Every problem is reported as one ``ConfigError`` line that names the key, e.g.
+``agent.resources.cpu: must not be negative (got -1)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import yaml
+
+from .resources import Resources
+
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
+          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4, "PI": 1024**5}
+STRATEGIES = ("local_first", "least_loaded", "binpack", "spread")
+
+
+class ConfigError(Exception):
+    """A bad configuration value; the message is one line naming the key."""
+
+
+@dataclass
+class BusConfig:
+    host: str = "127.0.0.1"
+    router_port: int = 0          # 0: HTTP port + 1000
+    pub_port: int = 0             # 0: HTTP port + 2000
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 3
+    request_timeout: float = 5.0
+    curve_dir: Path | None = None  # directory made by `cnet keys generate`
+
+    def router_endpoint(self, http_port: int) -> str:
+        return f"tcp://{self.host}:{self.router_port or http_port + 1000}"
+
+    def pub_endpoint(self, http_port: int) -> str:
+        return f"tcp://{self.host}:{self.pub_port or http_port + 2000}"
+
+
+@dataclass
+class ServiceConfig:
+    """The supervisor of long-running service workloads (inference, gateway)."""
+
+    port_range: tuple[int, int] = (9000, 9999)
+    start_timeout: float = 60.0
+    health_interval: float = 30.0
+    health_timeout: float = 5.0
+    max_restarts: int = 3
+    restart_backoff: float = 1.0
+
+
+@dataclass
+class Config:
+    node_id: str
+    address: str = "127.0.0.1"
+    port: int = 8080
+    capacity: Resources = field(default_factory=Resources)
+    labels: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+    peers: list[str] = field(default_factory=list)
+    log_level: str = "info"
+    log_format: str = "text"
+    state_dir: Path = Path("/tmp/cnet")
+    db_path: Path = Path("/tmp/cnet/cnet.db")
+    data_path: Path = Path("/tmp/cnet/data")
+    log_dir: Path = Path("/tmp/cnet/logs")
+    api_token: str | None = None
+    max_json_body: int = 1 << 20
+    upload_limit: int = 10 << 30
+    stop_grace: float = 10.0
+    placement_strategy: str = "local_first"
+    container_engine_url: str | None = None
+    bus: BusConfig = field(default_factory=BusConfig)
+    services: ServiceConfig = field(default_factory=ServiceConfig)
+
+    @property
+    def url(self) -> str:
+        host = self.address if self.address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return from_dict(raw if raw is not None else {})
+
+
+def from_dict(raw) -> Config:
+    """Validate a parsed config; sections may sit at the top level or under ``agent``."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: must be a mapping")
+    agent = _section(raw, "agent")
+
+    def sec(name: str) -> tuple[dict, str]:
+        # The seed nests everything under `agent:` in one reading and keeps the sections at the
+        # top level in another; accept both.
+        if name in agent:
+            return _section(agent, name, f"agent.{name}"), f"agent.{name}"
+        return _section(raw, name), name
+
+    node_id = agent.get("node_id")
+    if not isinstance(node_id, str) or not node_id:
+        raise ConfigError("agent.node_id: required, a non-empty string")
+    if not NODE_ID_RE.match(node_id):
+        raise ConfigError(f"agent.node_id: {node_id!r} may only contain letters, digits, '_', '.', '-' "
+                          "(at most 63, starting with a letter or digit)")
+    cfg = Config(node_id=node_id)
+    cfg.address = _str(agent, "address", "agent.address", "127.0.0.1")
+    cfg.port = _port(agent.get("port", 8080), "agent.port")
+    labels = agent.get("labels", {}) or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
+        raise ConfigError("agent.labels: must be a mapping of string keys to values")
+    cfg.labels = {k: str(v) for k, v in labels.items()}
+
+    # State: one directory per node; db, data and logs default inside it.
+    state_default = Path(os.environ.get("CNET_HOME", "/tmp/cnet")) / node_id
+    cfg.state_dir = _path(agent.get("state_dir", state_default), "agent.state_dir", node_id)
+    storage, where = sec("storage")
+    sqlite = _section(storage, "sqlite", f"{where}.sqlite")
+    cfg.db_path = _path(sqlite.get("db_path", cfg.state_dir / "cnet.db"), f"{where}.sqlite.db_path", node_id)
+    cfg.data_path = _path(sqlite.get("data_path", cfg.state_dir / "data"), f"{where}.sqlite.data_path", node_id)
+    logging_, where = sec("logging")
+    cfg.log_level = _choice(logging_, "level", where, ("debug", "info", "warning", "warn", "error"), "info")
+    cfg.log_format = _choice(logging_, "format", where, ("text", "json"), "text")
+    cfg.log_dir = _path(logging_.get("dir", cfg.state_dir / "logs"), f"{where}.dir", node_id)
+
+    resources, where = sec("resources")
+    cfg.capacity = _capacity(resources, where, cfg.data_path)
+
+    parent, where = sec("parent")
+    if parent.get("enabled", bool(parent.get("address"))):
+        cfg.parent = _hostport(parent.get("address"), f"{where}.address")
+    peers, where = sec("peers")
+    if peers.get("enabled", bool(peers.get("addresses"))):
+        addrs = peers.get("addresses") or []
+        if not isinstance(addrs, list):
+            raise ConfigError(f"{where}.addresses: must be a list of host:port")
+        cfg.peers = [_hostport(a, f"{where}.addresses[{i}]") for i, a in enumerate(addrs)]
+
+    api, where = sec("api")
+    token = api.get("token") or os.environ.get("CNET_API_TOKEN") or None
+    if token is not None and not isinstance(token, str):
+        raise ConfigError(f"{where}.token: must be a string")
+    cfg.api_token = token
+    cfg.max_json_body = _size(api.get("max_json_body", cfg.max_json_body), f"{where}.max_json_body")
+    data, where = sec("data")
+    cfg.upload_limit = _size(data.get("upload_limit", cfg.upload_limit), f"{where}.upload_limit")
+
+    process, where = sec("process")
+    cfg.stop_grace = _number(process.get("stop_grace", cfg.stop_grace), f"{where}.stop_grace", 0, 3600)
+
+    sched, where = sec("scheduler")
+    cfg.placement_strategy = _choice(sched, "strategy", where, STRATEGIES, "local_first")
+
+    container, where = sec("container")
+    url = container.get("engine_url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"{where}.engine_url: must be a string")
+    cfg.container_engine_url = url
+
+    cfg.bus = _bus(*sec("bus"), node_id)
+    cfg.services = _services(*sec("services"))
+    return cfg
+
+
+def _bus(raw: dict, where: str, node_id: str) -> BusConfig:
+    bus = BusConfig()
+    bus.host = _str(raw, "host", f"{where}.host", bus.host)
+    bus.router_port = _port(raw.get("router_port", 0), f"{where}.router_port", allow_zero=True)
+    bus.pub_port = _port(raw.get("pub_port", 0), f"{where}.pub_port", allow_zero=True)
+    bus.heartbeat_interval = _number(raw.get("heartbeat_interval", 1.0), f"{where}.heartbeat_interval", 0.01, 3600)
+    bus.heartbeat_misses = int(_number(raw.get("heartbeat_misses", 3), f"{where}.heartbeat_misses", 1, 1000))
+    bus.request_timeout = _number(raw.get("request_timeout", 5.0), f"{where}.request_timeout", 0.01, 3600)
+    curve = raw.get("curve")
+    if curve:
+        curve_dir = curve.get("keys_dir") if isinstance(curve, dict) else curve
+        bus.curve_dir = _path(curve_dir, f"{where}.curve.keys_dir", node_id)
+    return bus
+
+
+def _services(raw: dict, where: str) -> ServiceConfig:
+    svc = ServiceConfig()
+    rng = raw.get("port_range", list(svc.port_range))
+    if (not isinstance(rng, list) or len(rng) != 2
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in rng)
+            or not 1 <= rng[0] <= rng[1] <= 65535):
+        raise ConfigError(f"{where}.port_range: must be [first, last] ports, 1..65535, first <= last")
+    svc.port_range = (rng[0], rng[1])
+    svc.start_timeout = _number(raw.get("start_timeout", svc.start_timeout), f"{where}.start_timeout", 0.1, 3600)
+    svc.health_interval = _number(raw.get("health_interval", svc.health_interval), f"{where}.health_interval", 0.05, 86400)
+    svc.health_timeout = _number(raw.get("health_timeout", svc.health_timeout), f"{where}.health_timeout", 0.05, 600)
+    svc.max_restarts = int(_number(raw.get("max_restarts", svc.max_restarts), f"{where}.max_restarts", 0, 1000))
+    svc.restart_backoff = _number(raw.get("restart_backoff", svc.restart_backoff), f"{where}.restart_backoff", 0, 600)
+    return svc
+
+
+def _capacity(raw: dict, where: str, data_path: Path) -> Resources:
+    cpu = raw.get("cpu")
+    cpu = float(psutil.cpu_count(logical=True) or 1) if cpu is None else _number(cpu, f"{where}.cpu", 0, 1e6)
+    memory = raw.get("memory")
+    memory = psutil.virtual_memory().total if memory is None else _size(memory, f"{where}.memory")
+    gpu = raw.get("gpu")
+    gpu = detect_gpus() if gpu is None else int(_number(gpu, f"{where}.gpu", 0, 1e5, whole=True))
+    storage = raw.get("storage")
+    if storage is None:
+        probe = data_path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        storage = shutil.disk_usage(probe).total
+    else:
+        storage = _size(storage, f"{where}.storage")
+    return Resources(cpu=cpu, memory=memory, gpu=gpu, storage=storage)
+
+
+def detect_gpus() -> int:
+    """Count NVIDIA GPUs with nvidia-smi where it exists, else 0."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _section(raw: dict, name: str, where: str | None = None) -> dict:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where or name}: must be a mapping")
+    return value
+
+
+def _str(raw: dict, key: str, where: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty string")
+    return value
+
+
+def _choice(raw: dict, key: str, where: str, choices: tuple, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ConfigError(f"{where}.{key}: must be one of {', '.join(choices)} (got {value!r})")
+    return value.lower()
+
+
+def _number(value, where: str, low: float, high: float, whole: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: must be a number (got {value!r})")
+    if value != value:
+        raise ConfigError(f"{where}: must be a number (got NaN)")
+    if value < low:
+        raise ConfigError(f"{where}: must not be {'negative' if low == 0 else f'below {low:g}'} (got {value!r})")
+    if value > high:
+        raise ConfigError(f"{where}: must be at most {high:g} (got {value!r})")
+    if whole and value != int(value):
+        raise ConfigError(f"{where}: must be a whole number (got {value!r})")
+    return float(value)
+
+
+def _size(value, where: str) -> int:
+    """Bytes: a whole number, or a string with a unit ("16GiB", "512Mi", "10G")."""
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ConfigError(f"{where}: {value!r} is not a size (bytes, or e.g. '16GiB')")
+        unit = (m.group(2) or "").upper().rstrip("B")
+        return int(float(m.group(1)) * _UNITS[unit])
+    return int(_number(value, where, 0, 2**62, whole=True))
+
+
+def _port(value, where: str, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: must be a whole number (got {value!r})")
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ConfigError(f"{where}: must be between 1 and 65535 (got {value})")
+    return value
+
+
+def _path(value, where: str, node_id: str) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"{where}: must be a path")
+    return Path(str(value).replace("{node_id}", node_id)).expanduser()
+
+
+def _hostport(value, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be host:port")
+    text = value.removeprefix("http://").removeprefix("tcp://").rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {value!r} is not host:port")
+    return f"{host}:{int(port)}"

@@ -1,0 +1,43 @@
+"""CNET: a distributed agent for resource management and workload scheduling."""
+from setuptools import find_packages, setup
+
+setup(
+    name="cnet",
+    version="0.1.0",
+    description="Distributed agent for resource management and workload scheduling",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cnet", "cnet.*", "bus", "bus.*", "services", "services.*"]),
+    install_requires=[
+        "pyzmq>=25",
+        "msgpack>=1.0",
+        "tornado>=6.3",
+        "peewee>=3.17",
+        "psutil>=5.9",
+        "pyyaml>=6.0",
+        "prometheus-client>=0.19",
+        "numpy>=1.24",
+        "onnxruntime>=1.16",
+        "opencv-python-headless>=4.8",
+        "python-multipart>=0.0.9",
+        "docker>=7.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "requests>=2.31",
+            "boto3>=1.34",
+            "scikit-image>=0.22",
+            "playwright>=1.40",
+            "ruff>=0.4",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "cnet=cnet.cli:main",
+            "cnet-inference-yolo=services.inference.yolo_service:main",
+            "cnet-inference-opencv=services.inference.opencv_service:main",
+            "cnet-gateway-data=services.gateway.main:main",
+        ],
+    },
+)
