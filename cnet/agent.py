@@ -1,0 +1,200 @@
+"""The agent: wires config, store, register, manager, executors, REST API and the bus together."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.netutil
+from tornado.ioloop import PeriodicCallback
+
+from . import __version__
+from .api import make_app
+from .config import Config, ConfigError
+from .events import EventHub
+from .executors.process import ProcessExecutor
+from .manager import Manager
+from .metrics import AgentMetrics
+from .register import Register
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+USAGE_INTERVAL = 2.0
+
+
+class Agent:
+    def __init__(self, config: Config):
+        self.config = config
+        self.hub = EventHub()
+        self.store: Store | None = None
+        self.register = Register(config.node_id, config.capacity, config.data_path,
+                                 on_change=self._resources_changed)
+        self.manager: Manager | None = None
+        self.metrics: AgentMetrics | None = None
+        self.uploads = None
+        self.started_at = time.time()
+        self._server: tornado.httpserver.HTTPServer | None = None
+        self._locks: list[int] = []
+        self._ticks: list[PeriodicCallback] = []
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        sockets = _bind(cfg.port, cfg.address)
+        try:
+            self._prepare_state()
+            self.store = Store(cfg.db_path)
+            self.manager = Manager(cfg, self.store, self.register, self.hub)
+            for executor in self._executors():
+                self.manager.add_executor(executor)
+            self.metrics = AgentMetrics(self.manager, self.register)
+            self.manager.recover()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            self._release_locks()
+            raise
+        body_limit = max(cfg.max_json_body, cfg.upload_limit + (1 << 20))
+        self._server = tornado.httpserver.HTTPServer(make_app(self), max_body_size=body_limit,
+                                                     idle_connection_timeout=120,
+                                                     xheaders=False)
+        self._server.add_sockets(sockets)
+        self.register.sample_usage()
+        self._ticks.append(PeriodicCallback(self.register.sample_usage, USAGE_INTERVAL * 1000))
+        for tick in self._ticks:
+            tick.start()
+        if not cfg.api_token and not _is_loopback(cfg.address):
+            log.warning("SECURITY: the API listens on %s without a token: anyone who can reach "
+                        "this port can run commands here. Set api.token or CNET_API_TOKEN.",
+                        cfg.address)
+        log.info("agent %s listening on %s (state in %s)", cfg.node_id, cfg.url, cfg.state_dir)
+
+    def _executors(self):
+        return [ProcessExecutor(self.manager)]
+
+    async def stop(self) -> None:
+        for tick in self._ticks:
+            tick.stop()
+        if self._server is not None:
+            self._server.stop()
+            await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
+        if self.manager is not None:
+            await self.manager.close()
+        if self.store is not None:
+            self.store.close()
+        self._release_locks()
+
+    def _prepare_state(self) -> None:
+        """Create the node's directories and lock them, so no two agents share a file."""
+        cfg = self.config
+        places = [("agent.state_dir", cfg.state_dir / "agent.lock"),
+                  ("storage.sqlite.db_path", cfg.db_path.with_name(cfg.db_path.name + ".lock")),
+                  ("storage.sqlite.data_path", cfg.data_path / ".cnet.lock"),
+                  ("logging.dir", cfg.log_dir / ".cnet.lock")]
+        seen: set[Path] = set()
+        for key, lock_path in places:
+            if lock_path in seen:
+                continue
+            seen.add(lock_path)
+            try:
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot use {lock_path.parent} ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(f"{key}: {lock_path.parent} is in use by another agent "
+                                  f"({owner}); give each node its own directory") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{cfg.node_id} pid {os.getpid()}".encode(), 0)
+            self._locks.append(fd)
+
+    def _release_locks(self) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+
+    # -- what the API asks of the agent --------------------------------------------------
+
+    async def submit(self, body):
+        return await self.manager.submit(body)
+
+    def node_info(self) -> dict:
+        return {"node_id": self.config.node_id, "role": "self", "status": "alive",
+                "address": self.config.url, "last_seen": 0.0,
+                "uptime": round(time.time() - self.started_at, 1),
+                "labels": self.config.labels, **_vectors(self.register.resources())}
+
+    def nodes_view(self) -> dict:
+        return {"node_id": self.config.node_id, "self": self.node_info(), "parent": None,
+                "children": [], "peers": [], "nodes": [self.node_info()]}
+
+    async def health(self) -> dict:
+        executors = {}
+        for executor in self.manager.executors.values():
+            state = await executor.health()
+            if state is not None:
+                executors[executor.type] = state
+        live = sum(1 for wl in self.manager.workloads.values() if wl.live)
+        return {"status": "healthy", "node_id": self.config.node_id, "version": __version__,
+                "uptime": round(time.time() - self.started_at, 1), "address": self.config.url,
+                "workloads": {"total": len(self.manager.workloads), "live": live},
+                "executors": executors}
+
+    def extra_routes(self) -> list:
+        return []
+
+    def _resources_changed(self) -> None:
+        self.hub.publish({"type": "resources", "node_id": self.config.node_id,
+                          "seq": self.register.seq, "resources": self.register.resources()})
+
+
+def _vectors(resources: dict) -> dict:
+    return {k: resources[k] for k in ("capacity", "allocated", "available", "usage")}
+
+
+def _bind(port: int, address: str):
+    try:
+        return tornado.netutil.bind_sockets(port, address=address, reuse_port=False)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"agent.port: {address}:{port} is already in use") from None
+        raise ConfigError(f"agent.address: cannot listen on {address}:{port} "
+                          f"({exc.strerror or exc})") from None
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve(config: Config) -> None:
+    """Run an agent until SIGTERM or SIGINT."""
+    agent = Agent(config)
+    await agent.start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        log.info("agent %s stopping", config.node_id)
+        await agent.stop()

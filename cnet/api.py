@@ -1,0 +1,313 @@
+"""The REST API (the seed's endpoints), the WebSocket event stream, /metrics and the UI."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import tornado.web
+import tornado.websocket
+
+from .errors import BadRequest, CnetError, PayloadTooLarge, Unauthorized
+from .workload import STATUSES
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger(__name__)
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+_ID = r"([A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """JSON in, JSON out; bearer-token auth; CnetError becomes ``{"error": {code, message}}``."""
+
+    public = False  # True: no token needed (health, bus discovery)
+    route = "other"
+
+    def initialize(self, agent: "Agent") -> None:
+        self.agent = agent
+        self._started = time.perf_counter()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self):
+        token = self.agent.config.api_token
+        if token and not self.public:
+            if not hmac.compare_digest(self._presented_token().encode(), token.encode()):
+                raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    def _presented_token(self) -> str:
+        header = self.request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return header[7:].strip()
+        return ""
+
+    def reply(self, body, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+    def json_body(self, raw: bytes | None = None):
+        raw = self.request.body if raw is None else raw
+        if not raw:
+            raise BadRequest("the request body is empty; expected JSON", code="invalid_json")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+
+    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"{name}: must be a whole number", code="invalid_argument") from None
+        if not low <= value <= high:
+            raise BadRequest(f"{name}: must be between {low} and {high}", code="invalid_argument")
+        return value
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, CnetError):
+            if not self._finished:
+                self.send_error(e.status, exc_info=sys.exc_info())
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, CnetError):
+            body = exc.to_dict()
+        elif isinstance(exc, tornado.web.HTTPError):
+            body = {"code": _CODES.get(status_code, "http_error"),
+                    "message": exc.log_message or self._reason}
+        else:
+            body = {"code": "internal", "message": "internal error; see the agent log"}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": body}))
+
+    def on_finish(self) -> None:
+        self.agent.metrics.requests.labels(self.request.method, self.route,
+                                           str(self.get_status())).observe(
+            time.perf_counter() - self._started)
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          413: "payload_too_large", 415: "unsupported_media_type", 500: "internal"}
+
+
+@tornado.web.stream_request_body
+class WorkloadsHandler(BaseHandler):
+    """``GET /api/workloads`` lists; ``POST`` submits (JSON, or multipart for data)."""
+
+    route = "/api/workloads"
+
+    def prepare(self):
+        super().prepare()
+        self._body = bytearray()
+        self._too_large = False
+        self._upload = None
+        if self.request.method != "POST":
+            return None
+        ctype = self.request.headers.get("Content-Type", "")
+        declared = int(self.request.headers.get("Content-Length", 0) or 0)
+        if ctype.startswith("multipart/form-data"):
+            return self._begin_upload(ctype, declared)
+        limit = self.agent.config.max_json_body
+        if declared > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte "
+                                  "limit for JSON submissions")
+        self.request.connection.set_max_body_size(limit)
+        return None
+
+    async def _begin_upload(self, ctype: str, declared: int) -> None:
+        uploads = self.agent.uploads
+        if uploads is None:
+            raise BadRequest("data uploads are not available on this agent", code="unsupported")
+        self.request.connection.set_max_body_size(self.agent.config.upload_limit + (1 << 20))
+        self._upload = await uploads.begin(ctype, declared)
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._upload is not None:
+            await self._upload.feed(chunk)
+            return
+        if self._too_large:
+            return
+        self._body += chunk
+        if len(self._body) > self.agent.config.max_json_body:
+            self._too_large = True
+            self._body = bytearray()
+
+    def on_connection_close(self) -> None:
+        if self._upload is not None and not self._finished:
+            self._upload.abort("the client disconnected")
+
+    async def post(self):
+        if self._upload is not None:
+            wl = await self._upload.finish()
+            self._upload = None
+            self.reply(wl.to_dict(), 201)
+            return
+        if self._too_large:
+            raise PayloadTooLarge(f"request body exceeds the {self.agent.config.max_json_body}-byte "
+                                  "limit for JSON submissions")
+        wl, created = await self.agent.submit(self.json_body(bytes(self._body)))
+        self.reply(wl.to_dict(), 201 if created else 200)
+
+    def get(self):
+        status = self.get_query_argument("status", None)
+        if status is not None and status not in STATUSES:
+            raise BadRequest(f"status: must be one of {', '.join(STATUSES)}", code="invalid_argument")
+        wtype = self.get_query_argument("type", None)
+        if wtype is not None and wtype not in self.agent.manager.executors:
+            raise BadRequest(f"type: unknown workload type {wtype!r}", code="invalid_argument")
+        items = [wl.to_dict() for wl in self.agent.manager.list(status, wtype)]
+        self.reply({"node_id": self.agent.config.node_id, "workloads": items, "count": len(items)})
+
+
+class WorkloadHandler(BaseHandler):
+    route = "/api/workloads/{id}"
+
+    def get(self, workload_id: str):
+        self.reply(self.agent.manager.get(workload_id).to_dict())
+
+    async def delete(self, workload_id: str):
+        await self.agent.manager.delete(workload_id)
+        self.reply({"id": workload_id, "deleted": True})
+
+
+class WorkloadStopHandler(BaseHandler):
+    route = "/api/workloads/{id}/stop"
+
+    async def post(self, workload_id: str):
+        wl = await self.agent.manager.stop(workload_id)
+        self.reply(wl.to_dict())
+
+
+class WorkloadLogsHandler(BaseHandler):
+    route = "/api/workloads/{id}/logs"
+
+    def get(self, workload_id: str):
+        tail = self.int_arg("tail", 100, 0, 10_000)
+        text = self.agent.manager.logs(workload_id, tail)
+        if self.get_query_argument("format", "json") == "text":
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(text)
+            return
+        self.reply({"id": workload_id, "tail": tail, "logs": text})
+
+
+class ResourcesHandler(BaseHandler):
+    route = "/api/resources"
+
+    def get(self):
+        self.reply(self.agent.register.resources())
+
+
+class NodesHandler(BaseHandler):
+    route = "/api/nodes"
+
+    def get(self):
+        self.reply(self.agent.nodes_view())
+
+
+class HealthHandler(BaseHandler):
+    route = "/api/health"
+    public = True
+
+    async def get(self):
+        self.reply(await self.agent.health())
+
+
+class MetricsHandler(BaseHandler):
+    route = "/metrics"
+    public = True
+
+    def get(self):
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.agent.metrics.render())
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self):
+        raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)
+
+
+class EventsSocket(tornado.websocket.WebSocketHandler):
+    """``/api/events``: every workload, resource and node change, as JSON messages."""
+
+    def initialize(self, agent: "Agent") -> None:
+        self.agent = agent
+        self._unsubscribe = None
+
+    def prepare(self):
+        token = self.agent.config.api_token
+        if token:
+            presented = self.get_query_argument("token", "")
+            header = self.request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                presented = header[7:].strip()
+            if not hmac.compare_digest(presented.encode(), token.encode()):
+                self.set_status(401)
+                self.set_header("Content-Type", "application/json; charset=utf-8")
+                self.finish(json.dumps({"error": {"code": "unauthorized",
+                                                  "message": "missing or wrong token"}}))
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # the token, not the origin, guards the stream
+
+    def open(self):
+        self.write_message(json.dumps({"type": "hello", "node_id": self.agent.config.node_id,
+                                       "resources": self.agent.register.resources()}))
+        self._unsubscribe = self.agent.hub.subscribe(self._send)
+
+    def _send(self, event: dict) -> None:
+        try:
+            self.write_message(json.dumps(event, separators=(",", ":")))
+        except tornado.websocket.WebSocketClosedError:
+            self.on_close()
+
+    def on_message(self, message):
+        pass  # the stream is one-way; pings are handled by Tornado
+
+    def on_close(self):
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+
+def make_app(agent: "Agent") -> tornado.web.Application:
+    args = {"agent": agent}
+    routes = [
+        (r"/api/workloads/?", WorkloadsHandler, args),
+        (rf"/api/workloads/{_ID}", WorkloadHandler, args),
+        (rf"/api/workloads/{_ID}/stop", WorkloadStopHandler, args),
+        (rf"/api/workloads/{_ID}/logs", WorkloadLogsHandler, args),
+        (r"/api/resources", ResourcesHandler, args),
+        (r"/api/nodes", NodesHandler, args),
+        (r"/api/health", HealthHandler, args),
+        (r"/api/events", EventsSocket, args),
+        (r"/metrics", MetricsHandler, args),
+        *agent.extra_routes(),
+        (r"/api/.*", NotFoundHandler, args),
+    ]
+    if UI_DIR.is_dir():
+        routes.append((r"/(.*)", tornado.web.StaticFileHandler,
+                       {"path": str(UI_DIR), "default_filename": "index.html"}))
+    return tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request)
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    log.log(level, "%d %s %.1fms", status, handler._request_summary(),
+            1000.0 * handler.request.request_time())

@@ -1,0 +1,1 @@
+"""Executors: how each workload type is started, watched, stopped and cleaned up."""

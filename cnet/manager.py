@@ -1,0 +1,240 @@
+"""The Manager: the workload lifecycle and the only writer of workload state.
+
+validate -> reserve -> execute -> track -> stop -> release. Every transition is persisted to the
+store and published on the event hub (which feeds the WebSocket and the bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .errors import CnetError, Conflict, NotFound
+from .workload import (COMPLETED, ENDED, FAILED, LIVE, PENDING, RUNNING, STOPPED, STOPPING,
+                       Submission, Workload, parse_submission)
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .events import EventHub
+    from .executors.base import Executor
+    from .register import Register
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Manager:
+    def __init__(self, config: "Config", store: "Store", register: "Register", hub: "EventHub"):
+        self.config = config
+        self.node_id = config.node_id
+        self.store = store
+        self.register = register
+        self.hub = hub
+        self.executors: dict[str, "Executor"] = {}
+        self.workloads: dict[str, Workload] = {}
+        self._stops: dict[str, asyncio.Task] = {}
+        self._starting: dict[str, asyncio.Future] = {}
+
+    def add_executor(self, executor: "Executor") -> None:
+        self.executors[executor.type] = executor
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, workload_id: str) -> Workload:
+        wl = self.workloads.get(workload_id)
+        if wl is None:
+            raise NotFound(f"workload {workload_id} not found")
+        return wl
+
+    def list(self, status: str | None = None, wtype: str | None = None) -> list[Workload]:
+        return [wl for wl in self.workloads.values()
+                if (status is None or wl.status == status) and (wtype is None or wl.type == wtype)]
+
+    def count_by_state(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for wl in self.workloads.values():
+            counts[(wl.status, wl.type)] = counts.get((wl.status, wl.type), 0) + 1
+        return counts
+
+    def logs(self, workload_id: str, tail: int) -> str:
+        wl = self.get(workload_id)
+        return self.executors[wl.type].logs(wl, tail)
+
+    # -- submission ----------------------------------------------------------------------
+
+    def validate(self, body) -> Submission:
+        """Check a request completely (common fields and the type's config) without effects."""
+        sub = parse_submission(body, self.executors.keys())
+        config = self.executors[sub.type].validate(sub.config)
+        return Submission(**{**sub.__dict__, "config": config})
+
+    async def submit(self, body) -> tuple[Workload, bool]:
+        """Validate, reserve and start a workload here. Returns (workload, created)."""
+        sub = self.validate(body)
+        existing = self.workloads.get(sub.id)
+        if existing is not None:
+            return self._same_or_conflict(existing, sub), False
+        self.register.allocate(sub.id, sub.requirements)
+        wl = Workload(id=sub.id, name=sub.name, type=sub.type, config=sub.config,
+                      requirements=sub.requirements, placement=sub.placement, labels=sub.labels,
+                      node_id=self.node_id, origin=self.node_id)
+        self.workloads[wl.id] = wl
+        started = asyncio.get_running_loop().create_future()
+        self._starting[wl.id] = started
+        try:
+            self.store.insert_workload(wl.to_row())
+            runtime = await self.executors[wl.type].start(wl)
+        except BaseException:
+            # Nothing accepted, nothing kept: no record, no reservation.
+            self.workloads.pop(wl.id, None)
+            self.register.release(wl.id)
+            self.store.delete_workload(wl.id)
+            raise
+        finally:
+            self._starting.pop(wl.id, None)
+            started.set_result(None)
+        wl.runtime.update(runtime)
+        if wl.status == PENDING:  # it may already have ended while starting
+            wl.started_at = time.time()
+            self._transition(wl, RUNNING, runtime=wl.runtime, started_at=wl.started_at)
+        else:
+            self.store.update_workload(wl.id, {"runtime": wl.runtime})
+        return wl, True
+
+    @staticmethod
+    def _same_or_conflict(existing: Workload, sub: Submission) -> Workload:
+        same = (existing.name == sub.name and existing.type == sub.type
+                and existing.config == sub.config and existing.requirements == sub.requirements)
+        if not same:
+            raise Conflict(f"workload id {sub.id} already exists with a different spec",
+                           code="id_conflict")
+        return existing
+
+    # -- stopping and deleting -----------------------------------------------------------
+
+    async def stop(self, workload_id: str) -> Workload:
+        """Stop a live workload; stopping an ended one is a no-op."""
+        wl = self.get(workload_id)
+        starting = self._starting.get(wl.id)
+        if starting is not None:
+            await asyncio.shield(starting)
+        if wl.status not in LIVE:
+            return wl
+        task = self._stops.get(wl.id)
+        if task is None:
+            task = asyncio.ensure_future(self._stop(wl))
+            self._stops[wl.id] = task
+            task.add_done_callback(lambda _t: self._stops.pop(wl.id, None))
+        await asyncio.shield(task)
+        return wl
+
+    async def _stop(self, wl: Workload) -> None:
+        if wl.status != STOPPING:
+            self._transition(wl, STOPPING)
+        try:
+            await self.executors[wl.type].stop(wl, self.config.stop_grace)
+        except CnetError as exc:
+            log.warning("stopping %s: %s", wl.id, exc.message)
+        if wl.status == STOPPING:  # the executor had nothing left to wait for
+            self._finish(wl, STOPPED, wl.exit_code, "stopped")
+
+    async def delete(self, workload_id: str) -> None:
+        wl = self.get(workload_id)
+        if wl.live:
+            await self.stop(workload_id)
+        await self.executors[wl.type].remove(wl)
+        self.workloads.pop(wl.id, None)
+        self.register.release(wl.id)
+        self.store.delete_workload(wl.id)
+        self.hub.publish({"type": "workload_deleted", "id": wl.id, "node_id": self.node_id})
+
+    # -- executor callbacks (ExecutorHost) -----------------------------------------------
+
+    def ended(self, workload_id: str, *, exit_code: int | None = None,
+              message: str | None = None, success: bool | None = None) -> None:
+        wl = self.workloads.get(workload_id)
+        if wl is None or wl.status in ENDED:
+            return
+        if wl.status == STOPPING:
+            status, message = STOPPED, "stopped on request"
+        else:
+            ok = success if success is not None else exit_code == 0
+            status = COMPLETED if ok else FAILED
+        self._finish(wl, status, exit_code, message)
+
+    def updated(self, workload_id: str, runtime: dict | None = None,
+                restart_count: int | None = None, message: str | None = None) -> None:
+        wl = self.workloads.get(workload_id)
+        if wl is None:
+            return
+        fields: dict = {}
+        if runtime:
+            wl.runtime.update(runtime)
+            fields["runtime"] = wl.runtime
+        if restart_count is not None:
+            wl.restart_count = fields["restart_count"] = restart_count
+        if message is not None:
+            wl.message = fields["message"] = message
+        if fields:
+            self.store.update_workload(wl.id, fields)
+            self._publish(wl)
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Reload every workload after a restart; re-adopt the live ones, rebuild allocations."""
+        adopted = failed = 0
+        for row in self.store.load_workloads():
+            wl = Workload.from_row(row)
+            self.workloads[wl.id] = wl
+            executor = self.executors.get(wl.type)
+            if executor is None:
+                continue
+            if getattr(executor, "holds_resources_when_ended", False) and wl.status == COMPLETED:
+                self.register.adopt(wl.id, wl.requirements)
+                continue
+            if wl.status not in LIVE:
+                continue
+            reason = executor.adopt(wl)
+            if reason is not None:
+                failed += 1
+                self._finish(wl, FAILED, None, reason, release=False)
+                continue
+            adopted += 1
+            self.register.adopt(wl.id, wl.requirements)
+            if wl.status == PENDING:
+                wl.started_at = time.time()
+                self._transition(wl, RUNNING, runtime=wl.runtime, started_at=wl.started_at)
+            elif wl.status == STOPPING:
+                asyncio.ensure_future(self.stop(wl.id))
+        if adopted or failed:
+            log.info("recovered workloads: %d re-adopted, %d failed while the agent was down",
+                     adopted, failed)
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def _finish(self, wl: Workload, status: str, exit_code: int | None, message: str | None,
+                release: bool = True) -> None:
+        wl.exit_code, wl.message, wl.finished_at = exit_code, message, time.time()
+        executor = self.executors.get(wl.type)
+        keeps = status == COMPLETED and getattr(executor, "holds_resources_when_ended", False)
+        if release and not keeps:
+            self.register.release(wl.id)
+        self._transition(wl, status, exit_code=exit_code, message=message,
+                         finished_at=wl.finished_at, runtime=wl.runtime)
+
+    def _transition(self, wl: Workload, status: str, **fields) -> None:
+        wl.status = status
+        self.store.update_workload(wl.id, {"status": status, **fields}, transition=status,
+                                   message=fields.get("message"))
+        self._publish(wl)
+
+    def _publish(self, wl: Workload) -> None:
+        self.hub.publish({"type": "workload", "workload": wl.to_dict()})
+
+    async def close(self) -> None:
+        for executor in self.executors.values():
+            await executor.close()
+

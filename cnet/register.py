@@ -1,0 +1,124 @@
+"""The Register: this node's capacity, allocations and measured usage, and its neighbours' views.
+
+Allocation follows the seed's quota model: allocated is the sum of the declared requirements of
+live workloads and available = capacity - allocated. It is plain data plus one change callback;
+the agent turns that callback into a broadcast and a WebSocket event.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from .errors import InsufficientResources
+from .resources import Resources
+
+
+class Register:
+    def __init__(self, node_id: str, capacity: Resources, data_path: Path | None = None,
+                 on_change: Callable[[], None] | None = None):
+        self.node_id = node_id
+        self.capacity = capacity
+        self.data_path = data_path
+        self.on_change = on_change or (lambda: None)
+        self._allocations: dict[str, Resources] = {}
+        self._allocated = Resources()
+        self.seq = 0
+        self._usage = {"cpu": 0.0, "memory": 0, "gpu": 0, "storage": 0, "cpu_percent": 0.0,
+                       "memory_percent": 0.0, "sampled_at": None}
+
+    # -- allocation ----------------------------------------------------------------------
+
+    @property
+    def allocated(self) -> Resources:
+        return self._allocated
+
+    @property
+    def available(self) -> Resources:
+        return self.capacity - self._allocated
+
+    def fits(self, request: Resources) -> bool:
+        return request.fits_in(self.available)
+
+    def allocate(self, workload_id: str, request: Resources) -> None:
+        """Reserve ``request`` for a workload, or raise and change nothing."""
+        if workload_id in self._allocations:
+            return  # idempotent: a workload holds one reservation
+        short = request.shortfalls(self.available)
+        if short:
+            raise InsufficientResources(f"{self.node_id}: " + "; ".join(short),
+                                        details={"node_id": self.node_id, "reasons": short})
+        self._allocations[workload_id] = request
+        self._changed()
+
+    def adopt(self, workload_id: str, request: Resources) -> None:
+        """Rebuild a reservation after a restart; never refused (the workload already runs)."""
+        if workload_id not in self._allocations:
+            self._allocations[workload_id] = request
+            self._changed()
+
+    def release(self, workload_id: str) -> Resources | None:
+        freed = self._allocations.pop(workload_id, None)
+        if freed is not None:
+            self._changed()
+        return freed
+
+    def holds(self, workload_id: str) -> bool:
+        return workload_id in self._allocations
+
+    def grow(self, workload_id: str, extra: Resources) -> None:
+        """Add to an existing reservation (data uploads reserve storage as bytes arrive)."""
+        short = extra.shortfalls(self.available)
+        if short:
+            raise InsufficientResources(f"{self.node_id}: " + "; ".join(short),
+                                        details={"node_id": self.node_id, "reasons": short})
+        self._allocations[workload_id] = self._allocations.get(workload_id, Resources()) + extra
+        self._changed()
+
+    def _changed(self) -> None:
+        values = self._allocations.values()
+        self._allocated = Resources(
+            cpu=math.fsum(r.cpu for r in values), memory=sum(r.memory for r in values),
+            gpu=sum(r.gpu for r in values), storage=sum(r.storage for r in values))
+        self.seq += 1
+        self.on_change()
+
+    # -- measured usage ------------------------------------------------------------------
+
+    def sample_usage(self) -> None:
+        """Measure real usage with psutil (called by the agent's periodic tick)."""
+        percent = psutil.cpu_percent(interval=None)
+        vm = psutil.virtual_memory()
+        storage = 0
+        if self.data_path is not None and self.data_path.exists():
+            storage = shutil.disk_usage(self.data_path).used
+        self._usage = {
+            "cpu": round(percent / 100.0 * (psutil.cpu_count() or 1), 3),
+            "memory": vm.total - vm.available,
+            "gpu": 0,
+            "storage": storage,
+            "cpu_percent": percent,
+            "memory_percent": vm.percent,
+            "sampled_at": time.time(),
+        }
+
+    @property
+    def usage(self) -> dict:
+        return dict(self._usage)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def resources(self) -> dict:
+        """``GET /api/resources``: capacity, allocated, available and measured usage."""
+        return {
+            "node_id": self.node_id,
+            "capacity": self.capacity.to_dict(),
+            "allocated": self._allocated.to_dict(),
+            "available": self.available.to_dict(),
+            "usage": self.usage,
+        }
