@@ -1,0 +1,38 @@
+"""``cnet-inference-opencv``: the OpenCV Haar-cascade detection service (face, eye, smile)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.inference.haar import CASCADES, cascade_path
+from services.inference.pool import WorkerSpec
+from services.inference.shim import add_common_arguments, config_from_args, run
+
+PROGRAM = "cnet-inference-opencv"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__)
+    parser.add_argument("--cascade", required=True, choices=sorted(CASCADES),
+                        help="which bundled Haar cascade to run")
+    parser.add_argument("--within-faces", action="store_true",
+                        help="eye/smile: search only inside detected faces")
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        path = cascade_path(args.cascade)
+    except ValueError as exc:
+        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
+        return 2
+    config = config_from_args(PROGRAM, "opencv", path, args)
+    spec = WorkerSpec("haar", {"cascade": args.cascade, "within_faces": args.within_faces,
+                               "threads": config.threads})
+    return run(config, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
