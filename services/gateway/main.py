@@ -1,0 +1,123 @@
+"""``cnet-gateway-data``: the command line of the read-only S3 gateway.
+
+    cnet-gateway-data --port 9091 --host 127.0.0.1 --base-path /tmp/cnet_data --bucket cnet \\
+        [--index-db /tmp/cnet_state/cnet.db] [--access-key K --secret-key S] [--region R]
+
+With ``--index-db`` the listing comes from the agent's ``data_objects`` table (read-only);
+without it the base path is scanned into an in-memory index (see ``directory_index.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.netutil
+
+from services.gateway.directory_index import DirectoryIndex
+from services.gateway.index import DatabaseIndex, IndexUnavailable, ObjectIndex
+from services.gateway.s3 import MOUNT, Gateway, make_app
+from services.gateway.sigv4 import Credentials
+
+__all__ = ["main", "parse_args", "serve"]
+
+log = logging.getLogger("cnet.gateway")
+
+MAX_REQUEST_BODY = 1 << 20       # the gateway is read-only; no request needs a large body
+SHUTDOWN_GRACE = 5.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cnet-gateway-data",
+        description="Serve a directory of stored data objects as one read-only S3 bucket.")
+    parser.add_argument("--port", type=int, default=9091, help="TCP port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--base-path", required=True, type=Path,
+                        help="directory whose files are the bucket's objects")
+    parser.add_argument("--bucket", default="cnet", help="the bucket name")
+    parser.add_argument("--index-db", type=Path,
+                        help="the agent's SQLite database; list from its data_objects table")
+    parser.add_argument("--rescan-interval", type=float, default=2.0,
+                        help="without --index-db: seconds between incremental rescans")
+    parser.add_argument("--access-key", help="require SigV4 requests signed with this key")
+    parser.add_argument("--secret-key", help="the secret of --access-key")
+    parser.add_argument("--region", default="us-east-1", help="the region in SigV4 scopes")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    if (args.access_key is None) != (args.secret_key is None):
+        parser.error("--access-key and --secret-key go together")
+    if not args.base_path.is_dir():
+        parser.error(f"--base-path {args.base_path} is not a directory")
+    if args.rescan_interval <= 0:
+        parser.error("--rescan-interval must be positive")
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be between 0 and 65535")
+    return args
+
+
+def _build_index(args: argparse.Namespace, base_real: str,
+                 executor: ThreadPoolExecutor) -> ObjectIndex:
+    if args.index_db is not None:
+        return DatabaseIndex(args.index_db)
+    return DirectoryIndex(base_real, executor, rescan_interval=args.rescan_interval)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    base_real = os.path.realpath(args.base_path)
+    credentials = (Credentials(args.access_key, args.secret_key, args.region)
+                   if args.access_key else None)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-io") as executor:
+        index = _build_index(args, base_real, executor)
+        await index.start()
+        gateway = Gateway(bucket=args.bucket, base_real=base_real, index=index,
+                          credentials=credentials, region=args.region, started=time.monotonic())
+        server = tornado.httpserver.HTTPServer(make_app(gateway), max_body_size=MAX_REQUEST_BODY,
+                                               idle_connection_timeout=300)
+        sockets = tornado.netutil.bind_sockets(args.port, address=args.host)
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        log.info("serving %s as bucket %r at http://%s:%d%s/ (index: %s, %d objects, auth: %s)",
+                 base_real, args.bucket, args.host, port, MOUNT, index.kind, index.count(),
+                 "sigv4" if credentials else "none")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        server.stop()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.warning("connections still open after %.0f s; exiting anyway", SHUTDOWN_GRACE)
+        await index.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except IndexUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
