@@ -1,0 +1,41 @@
+"""CNET's ZeroMQ bus: node links, heartbeats, broadcasts, request/reply and CurveZMQ security.
+
+Knows nothing of the agent: the agent gives a :class:`BusNode` callables (snapshot, handler,
+on_neighbour, on_event) and calls its methods (publish, publish_event, request, neighbours).
+"""
+
+from bus.client import BusClient, Watcher
+from bus.discovery import DiscoveryError, Endpoints, discover_http
+from bus.dispatch import Handler, Sender
+from bus.errors import BusError, RemoteError, RequestTimeout, Unreachable
+from bus.liveness import ALIVE, LOST, NeighbourState
+from bus.node import BusNode
+from bus.protocol import PROTOCOL, VERSION, Event, ProtocolError, Reply, Request, Update
+from bus.security import CurveKeys, generate_keys
+
+__all__ = [
+    "ALIVE",
+    "LOST",
+    "PROTOCOL",
+    "VERSION",
+    "BusClient",
+    "BusError",
+    "BusNode",
+    "CurveKeys",
+    "DiscoveryError",
+    "Endpoints",
+    "Event",
+    "Handler",
+    "NeighbourState",
+    "ProtocolError",
+    "RemoteError",
+    "Reply",
+    "Request",
+    "RequestTimeout",
+    "Sender",
+    "Unreachable",
+    "Update",
+    "Watcher",
+    "discover_http",
+    "generate_keys",
+]

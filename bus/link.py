@@ -1,0 +1,222 @@
+"""One outgoing link: a DEALER to a parent or a peer, its handshake and its liveness.
+
+The link discovers the neighbour's endpoints, connects, says hello and waits for a welcome.
+Once joined, the node sends heartbeats through it and the neighbour answers each with its own;
+if nothing comes back for ``misses`` intervals (or the welcome never comes) the link throws the
+DEALER away, rediscovers and says hello again (the zguide's paranoid-pirate liveness). A refusal
+is logged and retried with backoff. Everything other than the handshake goes to ``on_message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from bus.discovery import Discover, Endpoints, discover_until
+from bus.protocol import (
+    Bye,
+    Hello,
+    Message,
+    ProtocolError,
+    Refuse,
+    Welcome,
+    decode,
+    encode,
+)
+from bus.security import CurveKeys
+from bus.wire import DropLog, close_socket, new_socket, send_now
+
+__all__ = ["Link"]
+
+log = logging.getLogger("bus.link")
+
+
+class Link:
+    """A DEALER link to the neighbour at ``target`` (HTTP ``host:port`` or fixed endpoints).
+
+    ``kind`` is what the neighbour is to us: ``parent`` or ``peer``.
+    """
+
+    def __init__(self, kind: str, target: str | Endpoints, *, context: zmq.asyncio.Context,
+                 make_hello: Callable[[], Hello], on_message: Callable[[Link, Message], None],
+                 on_joined: Callable[[Link, Welcome], None], on_down: Callable[[Link, str], None],
+                 discover: Discover, interval: float, misses: int, retry_max: float,
+                 curve: CurveKeys | None = None, clock: Callable[[], float] = time.monotonic):
+        self.kind = kind
+        self.target = target
+        self.address = target.http if isinstance(target, Endpoints) else target
+        self.endpoints: Endpoints | None = target if isinstance(target, Endpoints) else None
+        self.remote: Welcome | None = None
+        self._context = context
+        self._make_hello = make_hello
+        self._on_message = on_message
+        self._on_joined = on_joined
+        self._on_down = on_down
+        self._discover = discover
+        self._interval = interval
+        self._misses = misses
+        self._retry_max = retry_max
+        self._curve = curve
+        self._clock = clock
+        self._sock: zmq.asyncio.Socket | None = None
+        self._joined = False
+        self._hello_at = 0.0
+        self.last_heard = 0.0
+        self._restart = asyncio.Event()
+        self._delay = 0.0
+        self._reason = ""
+        self._refusals = 0
+        self._task: asyncio.Task[None] | None = None
+        self._drops = DropLog(log, f"{kind} link {self.describe()}")
+
+    def describe(self) -> str:
+        if self.remote is not None:
+            return self.remote.node_id
+        return self.address or (self.endpoints.router if self.endpoints else "?")
+
+    @property
+    def joined(self) -> bool:
+        return self._joined
+
+    @property
+    def node_id(self) -> str | None:
+        """The neighbour's node id once a welcome named it."""
+        return self.remote.node_id if self.remote is not None else None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"bus-link-{self.describe()}")
+
+    async def close(self, reason: str = "closing") -> None:
+        """Say bye (when joined), stop the task and close the socket."""
+        if self._joined and self.remote is not None:
+            self.send(Bye(node_id=self._make_hello().node_id, reason=reason))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        close_socket(self._sock)
+        self._sock = None
+        self._joined = False
+
+    def send(self, msg: Message) -> bool:
+        """Queue ``msg`` on the DEALER; False when the link has no socket or its queue is full."""
+        try:
+            frames = encode(msg)
+        except (TypeError, ValueError) as exc:
+            log.error("%s link %s: cannot encode %s: %s", self.kind, self.describe(),
+                      msg.TYPE.decode(), exc)
+            return False
+        return send_now(self._sock, frames)
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        """Queue already-encoded frames (a reply) on the DEALER."""
+        return send_now(self._sock, frames)
+
+    def restart(self, reason: str, delay: float = 0.0) -> None:
+        """Drop the DEALER and start over (discovery, hello) after ``delay`` seconds."""
+        if not self._restart.is_set():
+            log.info("%s link %s: reconnecting (%s)", self.kind, self.describe(), reason)
+            self._delay = delay
+            self._reason = reason
+            self._restart.set()
+
+    def tick(self, now: float) -> None:
+        """Liveness: restart a link whose neighbour stayed silent for ``misses`` intervals."""
+        if self._sock is None or self._restart.is_set():
+            return
+        window = self._misses * self._interval
+        if self._joined and now - self.last_heard > window:
+            self.restart(f"no heartbeat reply for {now - self.last_heard:.1f} s")
+        elif not self._joined and now - self._hello_at > window:
+            self.restart(f"no welcome within {window:.1f} s")
+
+    async def _run(self) -> None:
+        while True:
+            self._restart.clear()
+            endpoints = self.endpoints if isinstance(self.target, Endpoints) else \
+                await discover_until(self.address, self._discover, first_delay=min(0.1, self._interval),
+                                     max_delay=self._retry_max)
+            self.endpoints = endpoints
+            if self._open(endpoints):
+                recv = asyncio.create_task(self._recv_loop(self._sock), name="bus-link-recv")
+                self._send_hello()
+                await self._restart.wait()
+                recv.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recv
+            else:
+                self._delay = self._retry_max
+                self._reason = "untrusted key"
+            close_socket(self._sock)
+            self._sock = None
+            if self._joined:
+                self._joined = False
+                self._on_down(self, self._reason)
+            await asyncio.sleep(self._delay)
+
+    def _open(self, endpoints: Endpoints) -> bool:
+        sock = new_socket(self._context, zmq.DEALER)
+        if self._curve is not None:
+            if not self._curve.trusts(endpoints.curve_key):
+                log.error("%s link %s: server key %r is not among the accepted keys in %s; "
+                          "not connecting", self.kind, self.describe(), endpoints.curve_key,
+                          self._curve.authorized_dir)
+                sock.close(linger=0)
+                return False
+            self._curve.make_client(sock, endpoints.curve_key or "")
+        sock.connect(endpoints.router)
+        self._sock = sock
+        return True
+
+    def _send_hello(self) -> None:
+        self._joined = False
+        self._hello_at = self._clock()
+        self.send(self._make_hello())
+
+    async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except ProtocolError as err:
+                self._drops.drop(err)
+                continue
+            self.last_heard = self._clock()
+            if isinstance(msg, Welcome):
+                self._welcomed(msg)
+            elif isinstance(msg, Refuse):
+                self._refused(msg)
+            elif isinstance(msg, Bye):
+                self.restart(f"{msg.node_id} said bye ({msg.reason})", delay=min(0.1, self._interval))
+            elif self._joined:
+                self._on_message(self, msg)
+
+    def _welcomed(self, msg: Welcome) -> None:
+        expected = self.endpoints.node_id if self.endpoints else ""
+        if expected and msg.node_id != expected:
+            log.error("%s link %s: welcome from %r, expected %r", self.kind, self.address,
+                      msg.node_id, expected)
+        was_joined, self._joined, self.remote, self._refusals = self._joined, True, msg, 0
+        if not was_joined:
+            log.info("%s link %s: joined (%s, router %s)", self.kind, msg.node_id,
+                     self.address or "fixed endpoints", msg.router)
+            self._on_joined(self, msg)
+
+    def _refused(self, msg: Refuse) -> None:
+        if msg.code == "hello_required":
+            # The neighbour restarted and forgot us; it is alive, so just say hello again.
+            log.info("%s link %s: neighbour asks for a new hello", self.kind, self.describe())
+            self._send_hello()
+            return
+        self._refusals += 1
+        delay = min(self._retry_max, self._interval * 2 ** min(self._refusals - 1, 10))
+        log.error("%s link %s: %s refused our hello: %s (%s); retrying in %.1f s", self.kind,
+                  self.address or self.describe(), msg.node_id, msg.reason, msg.code, delay)
+        self.restart(f"refused: {msg.code}", delay=delay)

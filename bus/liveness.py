@@ -1,0 +1,122 @@
+"""The neighbour table: who this node's parent, children and peers are, and whether they live.
+
+Plain data plus decisions, no I/O: the transport tells it what it heard and when, and asks it
+on each tick which neighbours have gone silent. Times are ``time.monotonic()`` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ALIVE", "LOST", "NeighbourState", "Neighbours"]
+
+ALIVE = "alive"
+LOST = "lost"
+
+
+@dataclass
+class NeighbourState:
+    """What this node knows of one neighbour. Callbacks receive a copy."""
+
+    node_id: str
+    role: str                         # parent | child | peer
+    status: str = ALIVE               # alive | lost
+    last_seen: float = 0.0            # monotonic time of the last valid message from it
+    http: str = ""                    # its HTTP address, as it announced it
+    router: str = ""
+    pub: str = ""
+    epoch: int = 0                    # its incarnation; 0 until a handshake told us
+    seq: int = -1                     # seq of the snapshot we hold
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    sent_at: float = 0.0              # its wall clock when it sent that snapshot
+    interval: float = 1.0             # its heartbeat interval
+
+    def age(self, now: float) -> float:
+        """Seconds since it was last heard from."""
+        return max(0.0, now - self.last_seen)
+
+    def copy(self) -> NeighbourState:
+        return dataclasses.replace(self)
+
+
+class Neighbours:
+    """Neighbour states by node id, with liveness decisions.
+
+    Every method that changes something visible returns True, so the caller fires its
+    ``on_neighbour`` callback exactly when the agent has something new to show.
+    """
+
+    def __init__(self, misses: int = 3):
+        self.misses = misses
+        self._by_id: dict[str, NeighbourState] = {}
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self._by_id
+
+    def get(self, node_id: str) -> NeighbourState | None:
+        return self._by_id.get(node_id)
+
+    def all(self) -> list[NeighbourState]:
+        return list(self._by_id.values())
+
+    def joined(self, node_id: str, role: str, now: float, *, epoch: int, http: str, router: str,
+               pub: str, interval: float) -> NeighbourState:
+        """A handshake completed: create or refresh the entry (a new epoch drops the old snapshot)."""
+        state = self._by_id.get(node_id)
+        if state is None:
+            state = self._by_id[node_id] = NeighbourState(node_id=node_id, role=role)
+        if state.epoch != epoch:
+            state.seq, state.snapshot, state.summary, state.sent_at = -1, {}, None, 0.0
+        state.role, state.epoch, state.http, state.router, state.pub = role, epoch, http, router, pub
+        state.interval, state.status, state.last_seen = interval, ALIVE, now
+        return state
+
+    def heard(self, node_id: str, now: float, epoch: int | None = None) -> bool:
+        """A valid message came from ``node_id``; True when that brings it back to alive.
+
+        A message from another incarnation than the handshake's is not proof of life: that
+        incarnation must hello first (the duplicate-id check depends on it).
+        """
+        state = self._by_id.get(node_id)
+        if state is None or (epoch is not None and state.epoch and epoch != state.epoch):
+            return False
+        state.last_seen = now
+        if state.status != ALIVE:
+            state.status = ALIVE
+            return True
+        return False
+
+    def snapshot(self, node_id: str, epoch: int, seq: int, snapshot: dict[str, Any],
+                 summary: dict[str, Any] | None, sent_at: float) -> bool:
+        """Store a snapshot unless it is stale; True when the stored view changed."""
+        state = self._by_id.get(node_id)
+        if state is None or (state.epoch and epoch != state.epoch) or seq <= state.seq:
+            return False
+        changed = snapshot != state.snapshot or summary != state.summary
+        state.seq, state.snapshot, state.summary, state.sent_at = seq, snapshot, summary, sent_at
+        return changed
+
+    def lose(self, node_id: str) -> bool:
+        """Mark ``node_id`` lost now (it said bye, or its link failed); True if it was alive."""
+        state = self._by_id.get(node_id)
+        if state is None or state.status == LOST:
+            return False
+        state.status = LOST
+        return True
+
+    def expire(self, now: float) -> list[NeighbourState]:
+        """Mark lost every alive neighbour silent for more than ``misses`` of its intervals."""
+        lost = []
+        for state in self._by_id.values():
+            if state.status == ALIVE and now - state.last_seen > self.misses * state.interval:
+                state.status = LOST
+                lost.append(state)
+        return lost
+
+    def is_live_elsewhere(self, node_id: str, epoch: int) -> bool:
+        """True when ``node_id`` is alive under another incarnation (a duplicate hello)."""
+        state = self._by_id.get(node_id)
+        return state is not None and state.status == ALIVE and state.epoch not in (0, epoch)

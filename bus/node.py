@@ -1,0 +1,535 @@
+"""BusNode: one agent's place on the bus — its ROUTER and PUB, its links, its neighbour view.
+
+The node binds a ROUTER (hellos, heartbeats and requests from children, peers and clients) and
+a PUB (its resource updates and events), keeps a :class:`~bus.link.Link` to its parent and to
+each peer, and one SUB connected to the PUB of every neighbour it has shaken hands with. One
+tick task sends heartbeats, runs link liveness and marks silent neighbours lost. The agent sees
+only callbacks (``snapshot``, ``summary``, ``handler``, ``on_neighbour``, ``on_event``) and the
+methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and ``describe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import zmq
+import zmq.asyncio
+
+from bus.discovery import Discover, Endpoints, discover_http
+from bus.dispatch import Dispatcher, Handler, Sender, error_reply
+from bus.errors import BusError, RemoteError, Unreachable
+from bus.link import Link
+from bus.liveness import LOST, Neighbours, NeighbourState
+from bus.pending import PendingReplies
+from bus.protocol import (
+    PROTOCOL,
+    TOPIC_EVENT,
+    TOPIC_UPDATE,
+    VERSION,
+    Bye,
+    Event,
+    Heartbeat,
+    Hello,
+    Message,
+    ProtocolError,
+    Refuse,
+    Reply,
+    Request,
+    Update,
+    Welcome,
+    decode,
+    decode_published,
+    encode,
+    new_corr_id,
+    new_epoch,
+)
+from bus.security import CurveKeys, start_authenticator
+from bus.wire import DropLog, close_socket, new_socket, send_now
+
+__all__ = ["BusNode"]
+
+log = logging.getLogger("bus.node")
+
+_YIELD_EVERY = 64          # messages handled in a row before the loop lets other tasks run
+_WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
+
+
+class BusNode:
+    """The bus side of one agent. ``await start()``, then use it; ``await close()`` at the end.
+
+    ``parent`` and ``peers`` are HTTP ``host:port`` addresses (endpoints discovered with
+    ``discover``, default ``GET /api/bus``) or fixed :class:`Endpoints`.
+    """
+
+    def __init__(self, node_id: str, *, http: str = "",
+                 router: str = "tcp://127.0.0.1:0", pub: str = "tcp://127.0.0.1:0",
+                 parent: str | Endpoints | None = None, peers: Sequence[str | Endpoints] = (),
+                 snapshot: Callable[[], dict[str, Any]] = dict,
+                 summary: Callable[[], dict[str, Any] | None] | None = None,
+                 handler: Handler | None = None,
+                 on_neighbour: Callable[[NeighbourState], None] | None = None,
+                 on_event: Callable[[NeighbourState, Event], None] | None = None,
+                 heartbeat_interval: float = 1.0, heartbeat_misses: int = 3,
+                 request_timeout: float = 5.0, retry_max: float = 5.0,
+                 curve: CurveKeys | None = None, discover: Discover | None = None,
+                 advertise_host: str | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        Hello(node_id=node_id, role="child").validate()   # a bad id fails here, not on the wire
+        self.node_id = node_id
+        self.http = http
+        self.epoch = new_epoch()
+        self._bind = (router, pub)
+        self._targets: list[tuple[str, str | Endpoints]] = (
+            ([("parent", parent)] if parent else []) + [("peer", p) for p in peers])
+        self._snapshot = snapshot
+        self._summary = summary
+        self._on_neighbour = on_neighbour
+        self._on_event = on_event
+        self.interval = heartbeat_interval
+        self.misses = heartbeat_misses
+        self.request_timeout = request_timeout
+        self._retry_max = retry_max
+        self._curve = curve
+        self._discover = discover or (lambda address: discover_http(address, timeout=2.0))
+        self._advertise = advertise_host
+        self._clock = clock
+        self._seq = 0
+        self._neighbours = Neighbours(heartbeat_misses)
+        self._pending = PendingReplies()
+        self._dispatcher = Dispatcher(node_id, handler)
+        self._links: list[Link] = []
+        self._link_of: dict[str, Link] = {}           # node id -> joined link
+        self._routes: dict[bytes, str] = {}           # ROUTER identity -> node id
+        self._identity_of: dict[str, bytes] = {}      # node id -> ROUTER identity
+        self._sub_of: dict[str, str] = {}             # node id -> PUB endpoint our SUB follows
+        self._context: zmq.asyncio.Context | None = None
+        self._auth: Any = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_beat = 0.0
+        self.router_endpoint = ""
+        self.pub_endpoint = ""
+        self._router_drops = DropLog(log, f"{node_id} ROUTER")
+        self._sub_drops = DropLog(log, f"{node_id} SUB")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind, connect the links and start the tick; endpoints are known when it returns."""
+        self._context = zmq.asyncio.Context()
+        if self._curve is not None:
+            self._auth = start_authenticator(self._context, self._curve)
+        self._router = new_socket(self._context, zmq.ROUTER)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._pub = new_socket(self._context, zmq.PUB)
+        self._sub = new_socket(self._context, zmq.SUB)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for sock in (self._router, self._pub):
+            if self._curve is not None:
+                self._curve.make_server(sock)
+        self.router_endpoint = self._bind_to(self._router, self._bind[0])
+        self.pub_endpoint = self._bind_to(self._pub, self._bind[1])
+        log.info("bus node %s: router %s, pub %s%s", self.node_id, self.router_endpoint,
+                 self.pub_endpoint, ", curve on" if self._curve else "")
+        self._next_beat = self._clock()
+        self._tasks = [asyncio.create_task(self._router_loop(), name="bus-router"),
+                       asyncio.create_task(self._sub_loop(), name="bus-sub"),
+                       asyncio.create_task(self._tick_loop(), name="bus-tick")]
+        for kind, target in self._targets:
+            link = Link(kind, target, context=self._context, make_hello=lambda k=kind: self._hello(k),
+                        on_message=self._on_link_message, on_joined=self._on_link_joined,
+                        on_down=self._on_link_down, discover=self._discover,
+                        interval=self.interval, misses=self.misses, retry_max=self._retry_max,
+                        curve=self._curve, clock=self._clock)
+            self._links.append(link)
+            link.start()
+
+    async def close(self) -> None:
+        """Say bye to every neighbour, stop all tasks and close every socket (linger 0)."""
+        byes = sum(1 for link in self._links if link.joined)
+        for link in self._links:
+            await link.close("node shutting down")
+        bye = encode(Bye(node_id=self.node_id, reason="node shutting down"))
+        for identity in list(self._identity_of.values()):
+            byes += send_now(self._router, [identity, *bye])
+        if byes:
+            await asyncio.sleep(0.02)     # let the I/O thread flush the byes before linger-0 close
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._dispatcher.close()
+        self._pending.fail_all(BusError("bus node closed", code="closed"))
+        for sock in (self._router, self._pub, self._sub):
+            close_socket(sock)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._context is not None:
+            self._context.term()
+        self._context = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _bind_to(self, sock: zmq.asyncio.Socket, endpoint: str) -> str:
+        sock.bind(endpoint)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        parts = urlsplit(bound)
+        host = self._advertise or ("127.0.0.1" if parts.hostname in _WILDCARD_HOSTS else None)
+        if host:
+            return urlunsplit((parts.scheme, f"{host}:{parts.port}", "", "", ""))
+        return bound
+
+    # ----------------------------------------------------------------- what the agent uses
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON document the agent serves at ``GET /api/bus``."""
+        doc: dict[str, Any] = {"node_id": self.node_id, "router": self.router_endpoint,
+                               "pub": self.pub_endpoint, "protocol": VERSION.decode()}
+        if self._curve is not None:
+            doc["curve_key"] = self._curve.public_text
+        return doc
+
+    def neighbours(self) -> list[NeighbourState]:
+        """Copies of every neighbour's state (parent, children, peers; alive and lost)."""
+        return [state.copy() for state in self._neighbours.all()]
+
+    def neighbour(self, node_id: str) -> NeighbourState | None:
+        state = self._neighbours.get(node_id)
+        return state.copy() if state is not None else None
+
+    @property
+    def bad_frames(self) -> int:
+        """Frames dropped or answered with an error since start (ROUTER and SUB)."""
+        return self._router_drops.total + self._sub_drops.total
+
+    def publish(self, snapshot: dict[str, Any] | None = None) -> None:
+        """Broadcast the current snapshot on PUB now (``snapshot()`` is called when not given)."""
+        msg = Update(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(),
+                     snapshot=self._snapshot() if snapshot is None else snapshot,
+                     sent_at=time.time(), summary=self._summary() if self._summary else None)
+        send_now(self._pub, encode(msg, topic=TOPIC_UPDATE))
+
+    def publish_event(self, kind: str, data: dict[str, Any]) -> None:
+        """Broadcast an event (``kind`` a short lower-case name) on PUB under ``event.<kind>``."""
+        msg = Event(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(), kind=kind,
+                    data=data, sent_at=time.time())
+        msg.validate()
+        send_now(self._pub, encode(msg, topic=TOPIC_EVENT + kind.encode()))
+
+    async def request(self, node_id: str, op: str, args: dict[str, Any] | None = None, *,
+                      timeout: float | None = None, token: str | None = None, hops: int = 0,
+                      visited: Sequence[str] = ()) -> Reply:
+        """Send ``op`` to neighbour ``node_id`` and return its :class:`Reply` (ok or error).
+
+        Raises :class:`Unreachable` when it is not a joined, alive neighbour and
+        :class:`RequestTimeout` when no reply comes within ``timeout`` (default
+        ``request_timeout``); ``ValueError`` for a malformed op or args.
+        """
+        req = Request(corr_id=new_corr_id(), op=op, args=args or {}, token=token, hops=hops,
+                      visited=list(visited))
+        req.validate()
+        send = self._route(node_id)
+        frames = encode(req)
+        future = self._pending.expect(req.corr_id)
+        if not send(frames):
+            self._pending.discard(req.corr_id)
+            raise Unreachable(f"cannot send {op!r} to {node_id}: link down or queue full")
+        wait = self.request_timeout if timeout is None else timeout
+        return await self._pending.wait(req.corr_id, future, wait, f"{op!r} sent to {node_id}")
+
+    async def call(self, node_id: str, op: str, args: dict[str, Any] | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+        """Like :meth:`request` but return the result, raising :class:`RemoteError` on an error reply."""
+        reply = await self.request(node_id, op, args, **kwargs)
+        if not reply.ok:
+            err = reply.error or {}
+            raise RemoteError(str(err.get("code", "error")), str(err.get("message", "")),
+                              err.get("details") if isinstance(err.get("details"), dict) else None)
+        return reply.result or {}
+
+    def _route(self, node_id: str) -> Callable[[list[bytes]], bool]:
+        state = self._neighbours.get(node_id)
+        if state is None:
+            raise Unreachable(f"{node_id} is not a neighbour of {self.node_id}")
+        if state.status == LOST:
+            raise Unreachable(f"{node_id} is lost (silent for {state.age(self._clock()):.1f} s)")
+        link = self._link_of.get(node_id)
+        if link is not None and link.joined:
+            return link.send_frames
+        identity = self._identity_of.get(node_id)
+        if identity is not None:
+            return lambda frames: send_now(self._router, [identity, *frames])
+        raise Unreachable(f"no open link to {node_id}")
+
+    # ----------------------------------------------------------------- ticking
+
+    def tick(self) -> None:
+        """One round of timers: heartbeats when due, link liveness, neighbour expiry."""
+        now = self._clock()
+        if now >= self._next_beat:
+            self._next_beat = now + self.interval
+            joined = [link for link in self._links if link.joined]
+            if joined:
+                beat = self._heartbeat()
+                for link in joined:
+                    link.send(beat)
+        for link in self._links:
+            link.tick(now)
+        for state in self._neighbours.expire(now):
+            log.warning("%s %s lost: silent for %.1f s", state.role, state.node_id, state.age(now))
+            self._fire(state)
+
+    async def _tick_loop(self) -> None:
+        period = min(self.interval / 4, 0.25)
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("bus tick failed")
+            await asyncio.sleep(period)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(),
+                         snapshot=self._snapshot(), sent_at=time.time(),
+                         summary=self._summary() if self._summary else None)
+
+    def _hello(self, kind: str) -> Hello:
+        return Hello(node_id=self.node_id, role="child" if kind == "parent" else "peer",
+                     protocol=PROTOCOL, epoch=self.epoch, router=self.router_endpoint,
+                     pub=self.pub_endpoint, http=self.http, interval=self.interval,
+                     curve_key=self._curve.public_text if self._curve else None)
+
+    def _welcome(self, role: str) -> Welcome:
+        return Welcome(node_id=self.node_id, role=role, protocol=PROTOCOL, epoch=self.epoch,
+                       router=self.router_endpoint, pub=self.pub_endpoint, http=self.http,
+                       interval=self.interval,
+                       curve_key=self._curve.public_text if self._curve else None)
+
+    def _fire(self, state: NeighbourState) -> None:
+        if self._on_neighbour is None:
+            return
+        try:
+            self._on_neighbour(state.copy())
+        except Exception:
+            log.exception("on_neighbour callback failed for %s", state.node_id)
+
+    # ----------------------------------------------------------------- receiving
+
+    def _heard(self, node_id: str, epoch: int | None = None) -> NeighbourState | None:
+        state = self._neighbours.get(node_id)
+        if state is not None and self._neighbours.heard(node_id, self._clock(), epoch):
+            log.info("%s %s is alive again", state.role, node_id)
+            self._fire(state)
+        return state
+
+    def _take_snapshot(self, msg: Heartbeat | Update) -> None:
+        state = self._heard(msg.node_id, msg.epoch)
+        if state is not None and self._neighbours.snapshot(msg.node_id, msg.epoch, msg.seq,
+                                                           msg.snapshot, msg.summary, msg.sent_at):
+            self._fire(state)
+
+    async def _router_loop(self) -> None:
+        sock = self._router
+        count = 0
+        while sock is not None:
+            frames = await sock.recv_multipart()
+            count += 1
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if len(frames) < 2:
+                self._router_drops.drop("frame without a body")
+                continue
+            identity = frames[0]
+            try:
+                msg = decode(frames[1:])
+            except ProtocolError as err:
+                self._router_drops.drop(err)
+                self._answer_bad_frame(identity, err)
+                continue
+            try:
+                self._on_router(identity, msg)
+            except Exception:
+                log.exception("handling %s on ROUTER failed", msg.TYPE.decode())
+
+    def _reply_to(self, identity: bytes) -> Callable[[list[bytes]], bool]:
+        return lambda frames: send_now(self._router, [identity, *frames])
+
+    def _answer_bad_frame(self, identity: bytes, err: ProtocolError) -> None:
+        if err.msg_type == "hello":
+            log.error("%s refused hello from %s: %s", self.node_id, err.node_id or "an unknown node",
+                      err.message)
+            reply: Message = Refuse(node_id=self.node_id, code=err.code, reason=err.message)
+        else:
+            reply = error_reply(err.corr_id, err.code, err.message, self.node_id)
+        send_now(self._router, [identity, *encode(reply)])
+
+    def _on_router(self, identity: bytes, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            self._on_hello(identity, msg)
+        elif isinstance(msg, Request):
+            node_id = self._routes.get(identity)
+            state = self._neighbours.get(node_id) if node_id else None
+            if state is not None:
+                self._heard(state.node_id)
+            sender = Sender(node_id, state.role) if state else Sender(None, "client")
+            self._dispatcher.dispatch(msg, sender, self._reply_to(identity))
+        elif isinstance(msg, Reply):
+            self._pending.resolve(msg)
+        elif isinstance(msg, Heartbeat):
+            if self._routes.get(identity) != msg.node_id:
+                send_now(self._router, [identity, *encode(Refuse(
+                    node_id=self.node_id, code="hello_required", reason="say hello first"))])
+                return
+            self._take_snapshot(msg)
+            send_now(self._router, [identity, *encode(self._heartbeat())])
+        elif isinstance(msg, Bye):
+            node_id = self._routes.pop(identity, None)
+            if node_id is not None and self._identity_of.get(node_id) == identity:
+                del self._identity_of[node_id]
+                if self._neighbours.lose(node_id):
+                    log.info("%s said bye (%s)", node_id, msg.reason or "no reason")
+                    state = self._neighbours.get(node_id)
+                    if state is not None:
+                        self._fire(state)
+        else:
+            self._router_drops.drop(f"unexpected {msg.TYPE.decode()} on ROUTER")
+
+    def _refuse(self, identity: bytes, hello: Hello, code: str, reason: str) -> None:
+        log.error("%s refused hello from %s (%s): %s", self.node_id, hello.node_id, hello.role, reason)
+        send_now(self._router, [identity, *encode(Refuse(node_id=self.node_id, code=code,
+                                                         reason=reason))])
+
+    def _on_hello(self, identity: bytes, hello: Hello) -> None:
+        if hello.role == "client":
+            send_now(self._router, [identity, *encode(self._welcome("server"))])
+            return
+        if hello.protocol != PROTOCOL:
+            return self._refuse(identity, hello, "version_mismatch",
+                                f"protocol {hello.protocol} not supported; this node speaks {PROTOCOL}")
+        if hello.node_id == self.node_id:
+            return self._refuse(identity, hello, "duplicate_node",
+                                f"node id {hello.node_id!r} is this node's own id")
+        role = "child" if hello.role == "child" else "peer"
+        existing = self._neighbours.get(hello.node_id)
+        if self._neighbours.is_live_elsewhere(hello.node_id, hello.epoch):
+            return self._refuse(identity, hello, "duplicate_node",
+                                f"node id {hello.node_id!r} is already joined and alive "
+                                f"(another incarnation, last heard "
+                                f"{existing.age(self._clock()) if existing else 0:.1f} s ago)")
+        if existing is not None and existing.role != role and existing.status != LOST:
+            return self._refuse(identity, hello, "role_conflict",
+                                f"{hello.node_id} is this node's {existing.role}, "
+                                f"not its {role}")
+        if self._curve is not None and not self._curve.trusts(hello.curve_key):
+            return self._refuse(identity, hello, "untrusted_key",
+                                "hello names a curve key that is not accepted here")
+        old = self._identity_of.get(hello.node_id)
+        if old is not None and old != identity:
+            self._routes.pop(old, None)
+        self._routes[identity] = hello.node_id
+        self._identity_of[hello.node_id] = identity
+        state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
+                                        http=hello.http, router=hello.router, pub=hello.pub,
+                                        interval=hello.interval)
+        self._follow(hello.node_id, hello.pub, hello.curve_key)
+        send_now(self._router, [identity, *encode(self._welcome("parent" if role == "child" else "peer"))])
+        log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
+        self._fire(state)
+
+    def _follow(self, node_id: str, pub: str, curve_key: str | None) -> None:
+        """Point our SUB at ``node_id``'s PUB (once; again if the endpoint changed)."""
+        sub = self._sub
+        if sub is None or not pub or self._sub_of.get(node_id) == pub:
+            return
+        old = self._sub_of.pop(node_id, None)
+        if old is not None and old not in self._sub_of.values():
+            with contextlib.suppress(zmq.ZMQError):
+                sub.disconnect(old)
+        if pub in self._sub_of.values():
+            self._sub_of[node_id] = pub
+            return
+        if self._curve is not None:
+            if not self._curve.trusts(curve_key):
+                log.error("not subscribing to %s: its curve key is not accepted", node_id)
+                return
+            self._curve.make_client(sub, curve_key or "")
+        sub.connect(pub)
+        self._sub_of[node_id] = pub
+
+    async def _sub_loop(self) -> None:
+        sock = self._sub
+        count = 0
+        while sock is not None:
+            frames = await sock.recv_multipart()
+            count += 1
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                _topic, msg = decode_published(frames)
+            except ProtocolError as err:
+                self._sub_drops.drop(err)
+                continue
+            if msg.node_id not in self._sub_of:
+                continue
+            if isinstance(msg, Update):
+                self._take_snapshot(msg)
+            elif isinstance(msg, Event):
+                state = self._heard(msg.node_id, msg.epoch)
+                if state is not None and self._on_event is not None:
+                    try:
+                        self._on_event(state.copy(), msg)
+                    except Exception:
+                        log.exception("on_event callback failed for %s", msg.node_id)
+
+    # ----------------------------------------------------------------- link callbacks
+
+    def _on_link_joined(self, link: Link, welcome: Welcome) -> None:
+        if welcome.node_id == self.node_id:
+            log.error("%s link at %s leads to this node itself; ignoring it", link.kind, link.address)
+            return
+        self._link_of[welcome.node_id] = link
+        state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
+                                        epoch=welcome.epoch, http=welcome.http,
+                                        router=welcome.router, pub=welcome.pub,
+                                        interval=welcome.interval)
+        self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
+        self._fire(state)
+        beat = self._heartbeat()       # the first heartbeat at once: the parent sees us now
+        link.send(beat)
+
+    def _on_link_down(self, link: Link, reason: str) -> None:
+        node_id = link.node_id
+        if node_id is None or self._link_of.get(node_id) is not link:
+            return
+        state = self._neighbours.get(node_id)
+        if state is not None and self._neighbours.lose(node_id):
+            log.warning("%s %s lost: %s", link.kind, node_id, reason)
+            self._fire(state)
+
+    def _on_link_message(self, link: Link, msg: Message) -> None:
+        if isinstance(msg, Heartbeat):
+            if msg.node_id == link.node_id:
+                self._take_snapshot(msg)
+        elif isinstance(msg, Request):
+            if link.node_id is not None:
+                self._heard(link.node_id)
+            self._dispatcher.dispatch(msg, Sender(link.node_id, link.kind), link.send_frames)
+        elif isinstance(msg, Reply):
+            self._pending.resolve(msg)

@@ -1,0 +1,94 @@
+"""CurveZMQ for the bus: key files, a node's key pair, the accepted keys, and the ZAP authenticator.
+
+Key files are zmq.auth's: ``NAME.key`` (public) and ``NAME.key_secret`` (both keys). One
+directory serves a cluster: each node loads its own ``NODE_ID.key_secret`` and accepts every
+``*.key`` in the authorized directory (the same directory unless told otherwise). Servers
+(ROUTER, PUB) only admit clients whose public key is accepted; clients (DEALER, SUB) only
+connect to servers whose public key is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+__all__ = ["CurveKeys", "generate_keys", "start_authenticator"]
+
+log = logging.getLogger("bus.security")
+
+
+def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory``; return their paths.
+
+    The secret file is made readable by its owner only.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(folder, name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """A node's (or client's) Curve key pair and the directory of public keys it accepts."""
+
+    public: bytes                 # Z85
+    secret: bytes                 # Z85
+    authorized_dir: Path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], name: str,
+             authorized: str | os.PathLike[str] | None = None) -> CurveKeys:
+        """Load ``directory/NAME.key_secret``; accept the ``*.key`` files of ``authorized``
+        (default: ``directory``). Raises OSError/ValueError with the file named."""
+        folder = Path(directory)
+        public, secret = zmq.auth.load_certificate(folder / f"{name}.key_secret")
+        if not secret:
+            raise ValueError(f"{folder / (name + '.key_secret')} holds no secret key")
+        return cls(public=public, secret=secret, authorized_dir=Path(authorized or folder))
+
+    @property
+    def public_text(self) -> str:
+        return self.public.decode("ascii")
+
+    def accepted(self) -> set[bytes]:
+        """The accepted public keys, read afresh (keys may be added while running)."""
+        return set(zmq.auth.load_certificates(self.authorized_dir))
+
+    def trusts(self, public_key: str | bytes | None) -> bool:
+        if not public_key:
+            return False
+        key = public_key.encode("ascii") if isinstance(public_key, str) else public_key
+        return key in self.accepted()
+
+    def make_server(self, sock: zmq.Socket) -> None:
+        """Before bind: ``sock`` becomes a Curve server (clients checked by ZAP)."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+    def make_client(self, sock: zmq.Socket, server_key: str | bytes) -> None:
+        """Before connect: ``sock`` talks Curve to the server holding ``server_key``."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_serverkey = server_key.encode("ascii") if isinstance(server_key, str) else server_key
+
+
+def start_authenticator(context: zmq.Context, keys: CurveKeys) -> AsyncioAuthenticator:
+    """Start the ZAP handler of ``context`` (one per context) accepting ``keys.authorized_dir``.
+
+    Call inside the running event loop; ``stop()`` it before terminating the context.
+    """
+    auth = AsyncioAuthenticator(context, log=logging.getLogger("bus.zap"))
+    auth.start()
+    auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+    log.info("curve: accepting %d public keys from %s", len(auth.certs.get("*", {})),
+             keys.authorized_dir)
+    return auth

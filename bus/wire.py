@@ -1,0 +1,71 @@
+"""Socket plumbing shared by the bus transports: creating, sending without blocking, closing,
+and logging dropped frames without flooding the log."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+import zmq.asyncio
+
+from bus.protocol import MAX_FRAME_SIZE, ProtocolError
+
+__all__ = ["DropLog", "close_socket", "new_socket", "send_now"]
+
+HWM = 10_000
+
+
+def new_socket(context: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
+    """A socket with the bus's defaults: linger 0, bounded queues, oversized frames refused."""
+    sock = context.socket(kind)
+    sock.linger = 0
+    sock.sndhwm = HWM
+    sock.rcvhwm = HWM
+    # libzmq drops the connection of a peer that sends a larger frame: memory stays bounded.
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_SIZE + 1024)
+    return sock
+
+
+def send_now(sock: zmq.asyncio.Socket | None, frames: list[bytes]) -> bool:
+    """Queue ``frames`` without waiting; False when the queue is full or the peer is unknown."""
+    if sock is None or sock.closed:
+        return False
+    try:
+        future = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.ZMQError:
+        return False
+    # zmq.asyncio reports EAGAIN/EHOSTUNREACH through an already-finished future.
+    if future.done():
+        return future.exception() is None
+    return True
+
+
+def close_socket(sock: zmq.asyncio.Socket | None) -> None:
+    if sock is not None and not sock.closed:
+        sock.close(linger=0)
+
+
+class DropLog:
+    """Logs dropped frames: the first at once, then at most one summary line per ``every`` s."""
+
+    def __init__(self, logger: logging.Logger, where: str, every: float = 5.0):
+        self._log = logger
+        self._where = where
+        self._every = every
+        self._since = 0
+        self._last = -every
+        self.total = 0
+
+    def drop(self, err: ProtocolError | str) -> None:
+        self.total += 1
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return
+        reason = f"{err.code}: {err.message}" if isinstance(err, ProtocolError) else err
+        if self._since > 1:
+            self._log.warning("%s: dropped %d bad frames (last: %s)", self._where, self._since, reason)
+        else:
+            self._log.warning("%s: dropped a bad frame (%s)", self._where, reason)
+        self._since, self._last = 0, now
