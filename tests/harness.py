@@ -43,6 +43,14 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, message: 
                        + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def gone(pid: int) -> bool:
+    """True if the process no longer runs (a zombie nobody reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():

@@ -19,8 +19,12 @@ WORKLOAD_ENV = "CNET_WORKLOAD_ID"
 
 
 def start_time_of(pid: int) -> float | None:
+    """The start time of a living process (None if gone or a zombie)."""
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return None
 
@@ -63,8 +67,11 @@ class ProcessHandle:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=cwd, env=env,
                                      start_new_session=True, close_fds=True)
-        started = start_time_of(popen.pid)
-        handle = cls(popen.pid, started if started is not None else 0.0, popen)
+        try:
+            started = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            started = 0.0  # already gone: the pidfd below reports the exit at once
+        handle = cls(popen.pid, started, popen)
         handle._open_pidfd()
         return handle
 
