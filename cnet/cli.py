@@ -28,7 +28,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("agent", help="run an agent in the foreground")
     p.add_argument("--config", help="agent YAML config (the seed's format)")
+    p.add_argument("--topology", help="a topology file; with --node, run that node")
+    p.add_argument("--node", help="the node of --topology to run")
+    p.add_argument("--state-dir", help="override the topology's state_dir")
     p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser("cluster", help="start, inspect or stop every node of a topology")
+    p.add_argument("action", choices=("up", "status", "down"))
+    p.add_argument("topology", help="topology YAML, e.g. topologies/jiangsu.yaml")
+    p.add_argument("--state-dir", help="override the topology's state_dir")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every link")
+    p.set_defaults(func=_cmd_cluster)
 
     def client_cmd(name: str, help_: str, func):
         c = sub.add_parser(name, help=help_)
@@ -70,11 +80,15 @@ def _cmd_agent(args) -> int:
     from .agent import serve
     from .logsetup import configure
 
-    if not args.config:
-        print("cnet agent: give --config FILE", file=sys.stderr)
+    if bool(args.config) == bool(args.topology) or bool(args.topology) != bool(args.node):
+        print("cnet agent: give --config FILE, or --topology FILE --node ID", file=sys.stderr)
         return 2
     try:
-        cfg = config_mod.load(args.config)
+        if args.config:
+            cfg = config_mod.load(args.config)
+        else:
+            from . import topology
+            cfg = topology.load(args.topology, args.state_dir).agent_config(args.node)
     except ConfigError as exc:
         print(f"cnet agent: config error: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +98,29 @@ def _cmd_agent(args) -> int:
     except ConfigError as exc:
         print(f"cnet agent: config error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_cluster(args) -> int:
+    from . import topology
+    from .cluster import Cluster, ClusterError
+
+    try:
+        topo = topology.load(args.topology, args.state_dir)
+    except ConfigError as exc:
+        print(f"cnet cluster: {exc}", file=sys.stderr)
+        return 2
+    cluster = Cluster(topo)
+    try:
+        if args.action == "up":
+            cluster.up(topo.path, timeout=args.timeout)
+        elif args.action == "down":
+            cluster.down()
+        else:
+            return 0 if cluster.status() else 1
+    except ClusterError as exc:
+        print(f"cnet cluster: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,43 @@
+# CNET developer entry points. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TOPOLOGY ?= topologies/jiangsu.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup run stop status test bench lint podman-up podman-down clean
+
+$(BIN)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup  ## start the default topology in the background and print its URLs
+	$(BIN)/cnet cluster up $(TOPOLOGY)
+
+stop: setup  ## stop what `make run` started
+	$(BIN)/cnet cluster down $(TOPOLOGY)
+
+status: setup
+	$(BIN)/cnet cluster status $(TOPOLOGY)
+
+test: setup  ## the whole suite (container tests need `make podman-up` first, else they skip)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup  ## benchmarks, each beside a same-run baseline (not part of `make test`)
+	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+lint: setup
+	$(BIN)/ruff check cnet bus services tests
+
+podman-up:  ## a Podman service speaking the Docker Engine API, for container workloads
+	bash .ci/podman-up
+
+podman-down:
+	bash .ci/podman-down
+
+clean:
+	rm -rf $(VENV) run test-output .pytest_cache *.egg-info
