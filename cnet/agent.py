@@ -20,6 +20,9 @@ from . import __version__
 from .api import make_app
 from .config import Config, ConfigError
 from .events import EventHub
+from .executors.datagateway import DataGatewayExecutor
+from .executors.mlmodel import MLModelExecutor
+from .executors.opencv import OpenCVExecutor
 from .executors.process import ProcessExecutor
 from .manager import Manager
 from .metrics import AgentMetrics
@@ -80,7 +83,8 @@ class Agent:
         log.info("agent %s listening on %s (state in %s)", cfg.node_id, cfg.url, cfg.state_dir)
 
     def _executors(self):
-        return [ProcessExecutor(self.manager)]
+        return [ProcessExecutor(self.manager), MLModelExecutor(self.manager),
+                OpenCVExecutor(self.manager), DataGatewayExecutor(self.manager)]
 
     async def stop(self) -> None:
         for tick in self._ticks:

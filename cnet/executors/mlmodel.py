@@ -1,0 +1,70 @@
+"""ML model workloads: the seed's MLModelExecutorDispatcher, one inference service per model.
+
+``model_type`` picks the service program (``yolo`` -> ``cnet-inference-yolo``); the seed's
+``tensorflow`` and ``pytorch`` are known but not implemented yet. A relative ``model_path`` is
+resolved against the agent's working directory when the workload is submitted; the workload's
+config then shows the absolute path, so restarts do not depend on the agent's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BadRequest
+from .base import require_str
+from .service import LaunchSpec, ServiceExecutor, pool_args, validate_pool
+
+__all__ = ["MLModelExecutor"]
+
+
+@dataclass(frozen=True)
+class _Backend:
+    program: str
+    log_prefix: str
+
+
+BACKENDS = {"yolo": _Backend("cnet-inference-yolo", "yolo")}
+NOT_YET = ("tensorflow", "pytorch")
+
+
+class MLModelExecutor(ServiceExecutor):
+    type = "mlmodel"
+    options = frozenset({"model_type", "model_path", "workers", "threads"})
+
+    def validate_options(self, config: dict) -> dict:
+        model_type = require_str(config, "model_type")
+        if model_type.lower() in NOT_YET:
+            raise BadRequest(f"config.model_type: model_type {model_type} is not supported yet "
+                             f"(supported: {', '.join(BACKENDS)})", code="model_type_not_supported")
+        if model_type.lower() not in BACKENDS:
+            raise BadRequest(f"config.model_type: unknown model_type {model_type!r}; expected one of "
+                             f"{', '.join([*BACKENDS, *NOT_YET])}", code="unknown_model_type")
+        return {"model_type": model_type.lower(),
+                "model_path": _readable_model(require_str(config, "model_path")),
+                **validate_pool(config)}
+
+    def launch_spec(self, config: dict) -> LaunchSpec:
+        backend = BACKENDS[config["model_type"]]
+        return LaunchSpec(backend.program, ["--model", config["model_path"], *pool_args(config)],
+                          backend.log_prefix)
+
+
+def _readable_model(model_path: str) -> str:
+    """The absolute path of a readable model file, or a 400 naming what is wrong."""
+    if "\x00" in model_path:
+        raise BadRequest("config.model_path: must not contain NUL characters", code="invalid_field")
+    path = Path(os.path.abspath(os.path.expanduser(model_path)))
+    if not path.exists():
+        raise BadRequest(f"config.model_path: {model_path}: no such file (resolved to {path})",
+                         code="model_not_found")
+    if not path.is_file():
+        raise BadRequest(f"config.model_path: {model_path} is not a file", code="model_not_found")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise BadRequest(f"config.model_path: {model_path}: cannot read ({exc.strerror})",
+                         code="model_unreadable") from None
+    return str(path)
