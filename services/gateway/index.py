@@ -52,9 +52,11 @@ class ObjectIndex(abc.ABC):
 
     kind: str
 
+    @abc.abstractmethod
     async def start(self) -> None:
         """Build or open the index; called once before the server accepts requests."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release the index; no call follows."""
 
