@@ -153,7 +153,7 @@ class Link:
                     await recv
             else:
                 self._delay = self._retry_max
-                self._reason = "untrusted key"
+                self._reason = "cannot connect"
             close_socket(self._sock)
             self._sock = None
             if self._joined:
@@ -171,7 +171,13 @@ class Link:
                 sock.close(linger=0)
                 return False
             self._curve.make_client(sock, endpoints.curve_key or "")
-        sock.connect(endpoints.router)
+        try:
+            sock.connect(endpoints.router)
+        except zmq.ZMQError as exc:
+            log.error("%s link %s: cannot connect to %r: %s", self.kind, self.describe(),
+                      endpoints.router, exc)
+            sock.close(linger=0)
+            return False
         self._sock = sock
         return True
 

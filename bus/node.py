@@ -154,6 +154,8 @@ class BusNode:
 
     async def close(self) -> None:
         """Say bye to every neighbour, stop all tasks and close every socket (linger 0)."""
+        if self._context is None:
+            return
         byes = sum(1 for link in self._links if link.joined)
         for link in self._links:
             await link.close("node shutting down")

@@ -1,0 +1,248 @@
+"""Real BusNodes on loopback: joins, heartbeats, broadcasts, bye, request/reply, clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from bus import (
+    BusClient,
+    BusNode,
+    RemoteError,
+    Request,
+    RequestTimeout,
+    Sender,
+    Unreachable,
+    Watcher,
+)
+
+from .harness import FAST, Directory, Recorder, endpoints, running, status, until
+
+
+async def echo(request: Request, sender: Sender) -> dict:
+    if request.op == "fail":
+        raise RemoteError("not_found", "no such workload", {"id": request.args.get("id")})
+    if request.op == "crash":
+        raise RuntimeError("handler bug")
+    if request.op == "slow":
+        await asyncio.sleep(10)
+    return {"args": request.args, "from": sender.node_id, "role": sender.role,
+            "hops": request.hops, "visited": request.visited}
+
+
+async def test_parent_and_child_join_and_exchange_snapshots() -> None:
+    seen_parent, seen_child = Recorder(), Recorder()
+    parent = BusNode("jiangsu", snapshot=lambda: {"cpu": 8}, on_neighbour=seen_parent, **FAST)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), http="http://127.0.0.1:8081",
+                        snapshot=lambda: {"cpu": 4}, summary=lambda: {"nodes": 1},
+                        on_neighbour=seen_child, **FAST)
+        async with running(child):
+            await until(lambda: (parent.neighbour("nanjing") or 0) and
+                        parent.neighbour("nanjing").snapshot == {"cpu": 4}, what="child snapshot at parent")
+            await until(lambda: (child.neighbour("jiangsu") or 0) and
+                        child.neighbour("jiangsu").snapshot == {"cpu": 8}, what="parent snapshot at child")
+            at_parent = parent.neighbour("nanjing")
+            assert (at_parent.role, at_parent.status, at_parent.http) == ("child", "alive", "http://127.0.0.1:8081")
+            assert at_parent.summary == {"nodes": 1} and at_parent.pub == child.pub_endpoint
+            assert child.neighbour("jiangsu").role == "parent"
+            seq = at_parent.seq
+            await until(lambda: parent.neighbour("nanjing").seq > seq + 3, what="heartbeats keep coming")
+            assert seen_parent.seen("nanjing", "alive") and seen_child.seen("jiangsu", "alive")
+
+
+async def test_peers_join_both_ways() -> None:
+    book = Directory()
+    a = BusNode("suqian", peers=["b:1", "c:1"], discover=book.discover, handler=echo,
+                snapshot=lambda: {"n": "a"}, **FAST)
+    b = BusNode("changzhou", peers=["a:1"], discover=book.discover, handler=echo,
+                snapshot=lambda: {"n": "b"}, **FAST)
+    c = BusNode("wuxi", discover=book.discover, snapshot=lambda: {"n": "c"}, **FAST)   # one-sided
+    async with running(a, b, c):
+        for address, node in (("a:1", a), ("b:1", b), ("c:1", c)):
+            book.add(address, node)
+        await until(lambda: status(a, "changzhou") == "alive" and status(b, "suqian") == "alive")
+        await until(lambda: status(a, "wuxi") == "alive" and status(c, "suqian") == "alive")
+        assert {s.role for s in a.neighbours()} == {"peer"} and b.neighbour("suqian").role == "peer"
+        await until(lambda: a.neighbour("changzhou").snapshot == {"n": "b"})
+        await until(lambda: b.neighbour("suqian").snapshot == {"n": "a"})
+        await until(lambda: a.neighbour("wuxi").snapshot == {"n": "c"} and
+                    c.neighbour("suqian").snapshot == {"n": "a"})
+        assert (await a.call("changzhou", "get"))["role"] == "peer"
+        assert (await b.call("suqian", "get"))["from"] == "changzhou"
+        unsupported = await a.request("wuxi", "get")        # wuxi serves no requests
+        assert not unsupported.ok and unsupported.error["code"] == "unsupported"
+        reply = await c.request("suqian", "get")            # back through a's ROUTER identity
+        assert reply.ok and reply.result["from"] == "wuxi"
+
+
+async def test_published_change_arrives_at_once() -> None:
+    view: dict = {"cpu": 0}
+    parent = BusNode("jiangsu", **{**FAST, "heartbeat_interval": 5.0})
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), snapshot=lambda: dict(view),
+                        **{**FAST, "heartbeat_interval": 5.0})
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive")
+            await asyncio.sleep(0.2)            # the parent's SUB has connected to the child's PUB
+            for value in range(1, 6):
+                view["cpu"] = value
+                started = time.monotonic()
+                child.publish()
+                await until(lambda v=value: parent.neighbour("nanjing").snapshot == {"cpu": v}, 1.0)
+                assert time.monotonic() - started < 0.5   # no heartbeat could have carried it
+
+
+async def test_events_reach_neighbours_and_watchers() -> None:
+    events = []
+    parent = BusNode("jiangsu", on_event=lambda state, ev: events.append((state.node_id, ev)), **FAST)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), **FAST)
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive")
+            watcher = Watcher(child.pub_endpoint, topics=[b"event."])
+            try:
+                await asyncio.sleep(0.2)
+                child.publish_event("workload", {"id": "w1", "status": "running"})
+                got = await watcher.next(timeout=2.0)
+                assert got.kind == "workload" and got.data["id"] == "w1" and got.node_id == "nanjing"
+                await until(lambda: events, what="event at parent")
+                assert events[0][0] == "nanjing" and events[0][1].data["status"] == "running"
+                with pytest.raises(RequestTimeout):
+                    await watcher.next(timeout=0.05)
+            finally:
+                watcher.close()
+
+
+async def test_bye_marks_lost_at_once_and_rejoin_is_alive() -> None:
+    seen = Recorder()
+    parent = BusNode("jiangsu", on_neighbour=seen, **{**FAST, "heartbeat_interval": 5.0})
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), **{**FAST, "heartbeat_interval": 5.0})
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive")
+        await until(lambda: status(parent, "nanjing") == "lost", 1.0, "lost on bye, long before 15 s")
+        again = BusNode("nanjing", parent=endpoints(parent), **FAST)
+        async with running(again):
+            await until(lambda: status(parent, "nanjing") == "alive")
+
+
+async def test_parent_restart_is_rejoined() -> None:
+    """The parent closes and a new one starts on other ports; discovery finds it again."""
+    book = Directory()
+    first = BusNode("jiangsu", **FAST)
+    second = BusNode("jiangsu", **FAST)
+    child = BusNode("nanjing", parent="jiangsu:8080", discover=book.discover, **FAST)
+    async with running(first, child):
+        book.add("jiangsu:8080", first)
+        await until(lambda: status(first, "nanjing") == "alive" and status(child, "jiangsu") == "alive")
+        del book.where["jiangsu:8080"]
+        await first.close()
+        await until(lambda: status(child, "jiangsu") == "lost", 2.0)
+        async with running(second):
+            book.add("jiangsu:8080", second)
+            await until(lambda: status(second, "nanjing") == "alive", 5.0, "re-joined the new parent")
+            await until(lambda: status(child, "jiangsu") == "alive")
+            assert child.neighbour("jiangsu").epoch == second.epoch
+
+
+async def test_parent_restart_on_same_ports_asks_for_hello() -> None:
+    first = BusNode("jiangsu", **FAST)
+    async with running(first):
+        fixed = endpoints(first)
+        child = BusNode("nanjing", parent=fixed, **FAST)
+        async with running(child):
+            await until(lambda: status(first, "nanjing") == "alive")
+            first._identity_of.clear()       # crash-like: no bye reaches the child
+            await first.close()
+            second = BusNode("jiangsu", router=fixed.router, pub=fixed.pub, **FAST)
+            async with running(second):
+                await until(lambda: status(second, "nanjing") == "alive", 5.0)
+                await until(lambda: child.neighbour("jiangsu").epoch == second.epoch)
+
+
+async def test_duplicate_node_id_is_refused_on_both_sides(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    parent = BusNode("jiangsu", **FAST)
+    async with running(parent):
+        first = BusNode("nanjing", parent=endpoints(parent), **FAST)
+        async with running(first):
+            await until(lambda: status(parent, "nanjing") == "alive")
+            epoch = parent.neighbour("nanjing").epoch
+            second = BusNode("nanjing", parent=endpoints(parent), **FAST)
+            async with running(second):
+                await until(lambda: "refused our hello" in caplog.text, 3.0)
+                assert "jiangsu refused hello from nanjing (child)" in caplog.text
+                assert "already joined and alive" in caplog.text
+                assert status(second, "jiangsu") is None
+                # The legitimate link still works.
+                assert parent.neighbour("nanjing").epoch == epoch
+                seq = parent.neighbour("nanjing").seq
+                await until(lambda: parent.neighbour("nanjing").seq > seq)
+        self_named = BusNode("jiangsu", parent=endpoints(parent), **FAST)
+        async with running(self_named):
+            await until(lambda: "is this node's own id" in caplog.text, 3.0)
+
+
+async def test_request_reply_both_ways_errors_and_timeouts() -> None:
+    parent = BusNode("jiangsu", handler=echo, **FAST)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), handler=echo, **FAST)
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive" and status(child, "jiangsu") == "alive")
+            down = await parent.call("nanjing", "submit", {"id": "w1"}, hops=1, visited=["jiangsu"])
+            assert down == {"args": {"id": "w1"}, "from": "jiangsu", "role": "parent", "hops": 1,
+                            "visited": ["jiangsu"]}
+            up = await child.call("jiangsu", "list")
+            assert (up["from"], up["role"]) == ("nanjing", "child")
+            reply = await child.request("jiangsu", "fail", {"id": "w9"})
+            assert not reply.ok and reply.error == {"code": "not_found", "message": "no such workload",
+                                                    "details": {"id": "w9"}}
+            with pytest.raises(RemoteError) as caught:
+                await parent.call("nanjing", "crash")
+            assert caught.value.code == "internal" and "handler bug" in caught.value.message
+            started = time.monotonic()
+            with pytest.raises(RequestTimeout, match="'slow' sent to nanjing"):
+                await parent.request("nanjing", "slow", timeout=0.2)
+            assert time.monotonic() - started < 1.0
+            assert (await parent.call("nanjing", "still_serving"))["from"] == "jiangsu"
+            with pytest.raises(Unreachable):
+                await parent.request("nowhere", "get")
+            with pytest.raises(ValueError):
+                await parent.request("nanjing", "Bad Op")
+
+
+async def test_request_to_lost_neighbour_fails_fast() -> None:
+    parent = BusNode("jiangsu", handler=echo, **FAST)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), handler=echo, **FAST)
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive")
+        await until(lambda: status(parent, "nanjing") == "lost")
+        with pytest.raises(Unreachable, match="lost"):
+            await parent.request("nanjing", "get")
+
+
+async def test_clients_without_hello() -> None:
+    node = BusNode("jiangsu", handler=echo, **FAST)
+    async with running(node):
+        async with BusClient(node.router_endpoint, timeout=2.0) as client:
+            assert (await client.call("nodes", {"x": 1})) == {
+                "args": {"x": 1}, "from": None, "role": "client", "hops": 0, "visited": []}
+            welcome = await client.hello()
+            assert welcome.node_id == "jiangsu" and welcome.pub == node.pub_endpoint
+            results = await asyncio.gather(*(client.call("get", {"i": i}) for i in range(50)))
+            assert [r["args"]["i"] for r in results] == list(range(50))
+        assert node.neighbours() == []             # a client is no neighbour
+
+
+async def test_client_to_a_down_agent_times_out() -> None:
+    probe = BusNode("probe", **FAST)
+    async with running(probe):
+        endpoint = probe.router_endpoint
+    async with BusClient(endpoint, timeout=0.2) as client:
+        with pytest.raises(RequestTimeout, match="is the agent up"):
+            await client.call("nodes")

@@ -1,0 +1,51 @@
+"""The neighbour table alone, on an injected clock: loss, return, stale snapshots, incarnations."""
+
+from __future__ import annotations
+
+from bus.liveness import ALIVE, LOST, Neighbours
+
+
+def join(table: Neighbours, node_id: str = "nanjing", now: float = 0.0, epoch: int = 1) -> None:
+    table.joined(node_id, "child", now, epoch=epoch, http="", router="", pub="", interval=1.0)
+
+
+def test_lost_after_misses_and_alive_again() -> None:
+    table = Neighbours(misses=3)
+    join(table)
+    assert table.expire(2.9) == []
+    table.heard("nanjing", 2.9)
+    assert table.expire(5.8) == []
+    lost = table.expire(6.0)
+    assert [s.node_id for s in lost] == ["nanjing"] and table.get("nanjing").status == LOST
+    assert table.expire(10.0) == []                       # reported once
+    assert table.heard("nanjing", 11.0) is True           # back, no manual step
+    assert table.get("nanjing").status == ALIVE
+
+
+def test_stale_snapshots_are_ignored() -> None:
+    table = Neighbours()
+    join(table)
+    assert table.snapshot("nanjing", 1, 5, {"cpu": 1}, None, 0.0) is True
+    assert table.snapshot("nanjing", 1, 4, {"cpu": 9}, None, 0.0) is False
+    assert table.snapshot("nanjing", 1, 5, {"cpu": 9}, None, 0.0) is False
+    assert table.snapshot("nanjing", 1, 6, {"cpu": 1}, None, 0.0) is False   # same view
+    assert table.get("nanjing").snapshot == {"cpu": 1} and table.get("nanjing").seq == 6
+
+
+def test_other_incarnation_needs_a_handshake() -> None:
+    table = Neighbours()
+    join(table, epoch=1)
+    table.expire(10.0)
+    assert table.heard("nanjing", 11.0, epoch=2) is False          # a restart must hello first
+    assert table.snapshot("nanjing", 2, 1, {"cpu": 3}, None, 0.0) is False
+    assert table.is_live_elsewhere("nanjing", 2) is False          # lost: the new one may join
+    join(table, now=11.0, epoch=2)
+    assert table.snapshot("nanjing", 2, 1, {"cpu": 3}, None, 0.0) is True
+
+
+def test_duplicate_is_a_live_other_incarnation() -> None:
+    table = Neighbours()
+    join(table, epoch=1)
+    assert table.is_live_elsewhere("nanjing", 2) is True
+    assert table.is_live_elsewhere("nanjing", 1) is False          # same process reconnecting
+    assert table.is_live_elsewhere("suqian", 2) is False
