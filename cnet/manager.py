@@ -12,8 +12,19 @@ import time
 from typing import TYPE_CHECKING
 
 from .errors import CnetError, Conflict, NotFound
-from .workload import (COMPLETED, ENDED, FAILED, LIVE, PENDING, RUNNING, STOPPED, STOPPING,
-                       Submission, Workload, parse_submission)
+from .workload import (
+    COMPLETED,
+    ENDED,
+    FAILED,
+    LIVE,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    Submission,
+    Workload,
+    parse_submission,
+)
 
 if TYPE_CHECKING:
     from .config import Config

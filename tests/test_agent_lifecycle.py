@@ -171,8 +171,8 @@ def test_reused_pid_is_not_mistaken(make_agent):
     agent = make_agent()
     wl = agent.submit(process_spec())
     agent.kill()
-    import sqlite3
     import json
+    import sqlite3
     db = agent.state_dir / "cnet.db"
     with sqlite3.connect(db) as conn:
         (runtime,) = conn.execute("SELECT runtime FROM workloads WHERE id=?", (wl["id"],)).fetchone()
