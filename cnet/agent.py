@@ -20,6 +20,7 @@ from . import __version__
 from .api import make_app
 from .config import Config, ConfigError
 from .events import EventHub
+from .executors.container import ContainerExecutor
 from .executors.datagateway import DataGatewayExecutor
 from .executors.mlmodel import MLModelExecutor
 from .executors.opencv import OpenCVExecutor
@@ -84,7 +85,8 @@ class Agent:
 
     def _executors(self):
         return [ProcessExecutor(self.manager), MLModelExecutor(self.manager),
-                OpenCVExecutor(self.manager), DataGatewayExecutor(self.manager)]
+                OpenCVExecutor(self.manager), DataGatewayExecutor(self.manager),
+                ContainerExecutor(self.manager)]
 
     async def stop(self) -> None:
         for tick in self._ticks:

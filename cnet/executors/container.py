@@ -1,0 +1,635 @@
+"""Container workloads: local images run through the Docker Engine API (Docker itself, or
+Podman's Docker-compatible service), with the blocking ``docker`` SDK kept off the event loop.
+
+Every engine call runs in a small thread pool with a timeout; each running container is
+watched by one daemon thread blocked in the engine's ``wait`` call, which reports the exit back
+on the event loop. The SDK is imported and the client created on first use, so an agent without
+an engine starts (and stays small) and reports the engine as down in ``/api/health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import shlex
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+from ..errors import BadRequest, CnetError, Conflict, NotFound, Unavailable
+from ..workload import Workload
+from .base import Executor, ExecutorHost, require_str, require_str_list, require_str_map
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+__all__ = ["ContainerExecutor", "Engine", "LABEL_NODE", "LABEL_WORKLOAD"]
+
+log = logging.getLogger(__name__)
+
+LABEL_WORKLOAD = "cnet.workload_id"
+LABEL_NODE = "cnet.node_id"
+LABEL_NAME = "cnet.workload_name"
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+
+CALL_TIMEOUT = 15.0     # one engine request (inspect, create, start, remove, ...)
+LOGS_TIMEOUT = 5.0      # the logs handler is synchronous: never hold the loop longer than this
+HEALTH_TIMEOUT = 0.8    # /api/health answers quickly even when the engine hangs
+RETRY_MAX = 30.0        # longest pause between attempts to re-watch a container
+MIN_MEMORY_LIMIT = 6 * 1024 * 1024  # engines refuse smaller memory limits
+POOL_SIZE = 8
+
+CONFIG_FIELDS = frozenset({"image", "command", "args", "env", "ports", "volumes", "working_dir",
+                           "stop_grace"})
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+T = TypeVar("T")
+
+
+# -- the engine connection ---------------------------------------------------------------
+
+
+class Engine:
+    """One Docker Engine API endpoint and its lazily created SDK client.
+
+    Every method blocks: call it from a worker thread, never from the event loop.
+    """
+
+    def __init__(self, url: str | None):
+        self.configured = url
+        self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
+        self._client: DockerClient | None = None
+        self._lock = threading.Lock()
+        self.ncpu: int | None = None
+        self.version: dict | None = None
+
+    def client(self) -> "DockerClient":
+        with self._lock:
+            if self._client is None:
+                import docker  # ~8 MB: only once a container workload or health check needs it
+
+                with self.translated("connecting"):
+                    if self.configured:
+                        client = docker.DockerClient(base_url=_base_url(self.configured),
+                                                     timeout=CALL_TIMEOUT, max_pool_size=64)
+                    else:  # DOCKER_HOST (and DOCKER_TLS_VERIFY / DOCKER_CERT_PATH) or the default
+                        client = docker.DockerClient.from_env(timeout=CALL_TIMEOUT,
+                                                              max_pool_size=64)
+                    info = client.info()
+                self.ncpu = info.get("NCPU") or None
+                self._client = client
+                log.info("container engine at %s: %s", self.url, info.get("ServerVersion", "?"))
+            return self._client
+
+    def describe(self) -> dict:
+        """``{"engine", "status": "up", "name", "version", "api_version"}`` or raise Unavailable."""
+        client = self.client()
+        with self.translated("checking the engine"):
+            client.ping()
+            if self.version is None:
+                self.version = client.version()
+        components = self.version.get("Components") or [{}]
+        return {"engine": self.url, "status": "up",
+                "name": components[0].get("Name") or "Docker Engine",
+                "version": self.version.get("Version"),
+                "api_version": self.version.get("ApiVersion")}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def unavailable(self, exc: BaseException) -> Unavailable:
+        return Unavailable(f"container engine at {self.url} is not reachable ({_reason(exc)}); "
+                           "start Docker or the Podman service, or set container.engine_url",
+                           code="engine_unavailable", details={"engine": self.url})
+
+    @contextmanager
+    def translated(self, doing: str) -> Iterator[None]:
+        """Turn SDK and transport exceptions into CnetErrors a caller can show."""
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            yield
+        except CnetError:
+            raise
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"{doing}: {exc.explanation or exc}", code="container_not_found") from None
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            if "address already in use" in text or "port is already allocated" in text:
+                raise Conflict(f"config.ports: a host port is already in use on this node "
+                               f"(engine: {text})", code="port_in_use") from None
+            if exc.is_server_error():
+                raise CnetError(f"container engine error while {doing}: {text}",
+                                code="engine_error", status=502) from None
+            raise BadRequest(f"container engine refused {doing}: {text}",
+                             code="engine_rejected") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            raise self.unavailable(exc) from None
+
+
+def _base_url(url: str) -> str:
+    """Accept a bare socket path as well as ``unix://``, ``tcp://``, ``ssh://`` URLs."""
+    return f"unix://{url}" if url.startswith("/") else url
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause from the SDK's nested transport errors."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        err = pending.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, FileNotFoundError):
+            return "no socket at that path"
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(err, (TimeoutError, FutureTimeout)) or "timed out" in str(err).lower():
+            return "no answer in time"
+        pending.extend(a for a in getattr(err, "args", ()) if isinstance(a, BaseException))
+        pending.extend(e for e in (err.__cause__, err.__context__) if e is not None)
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def describe_exit(code: int | None, state: dict | None = None) -> str:
+    """What a container's exit code means ("exited with code 3", "killed by SIGKILL (137)")."""
+    state = state or {}
+    if state.get("OOMKilled"):
+        return f"killed: out of memory (exit code {code})"
+    if code is None:
+        return "ended; exit code unknown"
+    text = f"exited with code {code}"
+    if code > 128:
+        try:
+            text = f"killed by {signal.Signals(code - 128).name} (exit code {code})"
+        except ValueError:
+            pass
+    if state.get("Error"):
+        text += f": {state['Error']}"
+    return text
+
+
+# -- config checks -----------------------------------------------------------------------
+
+
+def _command(config: dict) -> list[str]:
+    value = config.get("command")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise BadRequest(f"config.command: {exc}", code="invalid_field") from None
+        if not value:
+            raise BadRequest("config.command: must not be empty", code="invalid_field")
+        return value
+    return require_str_list(config, "command")
+
+
+def _port_number(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise BadRequest(f"{where}: a port number 1..65535", code="invalid_field")
+    return value
+
+
+def _container_port(key: Any) -> str:
+    """``80``, ``"80"`` or ``"80/tcp"`` -> ``"80/tcp"``."""
+    text = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+    if not isinstance(text, str):
+        raise BadRequest(f"config.ports: bad container port {key!r}", code="invalid_field")
+    port, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if proto not in PROTOCOLS:
+        raise BadRequest(f"config.ports: {text}: protocol must be one of {', '.join(PROTOCOLS)}",
+                         code="invalid_field")
+    return f"{_port_number(port, f'config.ports: container port {text}')}/{proto}"
+
+
+def _ports(config: dict) -> dict[str, int | None]:
+    """``{"8080/tcp": 18080, "80": 8080}`` or ``["18080:8080", "53/udp"]`` -> container -> host.
+
+    A host port of ``null`` (or a list entry without one) lets the engine pick a free port.
+    """
+    raw = config.get("ports") or {}
+    pairs: list[tuple[Any, Any]]
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    elif isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+        pairs = []
+        for item in raw:
+            host, sep, inside = item.rpartition(":")
+            pairs.append((inside, host if sep else None))
+    else:
+        raise BadRequest('config.ports: an object {"<port>[/tcp|udp]": <host port>} or a list '
+                         'of "<host port>:<port>[/proto]"', code="invalid_field")
+    out: dict[str, int | None] = {}
+    used: set[tuple[int, str]] = set()
+    for key, host in pairs:
+        inside = _container_port(key)
+        if inside in out:
+            raise BadRequest(f"config.ports: {inside} is mapped twice", code="invalid_field")
+        host_port = None if host in (None, 0, "") else _port_number(host, f"config.ports.{inside}")
+        if host_port is not None:
+            proto = inside.partition("/")[2]
+            if (host_port, proto) in used:
+                raise BadRequest(f"config.ports: host port {host_port}/{proto} is used twice",
+                                 code="invalid_field")
+            used.add((host_port, proto))
+        out[inside] = host_port
+    return out
+
+
+def _volumes(config: dict) -> list[str]:
+    """``["/host/dir:/in/container[:ro|rw]"]``: absolute paths, the host side must exist."""
+    out = []
+    for item in require_str_list(config, "volumes"):
+        parts = item.split(":")
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            host, inside, mode = parts
+        elif len(parts) == 2:
+            (host, inside), mode = parts, "rw"
+        else:
+            raise BadRequest(f"config.volumes: {item!r}: expected host:container[:ro|rw]",
+                             code="invalid_field")
+        if not os.path.isabs(host) or not PurePosixPath(inside).is_absolute():
+            raise BadRequest(f"config.volumes: {item!r}: both paths must be absolute",
+                             code="invalid_field")
+        if not Path(host).exists():
+            raise BadRequest(f"config.volumes: {host} does not exist on this node",
+                             code="invalid_field")
+        out.append(f"{host}:{inside}:{mode}")
+    return out
+
+
+# -- the executor ------------------------------------------------------------------------
+
+
+class ContainerExecutor(Executor):
+    """``type: container``: one engine container per workload, labelled with its id."""
+
+    type = "container"
+
+    def __init__(self, host: ExecutorHost):
+        super().__init__(host)
+        self.engine = Engine(host.config.container_engine_url)
+        self.node_id: str = host.config.node_id
+        self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="cnet-engine")
+        self._watches: dict[str, asyncio.Event] = {}
+        self._closed = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe: asyncio.Future | None = None
+        self._limits_rejected: str | None = None  # why the engine refused limits, once it has
+
+    # -- checks --------------------------------------------------------------------------
+
+    def validate(self, config: dict) -> dict:
+        unknown = sorted(set(config) - CONFIG_FIELDS)
+        if unknown:
+            raise BadRequest(f"config: unknown field(s) for a container: {', '.join(unknown)}",
+                             code="invalid_field")
+        image = require_str(config, "image")
+        if any(c.isspace() or c == "\x00" for c in image):
+            raise BadRequest("config.image: must not contain spaces or NUL characters",
+                             code="invalid_field")
+        out: dict[str, Any] = {"image": image}
+        command, args = _command(config), require_str_list(config, "args")
+        env, ports, volumes = require_str_map(config, "env"), _ports(config), _volumes(config)
+        working_dir = require_str(config, "working_dir", required=False)
+        if working_dir is not None and not PurePosixPath(working_dir).is_absolute():
+            raise BadRequest("config.working_dir: an absolute path inside the container",
+                             code="invalid_field")
+        grace = config.get("stop_grace")
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float))
+                                  or not 0 <= grace <= 3600):
+            raise BadRequest("config.stop_grace: seconds, 0..3600", code="invalid_field")
+        for key, value in (("command", command), ("args", args), ("env", env), ("ports", ports),
+                           ("volumes", volumes), ("working_dir", working_dir),
+                           ("stop_grace", grace)):
+            if value or (key == "stop_grace" and value is not None):
+                out[key] = value
+        return out
+
+    # -- running -------------------------------------------------------------------------
+
+    async def start(self, workload: Workload) -> dict:
+        try:
+            runtime = await self._call(self._create_and_start, workload)
+        except Unavailable:
+            # A timed-out create may still complete in its thread: leave nothing behind.
+            self._pool.submit(self._remove_quietly, workload.id)
+            raise
+        self._watch(workload.id, runtime["container_id"])
+        return runtime
+
+    def _create_and_start(self, workload: Workload) -> dict:
+        """Blocking: check the image, create and start the container, return runtime facts."""
+        import docker.errors
+
+        client = self.engine.client()
+        config = workload.config
+        image = config["image"]
+        with self.engine.translated(f"looking up image {image}"):
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                raise BadRequest(f"config.image: image {image} not found locally; load or pull it "
+                                 "on this node first", code="image_not_found") from None
+        limits, note = self._limits(workload)
+        try:
+            container = self._run(client, workload, limits)
+        except CnetError as exc:
+            if not limits or not _about_limits(exc.message):
+                raise
+            self._limits_rejected = exc.message
+            log.warning("container engine at %s refused resource limits for %s; running it "
+                        "without them: %s", self.engine.url, workload.id, exc.message)
+            container = self._run(client, workload, {})
+            note = f"not enforced: the engine refused them ({exc.message})"
+        with self.engine.translated("inspecting the new container"):
+            container.reload()
+        ports = _host_ports(container.attrs)
+        runtime = {"container_id": container.id, "container_name": container.name,
+                   "image": image, "limits": note}
+        if ports:
+            runtime["ports"] = ports
+            tcp = [port for inside, port in ports.items() if inside.endswith("/tcp") and port]
+            if tcp:
+                runtime["endpoint"] = f"http://127.0.0.1:{tcp[0]}"
+        return runtime
+
+    def _limits(self, workload: Workload) -> tuple[dict, str]:
+        """Engine limits for the declared requirements, and a note on what is enforced."""
+        req = workload.requirements
+        if self._limits_rejected is not None:
+            return {}, f"not enforced: the engine refused them earlier ({self._limits_rejected})"
+        limits: dict[str, int] = {}
+        if req.cpu > 0:
+            cpu = min(req.cpu, self.engine.ncpu or req.cpu)
+            limits["nano_cpus"] = max(1, int(cpu * 1e9))
+        if req.memory >= MIN_MEMORY_LIMIT:
+            limits["mem_limit"] = req.memory
+        if not limits:
+            return {}, "none requested"
+        shown = []
+        if "nano_cpus" in limits:
+            shown.append(f"cpu {limits['nano_cpus'] / 1e9:g}")
+        if "mem_limit" in limits:
+            shown.append(f"memory {limits['mem_limit']} bytes")
+        return limits, "enforced: " + ", ".join(shown)
+
+    def _run(self, client: "DockerClient", workload: Workload, limits: dict) -> "Container":
+        """Blocking: create and start; a container that fails to start is removed again."""
+        config = workload.config
+        command = [*config.get("command", []), *config.get("args", [])]
+        ports = {inside: host for inside, host in config.get("ports", {}).items()}
+        with self.engine.translated(f"creating a container from {config['image']}"):
+            container = client.containers.create(
+                config["image"], command=command or None, environment=config.get("env"),
+                ports=ports or None, volumes=config.get("volumes") or None,
+                working_dir=config.get("working_dir"), detach=True, stdin_open=False, tty=False,
+                labels={LABEL_WORKLOAD: workload.id, LABEL_NODE: self.node_id,
+                        LABEL_NAME: workload.name[:200]},
+                **limits)
+        try:
+            with self.engine.translated(f"starting container {container.short_id}"):
+                container.start()
+        except BaseException:
+            self._remove_quietly(workload.id, container.id)
+            raise
+        return container
+
+    # -- watching ------------------------------------------------------------------------
+
+    def _watch(self, workload_id: str, container_id: str | None) -> None:
+        """Wait for the container's exit in a daemon thread; report it on the loop."""
+        self._loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        self._watches[workload_id] = done
+        threading.Thread(target=self._wait_exit, args=(self._loop, workload_id, container_id),
+                         name=f"cnet-wait-{workload_id}", daemon=True).start()
+
+    def _wait_exit(self, loop: asyncio.AbstractEventLoop, workload_id: str,
+                   container_id: str | None) -> None:
+        """Thread: block in the engine's wait until the container ends, surviving engine restarts."""
+        delay = 1.0
+        while not self._closed.is_set():
+            try:
+                if container_id is None:
+                    container_id = self._find(loop, workload_id)
+                    if container_id is None:
+                        return
+                code, message = self._wait_blocking(container_id)
+                self._deliver(loop, workload_id, code, message, None)
+                return
+            except NotFound:
+                self._deliver(loop, workload_id, None,
+                              f"container {container_id[:12]} no longer exists (removed "
+                              "outside CNET or while the agent was down)", False)
+                return
+            except CnetError as exc:
+                if self._closed.is_set():
+                    return
+                log.warning("watching container of %s: %s; retrying in %.0f s",
+                            workload_id, exc.message, delay)
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _find(self, loop: asyncio.AbstractEventLoop, workload_id: str) -> str | None:
+        """Thread: the container of a workload whose id was never recorded (agent crash)."""
+        found = self._labelled(workload_id)
+        if not found:
+            self._deliver(loop, workload_id, None,
+                          "the agent stopped before the container was created", False)
+            return None
+        container = found[0]
+        if container.status == "created":
+            self._deliver(loop, workload_id, None,
+                          "the agent stopped before the container was started", False)
+            return None
+        self._call_on_loop(loop, self.host.updated, workload_id,
+                           {"container_id": container.id, "container_name": container.name})
+        return container.id
+
+    def _wait_blocking(self, container_id: str) -> tuple[int | None, str]:
+        client = self.engine.client()
+        with self.engine.translated(f"waiting for container {container_id[:12]}"):
+            result = client.api.wait(container_id, timeout=None)
+        code = result.get("StatusCode")
+        state: dict = {}
+        try:
+            with self.engine.translated("inspecting the ended container"):
+                state = client.api.inspect_container(container_id).get("State") or {}
+        except CnetError:
+            pass  # removed already: the exit code is all we know
+        return code, describe_exit(code, state)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, workload_id: str, code: int | None,
+                 message: str, success: bool | None) -> None:
+        self._call_on_loop(loop, self._ended, workload_id, code, message, success)
+
+    def _call_on_loop(self, loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the agent is gone
+            pass
+
+    def _ended(self, workload_id: str, code: int | None, message: str,
+               success: bool | None) -> None:
+        done = self._watches.pop(workload_id, None)
+        if done is not None:
+            done.set()
+        self.host.ended(workload_id, exit_code=code, message=message, success=success)
+
+    # -- stopping, adopting, logs, removal -----------------------------------------------
+
+    async def stop(self, workload: Workload, grace: float) -> None:
+        container_id = workload.runtime.get("container_id")
+        if container_id is None:
+            return
+        grace = workload.config.get("stop_grace", grace)
+        seconds = math.ceil(grace)
+        try:
+            await self._call(self._stop_blocking, container_id, seconds,
+                             timeout=seconds + CALL_TIMEOUT)
+        except NotFound:
+            return  # already gone: the watcher reports it
+        done = self._watches.get(workload.id)
+        if done is not None:
+            try:
+                await asyncio.wait_for(done.wait(), timeout=CALL_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("container of %s stopped, but its exit was not reported", workload.id)
+
+    def _stop_blocking(self, container_id: str, seconds: int) -> None:
+        client = self.engine.client()
+        with self.engine.translated(f"stopping container {container_id[:12]}"):
+            client.api.stop(container_id, timeout=seconds)
+
+    def adopt(self, workload: Workload) -> str | None:
+        # No engine I/O here (the agent is starting): the watcher finds out in the background
+        # whether the container still runs, ended (its exit code) or vanished (failed).
+        self._watch(workload.id, workload.runtime.get("container_id"))
+        return None
+
+    def logs(self, workload: Workload, tail: int) -> str:
+        container_id = workload.runtime.get("container_id")
+        if container_id is None or tail <= 0:
+            return ""
+        future = self._pool.submit(self._logs_blocking, container_id, tail)
+        try:
+            return future.result(timeout=LOGS_TIMEOUT)
+        except FutureTimeout:
+            raise Unavailable(f"container engine at {self.engine.url} did not send the logs within "
+                              f"{LOGS_TIMEOUT:g} s", code="engine_unavailable") from None
+        except NotFound:
+            raise NotFound(f"container {container_id[:12]} of workload {workload.id} no longer "
+                           "exists; its logs are gone", code="container_not_found") from None
+
+    def _logs_blocking(self, container_id: str, tail: int) -> str:
+        client = self.engine.client()
+        with self.engine.translated(f"reading the logs of container {container_id[:12]}"):
+            data = client.api.logs(container_id, stdout=True, stderr=True, tail=tail)
+        return data.decode("utf-8", errors="replace")
+
+    async def remove(self, workload: Workload) -> None:
+        await self._call(self._remove_blocking, workload.id, workload.runtime.get("container_id"))
+
+    def _labelled(self, workload_id: str) -> list["Container"]:
+        client = self.engine.client()
+        with self.engine.translated("listing containers"):
+            return client.containers.list(all=True, filters={"label": [
+                f"{LABEL_WORKLOAD}={workload_id}", f"{LABEL_NODE}={self.node_id}"]})
+
+    def _remove_blocking(self, workload_id: str, container_id: str | None = None) -> None:
+        """Blocking: remove the workload's container(s), running or not."""
+        client = self.engine.client()
+        ids = {c.id for c in self._labelled(workload_id)}
+        if container_id:
+            ids.add(container_id)
+        for cid in ids:
+            try:
+                with self.engine.translated(f"removing container {cid[:12]}"):
+                    client.api.remove_container(cid, force=True)
+            except NotFound:
+                pass
+
+    def _remove_quietly(self, workload_id: str, container_id: str | None = None) -> None:
+        try:
+            self._remove_blocking(workload_id, container_id)
+        except CnetError as exc:
+            log.warning("could not remove the container of %s: %s", workload_id, exc.message)
+
+    # -- engine health and plumbing ------------------------------------------------------
+
+    async def health(self) -> dict:
+        if self._probe is None or self._probe.done():
+            loop = asyncio.get_running_loop()
+            self._probe = loop.run_in_executor(self._pool, self.engine.describe)
+        try:
+            state = await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
+        except asyncio.TimeoutError:
+            return {"engine": self.engine.url, "status": "down",
+                    "error": f"no answer within {HEALTH_TIMEOUT:g} s"}
+        except CnetError as exc:
+            return {"engine": self.engine.url, "status": "down", "error": exc.message}
+        state["watched"] = len(self._watches)
+        if self._limits_rejected is not None:
+            state["limits"] = f"not enforced ({self._limits_rejected})"
+        return state
+
+    async def _call(self, fn: Callable[..., T], *args: Any, timeout: float = CALL_TIMEOUT * 2) -> T:
+        """Run a blocking engine call in the pool; Unavailable if it does not finish in time."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._pool, functools.partial(fn, *args)), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"container engine at {self.engine.url} did not answer within "
+                              f"{timeout:g} s", code="engine_unavailable") from None
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._watches.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Closing the client breaks the watchers' pending waits; containers keep running.
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+
+
+def _host_ports(attrs: dict) -> dict[str, int | None]:
+    """``NetworkSettings.Ports`` of an inspected container -> ``{"80/tcp": 18080}``."""
+    out: dict[str, int | None] = {}
+    for inside, bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        port = None
+        for binding in bindings or []:
+            if str(binding.get("HostPort") or "").isdigit():
+                port = int(binding["HostPort"])
+                break
+        out[inside] = port
+    return out
+
+
+def _about_limits(message: str) -> bool:
+    """Does an engine error say it cannot apply cpu or memory limits?"""
+    text = message.lower()
+    return any(s in text for s in ("cgroup", "memory limit", "nanocpu", "cpu quota", "cpu period",
+                                   "cpu shares", "cpus", "memory.limit", "swap"))
