@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import Executor
 
-from services.gateway.index import DEFAULT_CONTENT_TYPE, ObjectIndex, ObjectInfo
+from services.gateway.index import DEFAULT_CONTENT_TYPE, ObjectIndex, ObjectInfo, key_range
 from services.gateway.listing import ListingPage, ObjectEntry, list_page
 from services.gateway.scan import (
     DirState,
@@ -176,17 +176,9 @@ class DirectoryIndex(ObjectIndex):
     # -- queries -----------------------------------------------------------------------------
 
     def _rows(self, lo: str, hi: str | None) -> Iterator[ObjectEntry]:
-        sql = "SELECT key, size, etag, mtime_ns FROM objects WHERE key >= ?"
-        params: tuple[str, ...] = (lo,)
-        if hi is not None:
-            sql += " AND key < ?"
-            params = (lo, hi)
-        cursor = self._conn.execute(sql + " ORDER BY key", params)
-        try:
-            for key, size, etag, mtime_ns in cursor:
-                yield ObjectEntry(key, size, etag, mtime_ns / 1e9)
-        finally:
-            cursor.close()
+        for key, size, etag, mtime_ns in key_range(
+                self._conn, "SELECT key, size, etag, mtime_ns FROM objects", lo, hi):
+            yield ObjectEntry(key, size, etag, mtime_ns / 1e9)
 
     async def list_page(self, *, prefix: str, delimiter: str | None, after: str | None,
                         max_keys: int) -> ListingPage:

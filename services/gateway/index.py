@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from services.gateway.listing import ListingPage, ObjectEntry, list_page
 
-__all__ = ["DatabaseIndex", "IndexUnavailable", "ObjectIndex", "ObjectInfo"]
+__all__ = ["DatabaseIndex", "IndexUnavailable", "ObjectIndex", "ObjectInfo", "key_range"]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -41,6 +41,24 @@ class ObjectInfo:
     last_modified: float
     content_type: str
     sha256: str | None = None
+
+
+def key_range(conn: sqlite3.Connection, select: str, lo: str,
+              hi: str | None) -> Iterator[tuple]:
+    """Rows of ``select`` (``SELECT key, ... FROM table``) with ``lo <= key < hi``, in key order.
+
+    The primary-key index serves both the range and the order; rows are stepped lazily, so a
+    caller that stops early (a listing jumping over a common prefix) reads no more.
+    """
+    sql, params = f"{select} WHERE key >= ?", [lo]
+    if hi is not None:
+        sql += " AND key < ?"
+        params.append(hi)
+    cursor = conn.execute(sql + " ORDER BY key", params)
+    try:
+        yield from cursor
+    finally:
+        cursor.close()
 
 
 class IndexUnavailable(Exception):
@@ -111,17 +129,10 @@ class DatabaseIndex(ObjectIndex):
         return self._conn
 
     def _rows(self, lo: str, hi: str | None) -> Iterator[ObjectEntry]:
-        sql = "SELECT key, size, etag, last_modified FROM data_objects WHERE key >= ?"
-        params: tuple[str, ...] = (lo,)
-        if hi is not None:
-            sql += " AND key < ?"
-            params = (lo, hi)
-        cursor = self.conn.execute(sql + " ORDER BY key", params)
-        try:
-            for key, size, etag, last_modified in cursor:
-                yield ObjectEntry(key, size, etag, last_modified)
-        finally:
-            cursor.close()
+        rows = key_range(self.conn, "SELECT key, size, etag, last_modified FROM data_objects",
+                         lo, hi)
+        for key, size, etag, last_modified in rows:
+            yield ObjectEntry(key, size, etag, last_modified)
 
     async def list_page(self, *, prefix: str, delimiter: str | None, after: str | None,
                         max_keys: int) -> ListingPage:
