@@ -21,6 +21,7 @@ from .api import make_app
 from .config import Config, ConfigError
 from .events import EventHub
 from .executors.container import ContainerExecutor
+from .executors.data import DataExecutor
 from .executors.datagateway import DataGatewayExecutor
 from .executors.mlmodel import MLModelExecutor
 from .executors.opencv import OpenCVExecutor
@@ -29,6 +30,7 @@ from .manager import Manager
 from .metrics import AgentMetrics
 from .register import Register
 from .store import Store
+from .uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class Agent:
                                  on_change=self._resources_changed)
         self.manager: Manager | None = None
         self.metrics: AgentMetrics | None = None
-        self.uploads = None
+        self.uploads: Uploads | None = None
         self.started_at = time.time()
         self._server: tornado.httpserver.HTTPServer | None = None
         self._locks: list[int] = []
@@ -63,6 +65,8 @@ class Agent:
                 self.manager.add_executor(executor)
             self.metrics = AgentMetrics(self.manager, self.register)
             self.manager.recover()
+            self.uploads = Uploads(cfg, self.manager, self.register)
+            self.uploads.sweep()
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -86,7 +90,7 @@ class Agent:
     def _executors(self):
         return [ProcessExecutor(self.manager), MLModelExecutor(self.manager),
                 OpenCVExecutor(self.manager), DataGatewayExecutor(self.manager),
-                ContainerExecutor(self.manager)]
+                ContainerExecutor(self.manager), DataExecutor(self.manager)]
 
     async def stop(self) -> None:
         for tick in self._ticks:
@@ -94,6 +98,8 @@ class Agent:
         if self._server is not None:
             self._server.stop()
             await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
+        if self.uploads is not None:
+            await self.uploads.close()
         if self.manager is not None:
             await self.manager.close()
         if self.store is not None:

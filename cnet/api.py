@@ -119,7 +119,10 @@ class WorkloadsHandler(BaseHandler):
         if self.request.method != "POST":
             return None
         ctype = self.request.headers.get("Content-Type", "")
-        declared = int(self.request.headers.get("Content-Length", 0) or 0)
+        try:
+            declared = int(self.request.headers.get("Content-Length", 0) or 0)
+        except ValueError:
+            raise BadRequest("Content-Length: not a number", code="invalid_header") from None
         if ctype.startswith("multipart/form-data"):
             return self._begin_upload(ctype, declared)
         limit = self.agent.config.max_json_body
@@ -140,7 +143,13 @@ class WorkloadsHandler(BaseHandler):
 
     async def data_received(self, chunk: bytes) -> None:
         if self._upload is not None:
-            await self._upload.feed(chunk)
+            try:
+                await self._upload.feed(chunk)
+            except CnetError as exc:
+                # Answer now: the rest of the body is then skipped and the connection closed.
+                # (The upload has already removed what it had written.)
+                self._upload = None
+                self._handle_request_exception(exc)
             return
         if self._too_large:
             return
@@ -152,6 +161,7 @@ class WorkloadsHandler(BaseHandler):
     def on_connection_close(self) -> None:
         if self._upload is not None and not self._finished:
             self._upload.abort("the client disconnected")
+        super().on_connection_close()  # ends the wait for the rest of the body
 
     async def post(self):
         if self._upload is not None:

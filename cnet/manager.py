@@ -114,6 +114,20 @@ class Manager:
             self.store.update_workload(wl.id, {"runtime": wl.runtime})
         return wl, True
 
+    def record_completed(self, wl: Workload, objects: list[dict]) -> None:
+        """Record a workload that is complete on arrival (a data upload) with its data objects.
+
+        The caller already holds its reservation under ``wl.id``; the workload row and the
+        ``data_objects`` rows are written in one transaction, then the workload is published.
+        """
+        if wl.id in self.workloads:
+            raise Conflict(f"workload id {wl.id} already exists", code="id_conflict")
+        with self.store.db.atomic():
+            self.store.insert_workload(wl.to_row())
+            self.store.insert_objects(objects)
+        self.workloads[wl.id] = wl
+        self._publish(wl)
+
     @staticmethod
     def _same_or_conflict(existing: Workload, sub: Submission) -> Workload:
         same = (existing.name == sub.name and existing.type == sub.type
