@@ -31,7 +31,6 @@ __all__ = ["main", "parse_args", "serve"]
 
 log = logging.getLogger("cnet.gateway")
 
-MAX_REQUEST_BODY = 1 << 20       # the gateway is read-only; no request needs a large body
 SHUTDOWN_GRACE = 5.0
 
 
@@ -82,8 +81,7 @@ async def serve(args: argparse.Namespace) -> None:
         await index.start()
         gateway = Gateway(bucket=args.bucket, base_real=base_real, index=index,
                           credentials=credentials, region=args.region, started=time.monotonic())
-        server = tornado.httpserver.HTTPServer(make_app(gateway), max_body_size=MAX_REQUEST_BODY,
-                                               idle_connection_timeout=300)
+        server = tornado.httpserver.HTTPServer(make_app(gateway), idle_connection_timeout=300)
         sockets = tornado.netutil.bind_sockets(args.port, address=args.host)
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]

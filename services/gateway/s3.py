@@ -131,11 +131,23 @@ def _max_keys(value: str | None) -> int:
     return min(number, MAX_KEYS)
 
 
+@tornado.web.stream_request_body
 class S3Handler(tornado.web.RequestHandler):
-    """One S3 request. Errors raised as S3Error become XML error documents in write_error."""
+    """One S3 request. Errors raised as S3Error become XML error documents in write_error.
+
+    Bodies are streamed, not buffered, so a write of any size is refused from its headers
+    (MethodNotAllowed) without reading what it uploads; GET and HEAD bodies are discarded.
+    """
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
+
+    def prepare(self) -> None:
+        if self.request.method not in ("GET", "HEAD"):
+            self._refuse_write()
+
+    def data_received(self, chunk: bytes) -> None:
+        """Request bodies carry nothing a read-only gateway needs."""
 
     def set_default_headers(self) -> None:
         # Called again by clear() before an error is written; the request keeps one id.
@@ -218,8 +230,7 @@ class S3Handler(tornado.web.RequestHandler):
             headers.setdefault(name.lower(), []).append(value)
         try:
             verify_request(creds, method=self.request.method or "GET",
-                           raw_path=self.request.path, query=query, headers=headers,
-                           body=self.request.body)
+                           raw_path=self.request.path, query=query, headers=headers)
         except SignatureError as exc:
             raise S3Error("AccessDenied", str(exc)) from None
 

@@ -206,6 +206,7 @@ def test_boto3_download_file_uses_ranged_gets(s3, world, tmp_path):
 
 def test_boto3_writes_refused(s3):
     calls = [lambda: s3.put_object(Bucket="cnet", Key="new.txt", Body=b"x"),
+             lambda: s3.put_object(Bucket="cnet", Key="big.bin", Body=b"x" * (5 << 20)),
              lambda: s3.delete_object(Bucket="cnet", Key=f"{DATA_KEY}/gw_test.txt"),
              lambda: s3.create_bucket(Bucket="cnet2"),
              lambda: s3.create_multipart_upload(Bucket="cnet", Key="m")]
