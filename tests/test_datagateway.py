@@ -1,0 +1,98 @@
+"""datagateway workloads with the real ``cnet-gateway-data``: the seed's curl examples."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from .harness import deep_merge, free_port, wait_for
+from .service_helpers import FAST_SERVICES, group_pids, port_is_free, wait_gone
+
+
+@pytest.fixture
+def gw_agent(make_agent):
+    base = min(free_port(), 65535 - 40)
+    return make_agent(config=deep_merge(FAST_SERVICES, {"services": {"port_range": [base, base + 40]}}))
+
+
+def _seed_gateway(base_path: str, port: int) -> dict:
+    """The seed's datagateway curl body (base path and port aside)."""
+    return {"name": "data-gateway", "type": "datagateway",
+            "config": {"service_port": port, "service_host": "127.0.0.1", "base_path": base_path,
+                       "bucket": "cnet"}}
+
+
+def _keys(endpoint: str, prefix: str = "") -> list[str]:
+    resp = requests.get(f"{endpoint}/s3/cnet", params={"list-type": "2", "prefix": prefix},
+                        timeout=10)
+    assert resp.status_code == 200, resp.text
+    return [part.split("</Key>")[0] for part in resp.text.split("<Key>")[1:]]
+
+
+def test_seed_datagateway_example_runs_healthy_and_stops_cleanly(gw_agent):
+    agent = gw_agent
+    port = free_port()
+    wl = agent.submit(_seed_gateway(str(agent.state_dir / "data"), port))
+    assert wl["status"] == "running"
+    assert wl["endpoint"] == f"http://127.0.0.1:{port}"
+    assert wl["log_path"].endswith(f"gateway_service_{port}.log")
+    health = requests.get(wl["endpoint"] + "/health", timeout=10)
+    assert health.status_code == 200, health.text
+    assert _keys(wl["endpoint"]) == []
+
+    members = group_pids(wl["process_pid"])
+    assert agent.api("POST", f"/api/workloads/{wl['id']}/stop").status_code == 200
+    agent.wait_status(wl["id"], "stopped")
+    wait_gone(members)
+    assert port_is_free(port)
+
+
+def test_seed_data_upload_is_listed_and_served_by_the_gateway(gw_agent, tmp_path):
+    agent = gw_agent
+    wl = agent.submit(_seed_gateway(str(agent.state_dir / "data"), free_port()))
+    # The seed's data upload; the gateway lists from the agent's index, so it appears at once.
+    sample = tmp_path / "gw_test.txt"
+    sample.write_text("hello from cnet\n")
+    with open(sample, "rb") as f:
+        resp = agent.api("POST", "/api/workloads", data={"type": "data", "name": "test-file"},
+                         files={"file": ("gw_test.txt", f)})
+    assert resp.status_code == 201, resp.text
+    data_key = resp.json()["data_key"]
+    key = f"{data_key}/gw_test.txt"
+    assert wait_for(lambda: key in _keys(wl["endpoint"], data_key), message=f"{key} listed")
+    obj = requests.get(f"{wl['endpoint']}/s3/cnet/{key}", timeout=10)
+    assert obj.status_code == 200 and obj.text == "hello from cnet\n"
+
+
+def test_gateway_over_another_directory_lists_its_files(gw_agent, tmp_path):
+    base = tmp_path / "exported"
+    (base / "reports").mkdir(parents=True)
+    (base / "reports" / "q1.csv").write_text("a,b\n1,2\n")
+    (base / "readme.txt").write_text("hi\n")
+    wl = gw_agent.submit(_seed_gateway(str(base), free_port()))
+    assert wl["config"]["base_path"] == str(base)
+    assert wait_for(lambda: _keys(wl["endpoint"]) == ["readme.txt", "reports/q1.csv"],
+                    message="the directory's files listed")
+
+
+def test_base_path_and_bucket_default_to_this_node(gw_agent):
+    wl = gw_agent.submit({"name": "gw", "type": "datagateway", "config": {}})
+    assert wl["status"] == "running"
+    assert wl["config"]["bucket"] == "cnet"
+    assert wl["config"]["base_path"] == str(gw_agent.state_dir / "data")
+    assert requests.get(wl["endpoint"] + "/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({"bucket": "Bad_Bucket"}, "bucket"),
+    ({"bucket": "ab"}, "bucket"),
+    ({"bucket": "a..b"}, "bucket"),
+    ({"bucket": "192.168.1.10"}, "bucket"),
+    ({"base_path": "/nonexistent/cnet-data"}, "base_path"),
+])
+def test_bad_gateway_config_is_a_400(gw_agent, config, fragment):
+    resp = gw_agent.api("POST", "/api/workloads",
+                        json={"name": "gw", "type": "datagateway", "config": config})
+    assert resp.status_code == 400, resp.text
+    assert fragment in resp.json()["error"]["message"]
+    assert gw_agent.api("GET", "/api/workloads").json()["workloads"] == []
