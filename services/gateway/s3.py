@@ -171,8 +171,6 @@ class S3Handler(tornado.web.RequestHandler):
         raise S3Error("MethodNotAllowed", "This gateway is read-only; writes are not allowed.",
                       headers={"Allow": "GET, HEAD"})
 
-    put = post = delete = patch = options = _refuse_write
-
     # -- errors ------------------------------------------------------------------------------
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
