@@ -17,6 +17,7 @@ import os
 import shlex
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ class Engine:
         self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
         self._client: DockerClient | None = None
         self._lock = threading.Lock()
-        self.ncpu: int | None = None
+        self.ncpu: int | None = None  # 0: the engine did not say
         self.version: dict | None = None
 
     def client(self) -> "DockerClient":
@@ -77,17 +78,24 @@ class Engine:
                 import docker  # ~8 MB: only once a container workload or health check needs it
 
                 with self.translated("connecting"):
+                    # Creating the client asks the engine for its API version.
                     if self.configured:
                         client = docker.DockerClient(base_url=_base_url(self.configured),
                                                      timeout=CALL_TIMEOUT, max_pool_size=64)
                     else:  # DOCKER_HOST (and DOCKER_TLS_VERIFY / DOCKER_CERT_PATH) or the default
                         client = docker.DockerClient.from_env(timeout=CALL_TIMEOUT,
                                                               max_pool_size=64)
-                    info = client.info()
-                self.ncpu = info.get("NCPU") or None
                 self._client = client
-                log.info("container engine at %s: %s", self.url, info.get("ServerVersion", "?"))
+                log.info("container engine at %s (API %s)", self.url, client.api.api_version)
             return self._client
+
+    def cpus(self) -> int | None:
+        """The engine host's cpu count (engines refuse a cpu limit above it)."""
+        if self.ncpu is None:
+            client = self.client()
+            with self.translated("reading the engine's info"):
+                self.ncpu = client.info().get("NCPU") or 0
+        return self.ncpu or None
 
     def describe(self) -> dict:
         """``{"engine", "status": "up", "name", "version", "api_version"}`` or raise Unavailable."""
@@ -295,6 +303,7 @@ class ContainerExecutor(Executor):
         self._closed = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.Future | None = None
+        self._health: tuple[float, dict] | None = None  # (monotonic time, last engine state)
         self._limits_rejected: str | None = None  # why the engine refused limits, once it has
 
     # -- checks --------------------------------------------------------------------------
@@ -381,7 +390,7 @@ class ContainerExecutor(Executor):
             return {}, f"not enforced: the engine refused them earlier ({self._limits_rejected})"
         limits: dict[str, int] = {}
         if req.cpu > 0:
-            cpu = min(req.cpu, self.engine.ncpu or req.cpu)
+            cpu = min(req.cpu, self.engine.cpus() or req.cpu)
             limits["nano_cpus"] = max(1, int(cpu * 1e9))
         if req.memory >= MIN_MEMORY_LIMIT:
             limits["mem_limit"] = req.memory
@@ -582,20 +591,36 @@ class ContainerExecutor(Executor):
     # -- engine health and plumbing ------------------------------------------------------
 
     async def health(self) -> dict:
+        """The engine's state; if it is slow to answer, the last state seen (or "unknown")."""
         if self._probe is None or self._probe.done():
             loop = asyncio.get_running_loop()
             self._probe = loop.run_in_executor(self._pool, self.engine.describe)
+            self._probe.add_done_callback(self._probed)
         try:
-            state = await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
-        except asyncio.TimeoutError:
-            return {"engine": self.engine.url, "status": "down",
-                    "error": f"no answer within {HEALTH_TIMEOUT:g} s"}
-        except CnetError as exc:
-            return {"engine": self.engine.url, "status": "down", "error": exc.message}
+            await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
+        except (asyncio.TimeoutError, CnetError):
+            pass
+        if self._health is None:
+            state = {"engine": self.engine.url, "status": "unknown",
+                     "error": "the engine has not answered yet"}
+        else:
+            state = dict(self._health[1])
+            state["checked_ago"] = round(time.monotonic() - self._health[0], 1)
         state["watched"] = len(self._watches)
         if self._limits_rejected is not None:
             state["limits"] = f"not enforced ({self._limits_rejected})"
         return state
+
+    def _probed(self, probe: asyncio.Future) -> None:
+        if probe.cancelled():
+            return
+        exc = probe.exception()
+        if exc is None:
+            state = probe.result()
+        else:
+            message = exc.message if isinstance(exc, CnetError) else str(exc)
+            state = {"engine": self.engine.url, "status": "down", "error": message}
+        self._health = (time.monotonic(), state)
 
     async def _call(self, fn: Callable[..., T], *args: Any, timeout: float = CALL_TIMEOUT * 2) -> T:
         """Run a blocking engine call in the pool; Unavailable if it does not finish in time."""
