@@ -5,7 +5,10 @@ starts one idle "worker" child in its process group (so tests can see that a sto
 orphans), and is steered through files in ``$FAKE_SERVICE_DIR``:
 
 - ``fail-start``: exit with code 3 at once, after a line on stderr;
-- ``unhealthy-<pid>``: the instance with that pid answers ``/health`` with 503.
+- ``unhealthy-<pid>``: the instance with that pid answers ``/health`` with 503;
+- ``blip-<pid>``: it answers 503 once, then removes the file.
+
+Each ``/health`` request appends a byte to ``checks-<pid>`` there, so tests can count checks.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ FLAG_DIR = Path(os.environ.get("FAKE_SERVICE_DIR", "/nonexistent"))
 
 class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
-        if (FLAG_DIR / f"unhealthy-{os.getpid()}").exists():
+        pid = os.getpid()
+        with open(FLAG_DIR / f"checks-{pid}", "ab") as f:
+            f.write(b".")
+        blip = FLAG_DIR / f"blip-{pid}"
+        if blip.exists() or (FLAG_DIR / f"unhealthy-{pid}").exists():
+            blip.unlink(missing_ok=True)
             self.set_status(503)
             self.finish({"status": "unhealthy"})
             return

@@ -106,6 +106,20 @@ def test_unhealthy_service_is_restarted(service_agent):
     wait_for(lambda: not group_pids(old), message="the unhealthy service's group to end")
 
 
+def test_one_failed_health_check_is_not_a_restart(service_agent):
+    agent, flags = service_agent
+    wl = agent.submit(_spec())
+    pid = wl["process_pid"]
+    checks = flags / f"checks-{pid}"
+    blip = flags / f"blip-{pid}"
+    blip.touch()
+    wait_for(lambda: not blip.exists(), message="the 503 blip to be served")
+    seen = checks.stat().st_size
+    wait_for(lambda: checks.stat().st_size >= seen + 4, message="four more health checks")
+    again = agent.workload(wl["id"])
+    assert again["restart_count"] == 0 and again["process_pid"] == pid
+
+
 def test_failed_restarts_end_in_failed(service_agent):
     agent, flags = service_agent
     wl = agent.submit(_spec())

@@ -5,9 +5,10 @@ executor contract). A subclass says which program to run with which arguments; t
 picks the port, starts the program in its own process group with its output in
 ``<log_dir>/<kind>_service_<port>.log``, waits until ``GET /health`` answers 200, and then
 supervises it with one asyncio task per service: a crash is seen at once (pidfd exit watch), a
-health check runs every ``services.health_interval`` seconds, and a crashed or unhealthy service
-is restarted on the same port at most ``services.max_restarts`` times over the workload's life
-(backoff ``restart_backoff * 2**n``) before the workload is ended as failed.
+health check runs every ``services.health_interval`` seconds (a service is unhealthy after
+``UNHEALTHY_AFTER`` failed checks in a row), and a crashed or unhealthy service is restarted on
+the same port at most ``services.max_restarts`` times over the workload's life (backoff
+``restart_backoff * 2**n``) before the workload is ended as failed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 BIN_DIR_ENV = "CNET_SERVICE_BIN_DIR"  # a directory searched first for the service programs
 KILL_GRACE = 2.0                     # SIGTERM -> SIGKILL delay when the supervisor kills a service
+UNHEALTHY_AFTER = 3                  # failed health checks in a row that make a service unhealthy
+RECHECK_AFTER = 5.0                  # seconds to the next check after a failed one (at most)
 READY_POLL = 0.1                     # seconds between /health probes while a service starts
 START_ATTEMPTS = 3                   # tries with a fresh port when an auto-picked port was taken
 LOG_TAIL_LINES = 20
@@ -380,14 +383,19 @@ class ServiceExecutor(Executor):
     async def _supervise(self, svc: _Service) -> None:
         cfg = self.host.config.services
         probe_host = WILDCARDS.get(svc.host, svc.host)
+        failures = 0
         while True:
+            # After a failed check, confirm sooner: a blip (a worker being replaced) heals itself.
+            wait = cfg.health_interval if failures == 0 else min(cfg.health_interval, RECHECK_AFTER)
             try:
-                await asyncio.wait_for(svc.crashed.wait(), timeout=cfg.health_interval)
+                await asyncio.wait_for(svc.crashed.wait(), timeout=wait)
             except asyncio.TimeoutError:
                 ok, why = await probe_health(probe_host, svc.port, cfg.health_timeout)
-                if ok:
+                failures = 0 if ok else failures + 1
+                if failures < UNHEALTHY_AFTER:
                     continue
-                reason = f"was unhealthy ({why})"
+                reason = f"was unhealthy ({why}; {failures} checks in a row)"
+            failures = 0
             if svc.handle.exited:
                 reason = f"crashed ({describe_exit(svc.handle.exit_code)})"
             log.warning("service %s on port %d %s", svc.workload_id, svc.port, reason)
