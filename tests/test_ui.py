@@ -358,3 +358,45 @@ def test_screenshots(make_agent, open_page):
             assert overflow <= 0, f"{width}px: the page scrolls sideways by {overflow}px"
             page.screenshot(path=str(OUT / f"ui-{agent.node_id}-{width}.png"))
             page.screenshot(path=str(OUT / f"ui-{agent.node_id}-{width}-full.png"), full_page=True)
+
+
+def _neighbour(node_id: str, role: str, status: str = "alive", last_seen: float = 0.4, **extra):
+    gib = 1 << 30
+    return {"node_id": node_id, "role": role, "status": status, "last_seen": last_seen,
+            "address": f"http://127.0.0.1:1{len(node_id)}080",
+            "capacity": {"cpu": 8.0, "memory": 16 * gib, "gpu": 1, "storage": 200 * gib},
+            "allocated": {"cpu": 2.0, "memory": 4 * gib, "gpu": 1, "storage": 0},
+            "available": {"cpu": 6.0, "memory": 12 * gib, "gpu": 0, "storage": 200 * gib},
+            "usage": {"cpu": 1.2, "memory": 6 * gib, "gpu": 0, "storage": 20 * gib}, **extra}
+
+
+def test_neighbours_and_tree_render(agent, open_page):
+    """What the bus will report (mocked here, so the page is checked without it)."""
+    holder = open_page()
+    view = requests.get(agent.url + "/api/nodes", timeout=5).json()
+    view["parent"] = _neighbour("province", "parent")
+    view["peers"] = [_neighbour("suqian", "peer", "lost", 42.0, address="javascript:alert(1)"),
+                     dict(view["self"], role="peer")]  # this node must be left out
+    grandchild = _neighbour("gulou", "child")
+    view["children"] = [_neighbour("nanjing", "child", subtree={"nodes": 2, "children": [grandchild]}),
+                        _neighbour("changzhou", "child")]
+    view["nodes"] = [view["self"], view["parent"], *view["peers"][:1], *view["children"], grandchild]
+    holder.page.route("**/api/nodes", lambda route: route.fulfill(json=view))
+    page = holder.open(agent)
+    cards = page.locator("#neighbours .ncard")
+    expect(cards).to_have_count(4)
+    expect(page.locator('#neighbours .ncard[data-node="jiangsu"]')).to_have_count(0)
+    expect(page.locator('#neighbours [data-group="parent"] .ncard-id')).to_have_text("province")
+    lost = page.locator('#neighbours .ncard[data-node="suqian"]')
+    expect(lost.locator(".pill")).to_have_text("lost")
+    expect(lost.locator(".age")).to_have_text(re.compile(r"seen 4\ds ago"))
+    expect(lost.locator("a")).to_have_count(0)  # a javascript: address is shown, not linked
+    expect(lost).to_contain_text("javascript:alert(1)")
+    expect(page.locator("#topology-count")).to_have_text("4 linked, 1 lost")
+    expect(page.locator('#neighbours .ncard[data-node="nanjing"] [data-kind="cpu"] .bar')) \
+        .to_have_attribute("aria-valuenow", "2")
+    for node in ("jiangsu", "nanjing", "gulou", "changzhou"):
+        expect(page.locator(f'#tree li[data-node="{node}"]')).to_have_count(1)
+    expect(page.locator('#tree li[data-node="nanjing"] li[data-node="gulou"]')).to_have_count(1)
+    OUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUT / "ui-neighbours-1280.png"), full_page=True)

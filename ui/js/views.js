@@ -50,11 +50,13 @@ export function renderResources(container, node) {
       meter(nodeId, kind, label, 'allocated', alloc, cap, 'bar-alloc'),
       meter(nodeId, kind, label, 'used', used, cap, 'bar-usage'),
       h('div', {class: 'res-foot'},
-        none ? h('span', {}, 'not present on this node')
-          : h('span', {class: 'key'}, `allocated · ${fmt.short(kind, avail)} free`),
-        none && !used ? null : h('span', {class: 'key key-used'}, `${fmt.short(kind, used)} used`)));
+        h('span', {}, none ? 'not present on this node' : `${fmt.short(kind, avail)} free`),
+        none && !used ? null : h('span', {}, `${fmt.short(kind, used)} used`)));
   });
-  replace(container, ...rows);
+  const legend = h('p', {class: 'legend'},
+    h('span', {class: 'key'}, 'allocated to workloads'),
+    h('span', {class: 'key key-used'}, 'measured use'));
+  replace(container, ...rows, legend);
 }
 
 /** One combined bar per kind (neighbour cards): allocated fill with a usage tick. */
@@ -246,6 +248,7 @@ export class WorkloadTable {
       prev = row;
     }
     this.emptyEl.hidden = list.length > 0;
+    this.tbody.parentElement.classList.toggle('is-empty', list.length === 0);
     const total = this.items.size;
     const live = [...this.items.values()].filter((w) => LIVE.has(w.status)).length;
     setText(this.countEl, total ? `${live} live · ${total} total` : '');
@@ -308,6 +311,7 @@ export class WorkloadTable {
     if (c.endpoint.dataset.url !== String(wl.endpoint || '')) {
       c.endpoint.dataset.url = String(wl.endpoint || '');
       replace(c.endpoint, wl.endpoint ? safeLink(wl.endpoint) : '—');
+      c.endpoint.classList.toggle('is-empty', !wl.endpoint);
     }
     setText(c.pid, wl.process_pid ?? '—');
     setText(c.restarts, wl.restart_count ?? 0);
