@@ -400,3 +400,52 @@ def test_neighbours_and_tree_render(agent, open_page):
     expect(page.locator('#tree li[data-node="nanjing"] li[data-node="gulou"]')).to_have_count(1)
     OUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUT / "ui-neighbours-1280.png"), full_page=True)
+
+
+SEED_FORMS = [
+    ("mlmodel", {"Model type": "yolo", "Model path": "models/yolo11n.onnx", "Service port": "9001"},
+     {"model_type": "yolo", "model_path": "models/yolo11n.onnx", "service_port": 9001}),
+    ("opencv", {"Cascade": "face", "Service port": "9000"},
+     {"cascade_type": "face", "service_port": 9000}),
+    ("datagateway", {"Service port": "9091", "Service host": "127.0.0.1",
+                     "Base path": "/tmp/cnet_data", "Bucket": "cnet"},
+     {"service_port": 9091, "service_host": "127.0.0.1", "base_path": "/tmp/cnet_data",
+      "bucket": "cnet"}),
+    ("container", {"Image": "nginx:alpine", "Command": 'nginx -g "daemon off;"',
+                   "Ports": "8080:80", "Environment": "A=1\nB=x=y"},
+     {"image": "nginx:alpine", "command": ["nginx", "-g", "daemon off;"], "ports": ["8080:80"],
+      "env": {"A": "1", "B": "x=y"}}),
+]
+
+
+@pytest.mark.parametrize("wtype,fields,config", SEED_FORMS, ids=[f[0] for f in SEED_FORMS])
+def test_type_forms_send_the_seed_json(agent, open_page, wtype, fields, config):
+    """Each type's fields become the seed's JSON (the POST is captured, not run)."""
+    holder = open_page()
+    sent = []
+
+    def capture(route):
+        if route.request.method != "POST":
+            return route.continue_()
+        sent.append(route.request.post_data_json)
+        return route.fulfill(status=400, json={"error": {"code": "captured", "message": "held by the test"}})
+
+    holder.page.route("**/api/workloads", capture)
+    page = holder.open(agent)
+    page.get_by_label("Type").select_option(wtype)
+    page.get_by_label("Name").fill(f"{wtype}-svc")
+    for label, value in fields.items():
+        control = page.get_by_label(label)
+        if control.evaluate("el => el.tagName") == "SELECT":
+            control.select_option(value)
+        else:
+            control.fill(value)
+    page.get_by_label("CPU (cores)").fill("2")
+    page.get_by_label("Memory (MiB)").fill("2048")
+    page.get_by_label("Strategy").select_option("least_loaded")
+    page.get_by_label("Node selector").fill("zone=east")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#form-message")).to_have_text("400 captured: held by the test")
+    assert sent == [{"name": f"{wtype}-svc", "type": wtype, "config": config,
+                     "requirements": {"cpu": 2, "memory": 2147483648, "gpu": 0},
+                     "placement": {"strategy": "least_loaded", "node_selector": {"zone": "east"}}}]
