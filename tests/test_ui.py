@@ -336,10 +336,13 @@ def test_directory_upload(agent, open_page, tmp_path):
     expect(page.locator("#upload-bar")).to_have_attribute("aria-valuenow", "100")
     listed = agent.api("GET", "/api/workloads", params={"type": "data"}).json()["workloads"]
     assert [w["name"] for w in listed] == ["dataset"]
+    assert sorted(f["path"] for f in listed[0]["files"]) == ["dataset/a.txt", "dataset/sub/b.bin"]
+    assert listed[0]["size"] == (1 << 20) + 6
     line = row(page, listed[0]["id"])
     expect(line.locator('td[data-label="Type"]')).to_have_text("data")
-    assert any(p.name == "b.bin" and p.stat().st_size == 1 << 20
-               for p in agent.state_dir.rglob("b.bin")), "the uploaded file is not on disk"
+    expect(line).to_have_attribute("data-status", "completed")
+    expect(line.locator("td.c-endpoint")).to_have_text(f"key {listed[0]['data_key']}")
+    expect(page.locator("#upload-text")).to_have_text(re.compile(r"^100% · 1 MiB of 1 MiB$"))
 
 
 def test_screenshots(make_agent, open_page):

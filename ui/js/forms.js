@@ -290,10 +290,14 @@ export class SubmitForm {
     for (const f of files) body.append('file', f, f.webkitRelativePath || f.name);
     const total = files.reduce((s, f) => s + f.size, 0);
     this.setMessage(`Uploading ${files.length} file${files.length > 1 ? 's' : ''} (${fmt.bytes(total)})…`);
-    this.showProgress(0, 1);
+    this.showProgress(0, total);
+    let sent = total;
     try {
-      const wl = await api.upload(body, (loaded, all) => this.showProgress(loaded, all));
-      this.showProgress(1, 1);
+      const wl = await api.upload(body, (loaded, all) => {
+        sent = all;
+        this.showProgress(loaded, all);
+      });
+      this.showProgress(sent, sent);
       return wl;
     } catch (err) {
       this.progress.classList.add('failed');

@@ -303,15 +303,19 @@ export class WorkloadTable {
     const statusKey = `${wl.status}|${wl.message || ''}|${wl.exit_code ?? ''}`;
     if (c.status.dataset.key !== statusKey) {
       c.status.dataset.key = statusKey;
+      const hasExit = wl.exit_code !== null && wl.exit_code !== undefined;
       const note = wl.status === 'failed' || wl.status === 'lost' ? wl.message
-        : (wl.status === 'completed' || wl.status === 'stopped') && wl.exit_code !== null && wl.exit_code !== undefined
-          ? `exit ${wl.exit_code}` : null;
+        : wl.status === 'completed' || wl.status === 'stopped'
+          ? (hasExit ? `exit ${wl.exit_code}` : wl.message) : null;
       replace(c.status, statusPill(wl.status), note ? h('span', {class: 'note'}, note) : null);
     }
-    if (c.endpoint.dataset.url !== String(wl.endpoint || '')) {
-      c.endpoint.dataset.url = String(wl.endpoint || '');
-      replace(c.endpoint, wl.endpoint ? safeLink(wl.endpoint) : '—');
-      c.endpoint.classList.toggle('is-empty', !wl.endpoint);
+    const where = `${wl.endpoint || ''}|${wl.data_key || ''}`;
+    if (c.endpoint.dataset.where !== where) {
+      c.endpoint.dataset.where = where;
+      // Stored data has no endpoint; its key (the S3 prefix the gateway serves) stands in.
+      replace(c.endpoint, wl.endpoint ? safeLink(wl.endpoint)
+        : wl.data_key ? h('span', {class: 'muted', title: 'data key'}, `key ${wl.data_key}`) : '—');
+      c.endpoint.classList.toggle('is-empty', !wl.endpoint && !wl.data_key);
     }
     setText(c.pid, wl.process_pid ?? '—');
     setText(c.restarts, wl.restart_count ?? 0);
