@@ -143,6 +143,12 @@ def test_dashboard_shows_node_and_resources(make_agent, open_page):
     root_page = open_page().open(root)
     expect(root_page.get_by_test_id("node-id")).to_have_text("jiangsu")
     expect(root_page.locator('#node-resources [data-kind="cpu"] .res-figures')).to_have_text("0 / 8 cores")
+    # Once the bus reports neighbours, each side shows the other (not assumed before it lands).
+    if child.api("GET", "/api/nodes").json().get("parent"):
+        expect(page.locator('#neighbours [data-group="parent"] .ncard[data-node="jiangsu"]')).to_be_visible()
+        expect(root_page.locator('#neighbours [data-group="child"] .ncard[data-node="nanjing"]')) \
+            .to_be_visible()
+        expect(root_page.locator('#tree li[data-node="nanjing"]')).to_be_visible()
 
 
 def test_form_submit_runs_process_and_moves_cpu_bar(agent, open_page):
