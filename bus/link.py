@@ -30,7 +30,7 @@ from bus.protocol import (
     encode,
 )
 from bus.security import CurveKeys
-from bus.wire import DropLog, close_socket, new_socket, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now
 
 __all__ = ["Link"]
 
@@ -94,14 +94,13 @@ class Link:
 
     async def close(self, reason: str = "closing") -> None:
         """Say bye (when joined), stop the task and close the socket."""
-        if self._joined and self.remote is not None:
-            self.send(Bye(node_id=self._make_hello().node_id, reason=reason))
+        said_bye = self._joined and self.send(Bye(node_id=self._make_hello().node_id, reason=reason))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        close_socket(self._sock)
+        close_socket(self._sock, BYE_LINGER_MS if said_bye else 0)
         self._sock = None
         self._joined = False
 

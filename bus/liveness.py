@@ -53,6 +53,9 @@ class Neighbours:
         self.misses = misses
         self._by_id: dict[str, NeighbourState] = {}
 
+    def __len__(self) -> int:
+        return len(self._by_id)
+
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._by_id
 

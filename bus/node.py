@@ -50,13 +50,14 @@ from bus.protocol import (
     new_epoch,
 )
 from bus.security import CurveKeys, start_authenticator
-from bus.wire import DropLog, close_socket, new_socket, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now
 
 __all__ = ["BusNode"]
 
 log = logging.getLogger("bus.node")
 
 _YIELD_EVERY = 64          # messages handled in a row before the loop lets other tasks run
+MAX_NEIGHBOURS = 4096      # hellos beyond this many distinct node ids are refused
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
 
 
@@ -156,22 +157,19 @@ class BusNode:
         """Say bye to every neighbour, stop all tasks and close every socket (linger 0)."""
         if self._context is None:
             return
-        byes = sum(1 for link in self._links if link.joined)
         for link in self._links:
             await link.close("node shutting down")
         bye = encode(Bye(node_id=self.node_id, reason="node shutting down"))
-        for identity in list(self._identity_of.values()):
-            byes += send_now(self._router, [identity, *bye])
-        if byes:
-            await asyncio.sleep(0.02)     # let the I/O thread flush the byes before linger-0 close
+        byes = sum(send_now(self._router, [identity, *bye]) for identity in self._identity_of.values())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._dispatcher.close()
         self._pending.fail_all(BusError("bus node closed", code="closed"))
-        for sock in (self._router, self._pub, self._sub):
-            close_socket(sock)
+        close_socket(self._router, BYE_LINGER_MS if byes else 0)
+        close_socket(self._pub)
+        close_socket(self._sub)
         if self._auth is not None:
             self._auth.stop()
         if self._context is not None:
@@ -430,6 +428,9 @@ class BusNode:
                                 f"node id {hello.node_id!r} is this node's own id")
         role = "child" if hello.role == "child" else "peer"
         existing = self._neighbours.get(hello.node_id)
+        if existing is None and len(self._neighbours) >= MAX_NEIGHBOURS:
+            return self._refuse(identity, hello, "too_many_neighbours",
+                                f"this node already tracks {MAX_NEIGHBOURS} neighbours")
         if self._neighbours.is_live_elsewhere(hello.node_id, hello.epoch):
             return self._refuse(identity, hello, "duplicate_node",
                                 f"node id {hello.node_id!r} is already joined and alive "

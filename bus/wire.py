@@ -11,9 +11,10 @@ import zmq.asyncio
 
 from bus.protocol import MAX_FRAME_SIZE, ProtocolError
 
-__all__ = ["DropLog", "close_socket", "new_socket", "send_now"]
+__all__ = ["BYE_LINGER_MS", "DropLog", "close_socket", "new_socket", "send_now"]
 
 HWM = 10_000
+BYE_LINGER_MS = 200        # a socket that just queued a Bye gets this long to deliver it
 
 
 def new_socket(context: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
@@ -41,9 +42,10 @@ def send_now(sock: zmq.asyncio.Socket | None, frames: list[bytes]) -> bool:
     return True
 
 
-def close_socket(sock: zmq.asyncio.Socket | None) -> None:
+def close_socket(sock: zmq.asyncio.Socket | None, linger_ms: int = 0) -> None:
+    """Close ``sock``; pending messages are dropped (or get ``linger_ms`` to go, for a bye)."""
     if sock is not None and not sock.closed:
-        sock.close(linger=0)
+        sock.close(linger=linger_ms)
 
 
 class DropLog:

@@ -33,6 +33,21 @@ async def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = 
         await asyncio.sleep(0.005)
 
 
+async def subscribed(publisher: BusNode, viewer: BusNode, timeout: float = 5.0) -> None:
+    """Publish until ``viewer`` shows it: its SUB has connected to ``publisher``'s PUB (the
+    PUB/SUB slow-joiner) and later publishes arrive. Uses an explicit probe snapshot."""
+    deadline = time.monotonic() + timeout
+    probe = {"probe": time.monotonic()}
+    while time.monotonic() < deadline:
+        publisher.publish(probe)
+        for _ in range(10):
+            state = viewer.neighbour(publisher.node_id)
+            if state is not None and state.snapshot == probe:
+                return
+            await asyncio.sleep(0.005)
+    raise AssertionError(f"{viewer.node_id} never saw {publisher.node_id}'s PUB")
+
+
 def status(node: BusNode, node_id: str) -> str | None:
     state = node.neighbour(node_id)
     return state.status if state else None

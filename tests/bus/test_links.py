@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -19,7 +20,7 @@ from bus import (
     Watcher,
 )
 
-from .harness import FAST, Directory, Recorder, endpoints, running, status, until
+from .harness import FAST, Directory, Recorder, endpoints, running, status, subscribed, until
 
 
 async def echo(request: Request, sender: Sender) -> dict:
@@ -87,7 +88,7 @@ async def test_published_change_arrives_at_once() -> None:
                         **{**FAST, "heartbeat_interval": 5.0})
         async with running(child):
             await until(lambda: status(parent, "nanjing") == "alive")
-            await asyncio.sleep(0.2)            # the parent's SUB has connected to the child's PUB
+            await subscribed(child, parent)
             for value in range(1, 6):
                 view["cpu"] = value
                 started = time.monotonic()
@@ -103,11 +104,14 @@ async def test_events_reach_neighbours_and_watchers() -> None:
         child = BusNode("nanjing", parent=endpoints(parent), **FAST)
         async with running(child):
             await until(lambda: status(parent, "nanjing") == "alive")
+            await subscribed(child, parent)
             watcher = Watcher(child.pub_endpoint, topics=[b"event."])
             try:
-                await asyncio.sleep(0.2)
-                child.publish_event("workload", {"id": "w1", "status": "running"})
-                got = await watcher.next(timeout=2.0)
+                for _ in range(100):              # until the watcher's SUB has joined
+                    child.publish_event("workload", {"id": "w1", "status": "running"})
+                    with contextlib.suppress(RequestTimeout):
+                        got = await watcher.next(timeout=0.05)
+                        break
                 assert got.kind == "workload" and got.data["id"] == "w1" and got.node_id == "nanjing"
                 await until(lambda: events, what="event at parent")
                 assert events[0][0] == "nanjing" and events[0][1].data["status"] == "running"
