@@ -75,6 +75,10 @@ class Engine:
     def client(self) -> "DockerClient":
         with self._lock:
             if self._client is None:
+                socket = _socket_path(self.url)
+                if socket is not None and not os.path.exists(socket):
+                    # Said without importing the SDK: nodes without an engine stay small.
+                    raise self.unavailable(f"no socket at {socket}")
                 import docker  # ~8 MB: only once a container workload or health check needs it
 
                 with self.translated("connecting"):
@@ -116,8 +120,8 @@ class Engine:
                 self._client.close()
                 self._client = None
 
-    def unavailable(self, exc: BaseException) -> Unavailable:
-        return Unavailable(f"container engine at {self.url} is not reachable ({_reason(exc)}); "
+    def unavailable(self, reason: str) -> Unavailable:
+        return Unavailable(f"container engine at {self.url} is not reachable ({reason}); "
                            "start Docker or the Podman service, or set container.engine_url",
                            code="engine_unavailable", details={"engine": self.url})
 
@@ -144,12 +148,19 @@ class Engine:
             raise BadRequest(f"container engine refused {doing}: {text}",
                              code="engine_rejected") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-            raise self.unavailable(exc) from None
+            raise self.unavailable(_reason(exc)) from None
 
 
 def _base_url(url: str) -> str:
     """Accept a bare socket path as well as ``unix://``, ``tcp://``, ``ssh://`` URLs."""
     return f"unix://{url}" if url.startswith("/") else url
+
+
+def _socket_path(url: str) -> str | None:
+    """The file of a ``unix://`` (or bare path) engine URL; None for tcp:// or ssh://."""
+    if url.startswith("unix://"):
+        return url[len("unix://"):]
+    return url if url.startswith("/") else None
 
 
 def _reason(exc: BaseException) -> str:
@@ -338,16 +349,19 @@ class ContainerExecutor(Executor):
     # -- running -------------------------------------------------------------------------
 
     async def start(self, workload: Workload) -> dict:
+        abandoned = threading.Event()
         try:
-            runtime = await self._call(self._create_and_start, workload)
+            runtime = await self._call(self._create_and_start, workload, abandoned)
         except Unavailable:
-            # A timed-out create may still complete in its thread: leave nothing behind.
+            # The engine call timed out but may still finish in its thread: whichever of the
+            # two comes second removes the container, so nothing is left running unaccounted.
+            abandoned.set()
             self._pool.submit(self._remove_quietly, workload.id)
             raise
         self._watch(workload.id, runtime["container_id"])
         return runtime
 
-    def _create_and_start(self, workload: Workload) -> dict:
+    def _create_and_start(self, workload: Workload, abandoned: threading.Event) -> dict:
         """Blocking: check the image, create and start the container, return runtime facts."""
         import docker.errors
 
@@ -371,8 +385,14 @@ class ContainerExecutor(Executor):
                         "without them: %s", self.engine.url, workload.id, exc.message)
             container = self._run(client, workload, {})
             note = f"not enforced: the engine refused them ({exc.message})"
-        with self.engine.translated("inspecting the new container"):
-            container.reload()
+        try:
+            with self.engine.translated("inspecting the new container"):
+                container.reload()
+            if abandoned.is_set():
+                raise Unavailable("the start was abandoned after a timeout", code="engine_unavailable")
+        except BaseException:
+            self._remove_quietly(workload.id, container.id)
+            raise
         ports = _host_ports(container.attrs)
         runtime = {"container_id": container.id, "container_name": container.name,
                    "image": image, "limits": note}
@@ -512,14 +532,10 @@ class ContainerExecutor(Executor):
     # -- stopping, adopting, logs, removal -----------------------------------------------
 
     async def stop(self, workload: Workload, grace: float) -> None:
-        container_id = workload.runtime.get("container_id")
-        if container_id is None:
-            return
-        grace = workload.config.get("stop_grace", grace)
-        seconds = math.ceil(grace)
+        seconds = math.ceil(workload.config.get("stop_grace", grace))
         try:
-            await self._call(self._stop_blocking, container_id, seconds,
-                             timeout=seconds + CALL_TIMEOUT)
+            await self._call(self._stop_blocking, workload.id, workload.runtime.get("container_id"),
+                             seconds, timeout=seconds + CALL_TIMEOUT * 2)
         except NotFound:
             return  # already gone: the watcher reports it
         done = self._watches.get(workload.id)
@@ -529,10 +545,14 @@ class ContainerExecutor(Executor):
             except asyncio.TimeoutError:
                 log.warning("container of %s stopped, but its exit was not reported", workload.id)
 
-    def _stop_blocking(self, container_id: str, seconds: int) -> None:
+    def _stop_blocking(self, workload_id: str, container_id: str | None, seconds: int) -> None:
+        """Blocking: stop (SIGTERM, SIGKILL after ``seconds``) the workload's container; found
+        by its label if the agent stopped before recording its id."""
         client = self.engine.client()
-        with self.engine.translated(f"stopping container {container_id[:12]}"):
-            client.api.stop(container_id, timeout=seconds)
+        ids = [container_id] if container_id else [c.id for c in self._labelled(workload_id)]
+        for cid in ids:
+            with self.engine.translated(f"stopping container {cid[:12]}"):
+                client.api.stop(cid, timeout=seconds)
 
     def adopt(self, workload: Workload) -> str | None:
         # No engine I/O here (the agent is starting): the watcher finds out in the background
