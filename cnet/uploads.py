@@ -102,9 +102,9 @@ class Uploads:
             if declared:
                 upload.reserve(declared)
             upload.dir.mkdir(parents=True)
-        except BaseException:
+        except BaseException as exc:
             self.register.release(workload_id)
-            raise
+            raise _as_cnet_error(exc) from None
         self.active[workload_id] = upload
         return upload
 

@@ -440,3 +440,39 @@ def test_agent_killed_mid_upload_leaves_nothing_after_restart(agent):
     assert_nothing_kept(agent, storage=5000, workloads=1)   # ... which the restart swept
     assert stored_dirs(agent) == [kept["data_key"]]
     assert agent.workload(kept["id"])["status"] == "completed"
+
+
+def test_sweep_settles_what_a_crash_left(tmp_path):
+    """The start-up sweep on each crash point of an upload's commit and of a delete."""
+    from cnet.executors.data import TARGET_MARKER, DataLayout
+
+    layout = DataLayout(tmp_path)
+
+    def staged(name: str, marker: str | None = None) -> Path:
+        path = layout.staging / name
+        (path / "tree").mkdir(parents=True)
+        (path / "0.part").write_bytes(b"partial")
+        if marker:
+            (path / TARGET_MARKER).write_text(marker)
+        return path
+
+    def stored(data_key: str) -> Path:
+        (tmp_path / data_key).mkdir()
+        (tmp_path / data_key / "f.txt").write_text(data_key)
+        return tmp_path / data_key
+
+    staged("aaa1")                                   # cut short while receiving
+    staged("bbb2", marker="up-bbb2")                 # moved into place, never recorded
+    orphan = stored("up-bbb2")
+    staged("ccc3", marker="ok-ccc3")                 # recorded; only its staging dir is left
+    recorded = stored("ok-ccc3")
+    (layout.deleted_dir("ddd4") / "f.txt").parent.mkdir(parents=True)   # delete cut short,
+    (layout.deleted_dir("ddd4") / "f.txt").write_text("back")          # record still there
+    (layout.deleted_dir("eee5")).mkdir()                                # delete cut short, record gone
+
+    layout.sweep({"ccc3": "ok-ccc3", "ddd4": "del-ddd4"})
+
+    assert list(layout.staging.iterdir()) == []
+    assert not orphan.exists()
+    assert (recorded / "f.txt").read_text() == "ok-ccc3"
+    assert (tmp_path / "del-ddd4" / "f.txt").read_text() == "back"

@@ -63,6 +63,8 @@ class DataLayout:
         """
         if not self.staging.is_dir():
             return
+        committed = {wid: key for wid, key in committed.items() if _DATA_KEY_RE.match(key)}
+        committed_keys = set(committed.values())
         for entry in sorted(self.staging.iterdir()):
             name = entry.name
             if name.startswith(_DELETED):
@@ -75,7 +77,7 @@ class DataLayout:
                     continue
             elif name not in committed:
                 target = _read_marker(entry / TARGET_MARKER)
-                if target is not None and target not in committed.values():
+                if target is not None and target not in committed_keys:
                     final = self.final_dir(target)
                     if final.is_dir():
                         shutil.rmtree(final)

@@ -106,8 +106,8 @@ class RssSampler(threading.Thread):
         return self.peak - self.base
 
 
-def raw_write(source: Path, dest: Path, with_hashes: bool) -> float:
-    t0 = time.perf_counter()
+def raw_write(source: Path, dest: Path, with_hashes: bool) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     md5, sha = hashlib.md5(), hashlib.sha256()
     with open(source, "rb", buffering=0) as src:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -122,9 +122,9 @@ def raw_write(source: Path, dest: Path, with_hashes: bool) -> float:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     dest.unlink()
-    return elapsed
+    return elapsed, cpu
 
 
 BARE_SERVER = '''
@@ -155,35 +155,43 @@ asyncio.run(main())
 '''
 
 
-def bare_tornado(source: Path, workdir: Path, runs: int) -> list[float]:
+def bare_tornado(source: Path, workdir: Path, runs: int) -> list[tuple[float, float]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port), str(workdir)],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        times = []
+        results = []
         for _ in range(runs):
+            cpu0 = _cpu(proc.pid)
             status, body, elapsed = post_file(port, "/", source)
             assert status == 200, body
-            times.append(elapsed)
-        return times
+            results.append((elapsed, _cpu(proc.pid) - cpu0))
+        return results
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def agent_runs(agent: AgentProcess, source: Path, runs: int) -> list[tuple[float, int]]:
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def agent_runs(agent: AgentProcess, source: Path, runs: int) -> list[tuple[float, float, int]]:
     results = []
     for _ in range(runs):
         sampler = RssSampler(agent.proc.pid)
         sampler.start()
+        cpu0 = _cpu(agent.proc.pid)
         status, body, elapsed = post_file(agent.port, "/api/workloads", source)
+        cpu = _cpu(agent.proc.pid) - cpu0
         growth = sampler.stop()
         if status != 201:
             raise SystemExit(f"upload failed: {status} {body[:500]!r}")
         wl = json.loads(body)
         assert wl["size"] == source.stat().st_size, wl
-        results.append((elapsed, growth))
+        results.append((elapsed, cpu, growth))
         resp = agent.api("DELETE", f"/api/workloads/{wl['id']}")
         assert resp.status_code == 200, resp.text
         wait_for(lambda: agent.resources()["allocated"]["storage"] == 0, timeout=30,
@@ -223,19 +231,21 @@ def main() -> None:
         hashed = [raw_write(source, baseline_dir / "raw.bin", True) for _ in range(args.runs)]
         bare = bare_tornado(source, baseline_dir, args.runs)
 
-        def line(label: str, times: list[float], extra: str = "") -> None:
-            rates = [mb / t for t in times]
-            print(f"  {label:<34} median {statistics.median(rates):7.1f} MB/s   "
-                  f"(runs: {', '.join(f'{r:.0f}' for r in rates)}){extra}")
+        def line(label: str, runs: list[tuple], extra: str = "") -> None:
+            rates = [mb / r[0] for r in runs]
+            cpu = statistics.median(r[1] for r in runs) / (size / (1 << 30))
+            print(f"  {label:<34} median {statistics.median(rates):7.1f} MB/s "
+                  f"(runs: {', '.join(f'{r:.0f}' for r in rates)}); "
+                  f"CPU {cpu:5.2f} s/GiB{extra}")
 
-        print("results (MB = 10^6 bytes):")
+        print(f"results (MB = 10^6 bytes; load average now {os.getloadavg()[0]:.1f}):")
         line("raw write + fdatasync", raw)
         line("raw write + MD5 + SHA-256 + fsync", hashed)
         line("bare Tornado stream to disk", bare)
-        growths = [g for _, g in results]
-        line("cnet agent upload (201)", [t for t, _ in results],
-             f"   peak RSS growth max {max(growths) / MIB:.1f} MiB")
-        rate = statistics.median(mb / t for t, _ in results)
+        growths = [r[2] for r in results]
+        line("cnet agent upload (201)", results,
+             f"; peak RSS growth max {max(growths) / MIB:.1f} MiB")
+        rate = statistics.median(mb / r[0] for r in results)
         print(f"targets: >= 300 MB/s: {'met' if rate >= 300 else 'NOT met'}; "
               f"<= 50 MB RSS growth: {'met' if max(growths) <= 50e6 else 'NOT met'}")
 
