@@ -166,6 +166,7 @@ def test_form_submit_runs_process_and_moves_cpu_bar(agent, open_page):
     expect(line.locator('td[data-label="PID"]')).to_have_text(re.compile(r"^\d+$"))
     expect(cpu_allocated(page)).to_have_attribute("aria-valuenow", "2.5")
     expect(page.locator('#node-resources [data-kind="cpu"] .res-figures')).to_have_text("2.5 / 8 cores")
+    expect(page.locator("#node-workloads")).to_have_text("1 live / 1")
     assert page.evaluate("window.__notReloaded") is True
     listed = agent.api("GET", "/api/workloads").json()["workloads"]
     assert [(w["name"], w["status"], w["requirements"]["cpu"]) for w in listed] == \

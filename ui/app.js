@@ -71,8 +71,6 @@ function renderSelf() {
   setText(el.nodeStatus, status);
   el.nodeStatus.className = `pill pill-${status}`;
   el.nodeStatus.dataset.status = status;
-  const wl = state.health?.workloads;
-  setText(el.nodeWorkloads, wl ? `${wl.live} live / ${wl.total}` : '…');
   tickUptime();
   if (self && self.capacity) renderResources(el.nodeResources, {...self, node_id: id});
 }
@@ -242,6 +240,7 @@ async function tick() {
   const now = Date.now();
   tickUptime();
   for (const age of document.querySelectorAll('.age[data-last-seen]')) tickAge(age);
+  for (const [id, r] of state.recent) if (now - r.at > 60000) state.recent.delete(id); // > any fetch
   if (!state.booted || !state.authorized) return;
   if (stream.state !== 'live' && now - lastPoll >= POLL_MS) {
     lastPoll = now;
@@ -277,6 +276,7 @@ const table = new WorkloadTable($('#wl-body'), $('#wl-empty'), $('#wl-count'), {
     }
   },
 });
+table.onChange = (live, total) => setText(el.nodeWorkloads, `${live} live / ${total}`);
 $('#wl-filter').addEventListener('change', (ev) => table.setFilter(ev.target.value));
 
 const form = new SubmitForm($('#submit-form'), {

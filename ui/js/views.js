@@ -252,6 +252,7 @@ export class WorkloadTable {
     const total = this.items.size;
     const live = [...this.items.values()].filter((w) => LIVE.has(w.status)).length;
     setText(this.countEl, total ? `${live} live · ${total} total` : '');
+    this.onChange?.(live, total);
   }
 
   makeRow(wl) {
