@@ -33,7 +33,7 @@ from bus.protocol import (
     new_corr_id,
 )
 from bus.security import CurveKeys
-from bus.wire import DropLog, close_socket, new_socket, send_now
+from bus.wire import DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["BusClient", "Watcher"]
 
@@ -93,13 +93,7 @@ class BusClient:
         return self._sock
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            try:
-                msg = decode(frames)
-            except ProtocolError as err:
-                self._drops.drop(err)
-                continue
+        async for msg in receive(sock, decode, self._drops):
             if isinstance(msg, Reply):
                 self._pending.resolve(msg)
             elif isinstance(msg, Welcome):

@@ -23,14 +23,13 @@ from bus.protocol import (
     Bye,
     Hello,
     Message,
-    ProtocolError,
     Refuse,
     Welcome,
     decode,
     encode,
 )
 from bus.security import CurveKeys
-from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["Link"]
 
@@ -186,13 +185,7 @@ class Link:
         self.send(self._make_hello())
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            try:
-                msg = decode(frames)
-            except ProtocolError as err:
-                self._drops.drop(err)
-                continue
+        async for msg in receive(sock, decode, self._drops):
             self.last_heard = self._clock()
             if isinstance(msg, Welcome):
                 self._welcomed(msg)

@@ -50,15 +50,21 @@ from bus.protocol import (
     new_epoch,
 )
 from bus.security import CurveKeys, start_authenticator
-from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["BusNode"]
 
 log = logging.getLogger("bus.node")
 
-_YIELD_EVERY = 64          # messages handled in a row before the loop lets other tasks run
 MAX_NEIGHBOURS = 4096      # hellos beyond this many distinct node ids are refused
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
+
+
+def _split_identity(frames: list[bytes]) -> tuple[bytes, Message]:
+    """ROUTER frames are [identity, VERSION, TYPE, BODY]."""
+    if len(frames) < 2:
+        raise ProtocolError("bad_frame", "frame without a body")
+    return frames[0], decode(frames[1:])
 
 
 class BusNode:
@@ -346,23 +352,10 @@ class BusNode:
             self._fire(state)
 
     async def _router_loop(self) -> None:
-        sock = self._router
-        count = 0
-        while sock is not None:
-            frames = await sock.recv_multipart()
-            count += 1
-            if count % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            if len(frames) < 2:
-                self._router_drops.drop("frame without a body")
-                continue
-            identity = frames[0]
-            try:
-                msg = decode(frames[1:])
-            except ProtocolError as err:
-                self._router_drops.drop(err)
-                self._answer_bad_frame(identity, err)
-                continue
+        if self._router is None:
+            return
+        async for identity, msg in receive(self._router, _split_identity, self._router_drops,
+                                           self._answer_bad_frame):
             try:
                 self._on_router(identity, msg)
             except Exception:
@@ -371,7 +364,10 @@ class BusNode:
     def _reply_to(self, identity: bytes) -> Callable[[list[bytes]], bool]:
         return lambda frames: send_now(self._router, [identity, *frames])
 
-    def _answer_bad_frame(self, identity: bytes, err: ProtocolError) -> None:
+    def _answer_bad_frame(self, frames: list[bytes], err: ProtocolError) -> None:
+        if len(frames) < 2:
+            return
+        identity = frames[0]
         if err.msg_type == "hello":
             log.error("%s refused hello from %s: %s", self.node_id, err.node_id or "an unknown node",
                       err.message)
@@ -477,18 +473,9 @@ class BusNode:
         self._sub_of[node_id] = pub
 
     async def _sub_loop(self) -> None:
-        sock = self._sub
-        count = 0
-        while sock is not None:
-            frames = await sock.recv_multipart()
-            count += 1
-            if count % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            try:
-                _topic, msg = decode_published(frames)
-            except ProtocolError as err:
-                self._sub_drops.drop(err)
-                continue
+        if self._sub is None:
+            return
+        async for _topic, msg in receive(self._sub, decode_published, self._sub_drops):
             if msg.node_id not in self._sub_of:
                 continue
             if isinstance(msg, Update):

@@ -177,10 +177,9 @@ class Refuse(Message):
 
 
 @dataclass
-class Heartbeat(Message):
-    """Periodic liveness with the sender's full resource snapshot."""
+class _Snapshot(Message):
+    """Fields shared by the two snapshot carriers below."""
 
-    TYPE: ClassVar[bytes] = b"heartbeat"
     node_id: str
     epoch: int
     seq: int
@@ -195,21 +194,17 @@ class Heartbeat(Message):
 
 
 @dataclass
-class Update(Message):
+class Heartbeat(_Snapshot):
+    """Periodic liveness over DEALER/ROUTER with the sender's full resource snapshot."""
+
+    TYPE: ClassVar[bytes] = b"heartbeat"
+
+
+@dataclass
+class Update(_Snapshot):
     """A resource change, published at once on PUB under ``TOPIC_UPDATE``."""
 
     TYPE: ClassVar[bytes] = b"update"
-    node_id: str
-    epoch: int
-    seq: int
-    snapshot: dict
-    sent_at: float
-    summary: dict | None = None
-
-    def validate(self) -> None:
-        _check_node_id(self.node_id)
-        if self.seq < 0:
-            raise ValueError("seq must be >= 0")
 
 
 @dataclass

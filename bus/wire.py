@@ -3,17 +3,23 @@ and logging dropped frames without flooding the log."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import zmq
 import zmq.asyncio
 
 from bus.protocol import MAX_FRAME_SIZE, ProtocolError
 
-__all__ = ["BYE_LINGER_MS", "DropLog", "close_socket", "new_socket", "send_now"]
+__all__ = ["BYE_LINGER_MS", "DropLog", "close_socket", "new_socket", "receive", "send_now"]
+
+T = TypeVar("T")
 
 HWM = 10_000
+YIELD_EVERY = 64           # messages taken in a row before other tasks get a turn
 BYE_LINGER_MS = 200        # a socket that just queued a Bye gets this long to deliver it
 
 
@@ -71,3 +77,27 @@ class DropLog:
         else:
             self._log.warning("%s: dropped a bad frame (%s)", self._where, reason)
         self._since, self._last = 0, now
+
+
+async def receive(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T], drops: DropLog,
+                  on_error: Callable[[list[bytes], ProtocolError], None] | None = None,
+                  ) -> AsyncIterator[T]:
+    """Decoded messages from ``sock`` forever; bad frames go to ``drops`` (and ``on_error``).
+
+    A flood of ready messages does not starve the loop: every ``YIELD_EVERY`` messages the
+    generator lets other tasks (the tick, other sockets) run.
+    """
+    count = 0
+    while True:
+        frames = await sock.recv_multipart()
+        count += 1
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        try:
+            msg = decoder(frames)
+        except ProtocolError as err:
+            drops.drop(err)
+            if on_error is not None:
+                on_error(frames, err)
+            continue
+        yield msg
