@@ -7,6 +7,7 @@ engine tests skip (the engine-down test and the config checks still run).
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -196,9 +197,14 @@ def test_readopt_after_the_agent_is_killed(cagent, engine, tmp_path):
         ["sh", "-c", "while [ ! -f /ctl/go ]; do sleep 0.1; done; exit 5"], name="exits",
         volumes=[f"{ctl}:/ctl"]))
     vanishes = cagent.submit(container_spec("sleep 300", name="vanishes"))
-    assert cagent.resources()["allocated"]["memory"] == 3 * (64 << 20)
+    unrecorded = cagent.submit(container_spec("sleep 300", name="unrecorded"))
+    assert cagent.resources()["allocated"]["memory"] == 4 * (64 << 20)
 
     cagent.kill()
+    # As if the agent had died between starting the container and recording its id.
+    with sqlite3.connect(cagent.state_dir / "cnet.db") as db:
+        db.execute("UPDATE workloads SET status = 'pending', runtime = '{}' WHERE id = ?",
+                   (unrecorded["id"],))
     (ctl / "go").write_text("")
     wait_for(lambda: engine.containers.get(exits["container_id"]).status == "exited",
              message="the 'exits' container to exit while the agent is down")
@@ -211,11 +217,15 @@ def test_readopt_after_the_agent_is_killed(cagent, engine, tmp_path):
     assert "no longer exists" in gone["message"]
     still = cagent.workload(keeps["id"])
     assert still["status"] == "running" and still["container_id"] == keeps["container_id"]
-    assert cagent.resources()["allocated"]["memory"] == 64 << 20
+    found = wait_for(lambda: (w := cagent.workload(unrecorded["id"])).get("container_id") and w,
+                     message="the unrecorded container to be found by its label")
+    assert found["status"] == "running" and found["container_id"] == unrecorded["container_id"]
+    assert cagent.resources()["allocated"]["memory"] == 2 * (64 << 20)
 
     # Re-adopted means watched again: a stop is seen through to the end.
-    assert cagent.api("POST", f"/api/workloads/{keeps['id']}/stop").json()["status"] == "stopped"
-    assert engine.containers.get(keeps["container_id"]).status == "exited"
+    for item in (keeps, unrecorded):
+        assert cagent.api("POST", f"/api/workloads/{item['id']}/stop").json()["status"] == "stopped"
+        assert engine.containers.get(item["container_id"]).status == "exited"
     assert cagent.resources()["allocated"] == ZERO
 
 
