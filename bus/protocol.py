@@ -120,12 +120,12 @@ def _check_node_id(value: str, name: str = "node_id") -> None:
 
 
 @dataclass
-class Hello(Message):
-    """Sent first on a link: who I am, what I am to you, and where to reach me."""
+class _Introduction(Message):
+    """Fields shared by Hello and Welcome: who the sender is and where to reach it."""
 
-    TYPE: ClassVar[bytes] = b"hello"
+    ALLOWED_ROLES: ClassVar[tuple[str, ...]] = ()
     node_id: str
-    role: str                      # child | peer | client
+    role: str
     protocol: int = PROTOCOL
     epoch: int = 0                 # this incarnation of the sender
     router: str = ""
@@ -136,33 +136,26 @@ class Hello(Message):
 
     def validate(self) -> None:
         _check_node_id(self.node_id)
-        if self.role not in ROLES:
-            raise ValueError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
+        if self.role not in self.ALLOWED_ROLES:
+            raise ValueError(f"role {self.role!r} is not one of {', '.join(self.ALLOWED_ROLES)}")
         if not 0 < self.interval <= 3600:
             raise ValueError("interval must be in (0, 3600] seconds")
 
 
 @dataclass
-class Welcome(Message):
-    """The ROUTER accepts a Hello; describes the accepting node."""
+class Hello(_Introduction):
+    """Sent first on a link: who I am, what I am to you (``role``), and where to reach me."""
+
+    TYPE: ClassVar[bytes] = b"hello"
+    ALLOWED_ROLES: ClassVar[tuple[str, ...]] = ROLES         # child | peer | client
+
+
+@dataclass
+class Welcome(_Introduction):
+    """The ROUTER accepts a Hello and describes itself; ``role`` is what it is to the sender."""
 
     TYPE: ClassVar[bytes] = b"welcome"
-    node_id: str
-    role: str                      # what the welcomer is to the hello sender: parent | peer | server
-    protocol: int = PROTOCOL
-    epoch: int = 0
-    router: str = ""
-    pub: str = ""
-    http: str = ""
-    interval: float = 1.0
-    curve_key: str | None = None
-
-    def validate(self) -> None:
-        _check_node_id(self.node_id)
-        if self.role not in ("parent", "peer", "server"):
-            raise ValueError(f"role {self.role!r} is not parent, peer or server")
-        if not 0 < self.interval <= 3600:
-            raise ValueError("interval must be in (0, 3600] seconds")
+    ALLOWED_ROLES: ClassVar[tuple[str, ...]] = ("parent", "peer", "server")
 
 
 @dataclass
