@@ -70,7 +70,7 @@ class Link:
         self._restart = asyncio.Event()
         self._delay = 0.0
         self._reason = ""
-        self._refusals = 0
+        self._failures = 0
         self._task: asyncio.Task[None] | None = None
         self._drops = DropLog(log, f"{kind} link {self.describe()}")
 
@@ -133,7 +133,12 @@ class Link:
         if self._joined and now - self.last_heard > window:
             self.restart(f"no heartbeat reply for {now - self.last_heard:.1f} s")
         elif not self._joined and now - self._hello_at > window:
-            self.restart(f"no welcome within {window:.1f} s")
+            self.restart(f"no welcome within {window:.1f} s", delay=self._backoff())
+
+    def _backoff(self) -> float:
+        """Delay before the next attempt: doubles with each failure in a row, up to retry_max."""
+        self._failures += 1
+        return min(self._retry_max, self._interval * 2 ** min(self._failures - 1, 10))
 
     async def _run(self) -> None:
         while True:
@@ -201,7 +206,7 @@ class Link:
         if expected and msg.node_id != expected:
             log.error("%s link %s: welcome from %r, expected %r", self.kind, self.address,
                       msg.node_id, expected)
-        was_joined, self._joined, self.remote, self._refusals = self._joined, True, msg, 0
+        was_joined, self._joined, self.remote, self._failures = self._joined, True, msg, 0
         if not was_joined:
             log.info("%s link %s: joined (%s, router %s)", self.kind, msg.node_id,
                      self.address or "fixed endpoints", msg.router)
@@ -213,8 +218,7 @@ class Link:
             log.info("%s link %s: neighbour asks for a new hello", self.kind, self.describe())
             self._send_hello()
             return
-        self._refusals += 1
-        delay = min(self._retry_max, self._interval * 2 ** min(self._refusals - 1, 10))
+        delay = self._backoff()
         log.error("%s link %s: %s refused our hello: %s (%s); retrying in %.1f s", self.kind,
                   self.address or self.describe(), msg.node_id, msg.reason, msg.code, delay)
         self.restart(f"refused: {msg.code}", delay=delay)
