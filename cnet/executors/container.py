@@ -312,7 +312,6 @@ class ContainerExecutor(Executor):
         self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="cnet-engine")
         self._watches: dict[str, asyncio.Event] = {}
         self._closed = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.Future | None = None
         self._health: tuple[float, dict] | None = None  # (monotonic time, last engine state)
         self._limits_rejected: str | None = None  # why the engine refused limits, once it has
@@ -448,10 +447,9 @@ class ContainerExecutor(Executor):
 
     def _watch(self, workload_id: str, container_id: str | None) -> None:
         """Wait for the container's exit in a daemon thread; report it on the loop."""
-        self._loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        self._watches[workload_id] = done
-        threading.Thread(target=self._wait_exit, args=(self._loop, workload_id, container_id),
+        loop = asyncio.get_running_loop()
+        self._watches[workload_id] = asyncio.Event()
+        threading.Thread(target=self._wait_exit, args=(loop, workload_id, container_id),
                          name=f"cnet-wait-{workload_id}", daemon=True).start()
 
     def _wait_exit(self, loop: asyncio.AbstractEventLoop, workload_id: str,
@@ -618,7 +616,7 @@ class ContainerExecutor(Executor):
             self._probe.add_done_callback(self._probed)
         try:
             await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
-        except (asyncio.TimeoutError, CnetError):
+        except Exception:  # a timeout, or the failure _probed has recorded
             pass
         if self._health is None:
             state = {"engine": self.engine.url, "status": "unknown",
