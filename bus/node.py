@@ -88,6 +88,8 @@ class BusNode:
                  advertise_host: str | None = None,
                  clock: Callable[[], float] = time.monotonic):
         Hello(node_id=node_id, role="child").validate()   # a bad id fails here, not on the wire
+        if not 0 < heartbeat_interval <= 3600 or heartbeat_misses < 1:
+            raise ValueError("heartbeat_interval must be in (0, 3600] s and heartbeat_misses >= 1")
         self.node_id = node_id
         self.http = http
         self.epoch = new_epoch()
@@ -444,9 +446,11 @@ class BusNode:
             self._routes.pop(old, None)
         self._routes[identity] = hello.node_id
         self._identity_of[hello.node_id] = identity
+        # A child beats at its own interval; a peer is also heard through our link's replies.
+        interval = hello.interval if role == "child" else max(hello.interval, self.interval)
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
-                                        interval=hello.interval)
+                                        interval=interval)
         self._follow(hello.node_id, hello.pub, hello.curve_key)
         send_now(self._router, [identity, *encode(self._welcome("parent" if role == "child" else "peer"))])
         log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
@@ -498,7 +502,8 @@ class BusNode:
         state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
-                                        interval=welcome.interval)
+                                        # it answers our heartbeats: at our pace, or its own
+                                        interval=max(welcome.interval, self.interval))
         self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
         self._fire(state)
         beat = self._heartbeat()       # the first heartbeat at once: the parent sees us now
