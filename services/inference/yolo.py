@@ -80,7 +80,9 @@ def letterbox_ultralytics(image: np.ndarray, size: tuple[int, int]) -> tuple[np.
     left, right = round(dw - 0.1), round(dw + 0.1)
     image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT,
                                value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
-    blob = cv2.dnn.blobFromImage(image, scalefactor=1 / 255.0, swapRB=True)
+    # Divide (not multiply by 1/255): the int8 models are sensitive to the last bit of the input.
+    blob = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)
+    blob /= np.float32(255.0)
     return blob, BoxMapping(new_w / w, new_h / h, left, top, w, h)
 
 
