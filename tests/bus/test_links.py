@@ -250,3 +250,16 @@ async def test_client_to_a_down_agent_times_out() -> None:
     async with BusClient(endpoint, timeout=0.2) as client:
         with pytest.raises(RequestTimeout, match="is the agent up"):
             await client.call("nodes")
+
+
+async def test_mixed_heartbeat_intervals_do_not_flicker() -> None:
+    seen_parent, seen_child = Recorder(), Recorder()
+    parent = BusNode("jiangsu", on_neighbour=seen_parent, **{**FAST, "heartbeat_interval": 0.05})
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), on_neighbour=seen_child,
+                        **{**FAST, "heartbeat_interval": 0.2})
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive" and status(child, "jiangsu") == "alive")
+            seq = child.neighbour("jiangsu").seq
+            await until(lambda: child.neighbour("jiangsu").seq >= seq + 6, what="a second of replies")
+            assert not seen_parent.seen("nanjing", "lost") and not seen_child.seen("jiangsu", "lost")
