@@ -161,7 +161,11 @@ class Manager:
         try:
             await self.executors[wl.type].stop(wl, self.config.stop_grace)
         except CnetError as exc:
-            log.warning("stopping %s: %s", wl.id, exc.message)
+            # It may still be running (e.g. its engine is down): keep it and its reservation.
+            log.warning("stopping %s failed: %s", wl.id, exc.message)
+            if wl.status == STOPPING:
+                self._transition(wl, RUNNING, message=f"stop failed: {exc.message}")
+            raise
         if wl.status == STOPPING:  # the executor had nothing left to wait for
             self._finish(wl, STOPPED, wl.exit_code, "stopped")
 
