@@ -319,15 +319,18 @@ class WorkerPool:
         finally:
             if not receive.done():
                 receive.cancel()
-        if receive in done:
+        if not done:
+            raise WorkerTimeout(f"worker {worker.pid} did not answer within {timeout:g}s")
+        if receive in done and not receive.cancelled() and receive.exception() is None:
             try:
                 return protocol.decode_reply(receive.result())
             except protocol.ProtocolError as exc:
                 self._kill(worker)
-                raise WorkerDied(f"worker sent a malformed reply: {exc}") from exc
-        if worker.died.done():
-            raise WorkerDied(f"worker {worker.pid} exited with {worker.died.result()}")
-        raise WorkerTimeout(f"worker {worker.pid} did not answer within {timeout:g}s")
+                raise WorkerDied(f"worker {worker.pid} sent a malformed reply: {exc}") from exc
+        # The worker exited (its socket is closed under the pending receive when we see it).
+        self._kill(worker)
+        code = worker.died.result() if worker.died.done() else "an unknown status"
+        raise WorkerDied(f"worker {worker.pid} exited with {code}")
 
     async def predict(self, params: PredictParams, image: bytes) -> dict[str, Any]:
         """Run one predict on a free worker; retry once if that worker dies mid-request."""
