@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 TEXT_FIELDS = ("type", "name")
 FILE_FIELDS = ("file", "files")
 FRAMING_ALLOWANCE = 1 << 20      # multipart framing allowed on top of upload_limit's content
-BATCH_BYTES = 1 << 20            # hand file data to the writer threads in batches this size
+BATCH_BYTES = 4 << 20            # hand file data to the writer threads in batches this size
 RESERVE_STEP = 64 << 20          # grow the storage reservation in steps, not per chunk
 PARALLEL_HASH_BYTES = 256 << 10  # below this a batch is hashed and written on one thread
 MAX_FIELD_BYTES = 4096
@@ -137,25 +137,18 @@ class _StagedFile:
     md5: Any = field(default_factory=hashlib.md5)
     sha256: Any = field(default_factory=hashlib.sha256)
 
-    # The methods below run on writer threads, one batch at a time per upload.
+    # The methods below run on writer threads, one batch at a time per upload. Each takes one
+    # contiguous buffer, so a thread gives up and retakes the GIL once per batch rather than
+    # once per network chunk (retaking it can wait a whole switch interval).
 
-    def write(self, bufs: list[memoryview]) -> None:
-        total = sum(len(b) for b in bufs)
-        written = os.writev(self.fd, bufs) if len(bufs) <= 512 else 0
-        if written == total:
-            return
-        rest = memoryview(b"".join(bufs))[written:]
-        while rest:
-            rest = rest[os.write(self.fd, rest):]
+    def hash_md5(self, buf: bytearray) -> None:
+        self.md5.update(buf)
 
-    def hash_md5(self, bufs: list[memoryview]) -> None:
-        for buf in bufs:
-            self.md5.update(buf)
-
-    def write_and_hash_sha256(self, bufs: list[memoryview]) -> None:
-        for buf in bufs:
-            self.sha256.update(buf)
-        self.write(bufs)
+    def write_and_hash_sha256(self, buf: bytearray) -> None:
+        self.sha256.update(buf)
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(self.fd, view):]
 
     def seal(self) -> None:
         """Make the content durable and close the file."""
@@ -205,7 +198,7 @@ class Upload:
         self._file: _StagedFile | None = None
         self._field: tuple[str, bytearray] | None = None
         # File data parsed but not yet handed to a writer thread, and the batch being written.
-        self._pending: list[tuple[_StagedFile, memoryview]] = []
+        self._pending: list[tuple[_StagedFile, bytearray]] = []
         self._pending_bytes = 0
         self._to_seal: list[_StagedFile] = []
         self._inflight: asyncio.Future | None = None
@@ -219,8 +212,6 @@ class Upload:
         if self._state != RECEIVING:
             return
         try:
-            if not isinstance(chunk, bytes):
-                chunk = bytes(chunk)  # the memoryviews we keep need an immutable buffer
             self._parser.write(chunk)
             if self._pending_bytes >= BATCH_BYTES or self._to_seal:
                 await self._flush()
@@ -345,7 +336,10 @@ class Upload:
                                       f"{self.intake.config.upload_limit} bytes (data.upload_limit)")
             if self._received > self._reserved:
                 self.reserve(self._received)
-            self._pending.append((self._file, memoryview(data)[start:end]))
+            if self._pending and self._pending[-1][0] is self._file:
+                self._pending[-1][1].extend(memoryview(data)[start:end])
+            else:
+                self._pending.append((self._file, bytearray(memoryview(data)[start:end])))
             self._pending_bytes += size
         elif self._field is not None:
             value = self._field[1]
@@ -421,24 +415,18 @@ class Upload:
             if self._inflight is task and task.done():
                 self._inflight = None
 
-    async def _write(self, batch: list[tuple[_StagedFile, memoryview]],
+    async def _write(self, batch: list[tuple[_StagedFile, bytearray]],
                      to_seal: list[_StagedFile]) -> None:
-        groups: list[tuple[_StagedFile, list[memoryview]]] = []
-        for staged, buf in batch:
-            if groups and groups[-1][0] is staged:
-                groups[-1][1].append(buf)
-            else:
-                groups.append((staged, [buf]))
         run = self.intake.run
-        if len(groups) == 1 and sum(len(b) for b in groups[0][1]) >= PARALLEL_HASH_BYTES:
+        if len(batch) == 1 and len(batch[0][1]) >= PARALLEL_HASH_BYTES:
             # The common case, one large file: MD5 on one thread, SHA-256 and the write on
-            # another (hashlib and os.writev release the GIL).
-            staged, bufs = groups[0]
-            await asyncio.gather(run(staged.hash_md5, bufs), run(staged.write_and_hash_sha256, bufs))
+            # another (hashlib and os.write release the GIL).
+            staged, buf = batch[0]
+            await asyncio.gather(run(staged.hash_md5, buf), run(staged.write_and_hash_sha256, buf))
             if to_seal:
                 await run(_seal_all, to_seal)
             return
-        await run(_write_groups, groups, to_seal)
+        await run(_write_batch, batch, to_seal)
 
     async def _discard(self, reason: str) -> None:
         """Remove every trace of this upload: reservation, temp files, staging dir."""
@@ -523,11 +511,10 @@ class Upload:
         fsync_dir(final.parent)
 
 
-def _write_groups(groups: list[tuple[_StagedFile, list[memoryview]]],
-                  to_seal: list[_StagedFile]) -> None:
-    for staged, bufs in groups:
-        staged.hash_md5(bufs)
-        staged.write_and_hash_sha256(bufs)
+def _write_batch(batch: list[tuple[_StagedFile, bytearray]], to_seal: list[_StagedFile]) -> None:
+    for staged, buf in batch:
+        staged.hash_md5(buf)
+        staged.write_and_hash_sha256(buf)
     _seal_all(to_seal)
 
 
