@@ -181,6 +181,8 @@ class YoloDetector:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # Idle intra-op threads must not spin: K workers (and the shim) share the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model, sess_options=options,
                                                 providers=["CPUExecutionProvider"])
