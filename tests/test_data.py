@@ -241,6 +241,21 @@ def test_large_chunked_upload_streams(agent):
     assert agent.resources()["allocated"]["storage"] == len(content)
 
 
+def test_concurrent_uploads(agent):
+    from concurrent.futures import ThreadPoolExecutor
+
+    contents = [os.urandom(1_500_000 + i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda i: upload(agent, f"parallel {i}", [("p.bin", contents[i])]),
+                             range(4)))
+    assert len({wl["data_key"] for wl in done}) == 4
+    for wl, content in zip(done, contents):
+        assert (Path(wl["path"]) / "p.bin").read_bytes() == content
+        assert wl["files"][0]["etag"] == md5(content)
+    assert agent.resources()["allocated"]["storage"] == sum(len(c) for c in contents)
+    assert not staging(agent)
+
+
 # -- accounting, stop, delete, restart -------------------------------------------------------
 
 def test_storage_accounting_stop_and_delete(agent):
