@@ -16,9 +16,12 @@ import tornado.httpserver
 import tornado.netutil
 from tornado.ioloop import PeriodicCallback
 
-from . import __version__
-from .api import make_app
+from bus import BusNode, CurveKeys, NeighbourState
+
+from . import __version__, neighbours
+from .api import BusInfoHandler, make_app
 from .config import Config, ConfigError
+from .delegation import Delegator
 from .events import EventHub
 from .executors.container import ContainerExecutor
 from .executors.data import DataExecutor
@@ -29,6 +32,7 @@ from .executors.process import ProcessExecutor
 from .manager import Manager
 from .metrics import AgentMetrics
 from .register import Register
+from .rpc import RpcHandler
 from .store import Store
 from .uploads import Uploads
 
@@ -48,6 +52,10 @@ class Agent:
         self.metrics: AgentMetrics | None = None
         self.uploads: Uploads | None = None
         self.started_at = time.time()
+        self.bus: BusNode | None = None
+        self.delegator = Delegator(self)
+        self._statuses: dict[str, str] = {}      # neighbour id -> last published status
+        self._background: set[asyncio.Task] = set()
         self._server: tornado.httpserver.HTTPServer | None = None
         self._locks: list[int] = []
         self._ticks: list[PeriodicCallback] = []
@@ -72,6 +80,14 @@ class Agent:
                 sock.close()
             self._release_locks()
             raise
+        try:
+            await self._start_bus()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            self._release_locks()
+            raise
+        self.hub.subscribe(self._forward_to_bus)
         body_limit = max(cfg.max_json_body, cfg.upload_limit + (1 << 20))
         self._server = tornado.httpserver.HTTPServer(make_app(self), max_body_size=body_limit,
                                                      idle_connection_timeout=120,
@@ -87,6 +103,32 @@ class Agent:
                         cfg.address)
         log.info("agent %s listening on %s (state in %s)", cfg.node_id, cfg.url, cfg.state_dir)
 
+    async def _start_bus(self) -> None:
+        cfg = self.config
+        curve = None
+        if cfg.bus.curve_dir is not None:
+            try:
+                curve = CurveKeys.load(cfg.bus.curve_dir, cfg.node_id)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"bus.curve.keys_dir: no key pair for {cfg.node_id} in "
+                                  f"{cfg.bus.curve_dir} ({exc}); run `cnet keys generate`") from None
+        self.bus = BusNode(
+            cfg.node_id, http=cfg.url,
+            router=cfg.bus.router_endpoint(cfg.port), pub=cfg.bus.pub_endpoint(cfg.port),
+            parent=cfg.parent, peers=cfg.peers,
+            snapshot=lambda: neighbours.self_snapshot(self),
+            summary=lambda: neighbours.summary(self, self.bus.neighbours()),
+            handler=RpcHandler(self).handle, on_neighbour=self._neighbour_changed,
+            on_event=self._neighbour_event, heartbeat_interval=cfg.bus.heartbeat_interval,
+            heartbeat_misses=cfg.bus.heartbeat_misses, request_timeout=cfg.bus.request_timeout,
+            curve=curve)
+        try:
+            await self.bus.start()
+        except Exception as exc:  # zmq.ZMQError: address in use, bad endpoint
+            self.bus = None
+            raise ConfigError(f"bus: cannot bind {cfg.bus.router_endpoint(cfg.port)} / "
+                              f"{cfg.bus.pub_endpoint(cfg.port)} ({exc})") from None
+
     def _executors(self):
         return [ProcessExecutor(self.manager), MLModelExecutor(self.manager),
                 OpenCVExecutor(self.manager), DataGatewayExecutor(self.manager),
@@ -95,6 +137,10 @@ class Agent:
     async def stop(self) -> None:
         for tick in self._ticks:
             tick.stop()
+        for task in list(self._background):
+            task.cancel()
+        if self.bus is not None:
+            await self.bus.close()
         if self._server is not None:
             self._server.stop()
             await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
@@ -142,7 +188,13 @@ class Agent:
     # -- what the API asks of the agent --------------------------------------------------
 
     async def submit(self, body):
-        return await self.manager.submit(body)
+        return await self.delegator.submit(body)
+
+    async def list_workloads(self, status: str | None, wtype: str | None,
+                             scope: str = "local") -> list[dict]:
+        if scope == "subtree":
+            return await self.delegator.list_subtree(status, wtype)
+        return [wl.to_dict() for wl in self.manager.list(status, wtype)]
 
     def node_info(self) -> dict:
         return {"node_id": self.config.node_id, "role": "self", "status": "alive",
@@ -151,8 +203,18 @@ class Agent:
                 "labels": self.config.labels, **_vectors(self.register.resources())}
 
     def nodes_view(self) -> dict:
-        return {"node_id": self.config.node_id, "self": self.node_info(), "parent": None,
-                "children": [], "peers": [], "nodes": [self.node_info()]}
+        """This node, its parent, children and peers (the seed's view, this node left out of
+        the neighbour lists)."""
+        now = time.monotonic()
+        me = self.node_info()
+        states = self.bus.neighbours() if self.bus is not None else []
+        entries = sorted((neighbours.node_entry(s, now) for s in states), key=lambda e: e["node_id"])
+        parent = next((e for e in entries if e["role"] == "parent"), None)
+        children = [e for e in entries if e["role"] == "child"]
+        me["subtree"] = neighbours.summary(self, states)
+        return {"node_id": self.config.node_id, "self": me, "parent": parent,
+                "children": children, "peers": [e for e in entries if e["role"] == "peer"],
+                "nodes": [me, *entries]}
 
     async def health(self) -> dict:
         executors = {}
@@ -167,11 +229,58 @@ class Agent:
                 "executors": executors}
 
     def extra_routes(self) -> list:
-        return []
+        return [(r"/api/bus", BusInfoHandler, {"agent": self})]
+
+    # -- events between the register, the hub and the bus --------------------------------
 
     def _resources_changed(self) -> None:
+        if self.bus is not None:
+            self.bus.publish()  # at once, so the parent's and peers' views follow in milliseconds
         self.hub.publish({"type": "resources", "node_id": self.config.node_id,
                           "seq": self.register.seq, "resources": self.register.resources()})
+
+    def _forward_to_bus(self, event: dict) -> None:
+        """Workload changes made here (or reported to our mirrors) go out on our PUB."""
+        if self.bus is None:
+            return
+        if event["type"] == "workload":
+            self.bus.publish_event("workload", event["workload"])
+        elif event["type"] == "workload_deleted":
+            self.bus.publish_event("workload_deleted", {"id": event["id"],
+                                                        "node_id": event["node_id"]})
+
+    def _neighbour_changed(self, state: NeighbourState) -> None:
+        entry = neighbours.node_entry(state, time.monotonic())
+        self.hub.publish({"type": "node", "node": entry})
+        if state.snapshot:
+            self.hub.publish({"type": "resources", "node_id": state.node_id, "seq": state.seq,
+                              "resources": {k: entry[k] for k in
+                                            ("capacity", "allocated", "available", "usage")}})
+        before = self._statuses.get(state.node_id)
+        if before == state.status:
+            return
+        self._statuses[state.node_id] = state.status
+        log.info("neighbour %s (%s) is %s", state.node_id, state.role, state.status)
+        if self.bus is not None:
+            self.bus.publish_event("node", {"node_id": state.node_id, "role": state.role,
+                                            "status": state.status, "address": entry["address"]})
+        if state.status == "lost":
+            self.manager.mark_lost(state.node_id)
+        elif self.manager.mirrors_via(state.node_id):
+            self._spawn(self.delegator.refresh(state.node_id))
+
+    def _neighbour_event(self, state: NeighbourState, event) -> None:
+        if event.kind == "workload":
+            self.manager.update_mirror(event.data, via=state.node_id)
+        elif event.kind == "workload_deleted":
+            wl = self.manager.workloads.get(event.data.get("id", ""))
+            if wl is not None and wl.runtime.get("via") == state.node_id:
+                self.manager.remove_mirror(wl.id)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 def _vectors(resources: dict) -> dict:

@@ -175,15 +175,19 @@ class WorkloadsHandler(BaseHandler):
         wl, created = await self.agent.submit(self.json_body(bytes(self._body)))
         self.reply(wl.to_dict(), 201 if created else 200)
 
-    def get(self):
+    async def get(self):
         status = self.get_query_argument("status", None)
         if status is not None and status not in STATUSES:
             raise BadRequest(f"status: must be one of {', '.join(STATUSES)}", code="invalid_argument")
         wtype = self.get_query_argument("type", None)
         if wtype is not None and wtype not in self.agent.manager.executors:
             raise BadRequest(f"type: unknown workload type {wtype!r}", code="invalid_argument")
-        items = [wl.to_dict() for wl in self.agent.manager.list(status, wtype)]
-        self.reply({"node_id": self.agent.config.node_id, "workloads": items, "count": len(items)})
+        scope = self.get_query_argument("scope", "local")
+        if scope not in ("local", "subtree"):
+            raise BadRequest("scope: local or subtree", code="invalid_argument")
+        items = await self.agent.list_workloads(status, wtype, scope)
+        self.reply({"node_id": self.agent.config.node_id, "scope": scope, "workloads": items,
+                    "count": len(items)})
 
 
 class WorkloadHandler(BaseHandler):
@@ -193,7 +197,7 @@ class WorkloadHandler(BaseHandler):
         self.reply(self.agent.manager.get(workload_id).to_dict())
 
     async def delete(self, workload_id: str):
-        await self.agent.manager.delete(workload_id)
+        await self.agent.delegator.delete(workload_id)
         self.reply({"id": workload_id, "deleted": True})
 
 
@@ -201,16 +205,16 @@ class WorkloadStopHandler(BaseHandler):
     route = "/api/workloads/{id}/stop"
 
     async def post(self, workload_id: str):
-        wl = await self.agent.manager.stop(workload_id)
+        wl = await self.agent.delegator.stop(workload_id)
         self.reply(wl.to_dict())
 
 
 class WorkloadLogsHandler(BaseHandler):
     route = "/api/workloads/{id}/logs"
 
-    def get(self, workload_id: str):
+    async def get(self, workload_id: str):
         tail = self.int_arg("tail", 100, 0, 10_000)
-        text = self.agent.manager.logs(workload_id, tail)
+        text = await self.agent.delegator.logs(workload_id, tail)
         if self.get_query_argument("format", "json") == "text":
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish(text)
@@ -238,6 +242,21 @@ class HealthHandler(BaseHandler):
 
     async def get(self):
         self.reply(await self.agent.health())
+
+
+class BusInfoHandler(BaseHandler):
+    """``GET /api/bus``: where this node's bus listens (neighbours discover it here)."""
+
+    route = "/api/bus"
+    public = True
+
+    def get(self):
+        doc = self.agent.bus.describe()
+        host = self.request.host.rsplit(":", 1)[0]
+        for key in ("router", "pub"):
+            for wildcard in ("0.0.0.0", "[::]", "*"):
+                doc[key] = doc[key].replace(f"//{wildcard}:", f"//{host}:")
+        self.reply(doc)
 
 
 class MetricsHandler(BaseHandler):

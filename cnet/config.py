@@ -31,7 +31,7 @@ class ConfigError(Exception):
 
 @dataclass
 class BusConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"       # default: the agent's address
     router_port: int = 0          # 0: HTTP port + 1000
     pub_port: int = 0             # 0: HTTP port + 2000
     heartbeat_interval: float = 1.0
@@ -174,14 +174,14 @@ def from_dict(raw) -> Config:
         raise ConfigError(f"{where}.engine_url: must be a string")
     cfg.container_engine_url = url
 
-    cfg.bus = _bus(*sec("bus"), node_id)
+    cfg.bus = _bus(*sec("bus"), node_id, cfg.address)
     cfg.services = _services(*sec("services"))
     return cfg
 
 
-def _bus(raw: dict, where: str, node_id: str) -> BusConfig:
+def _bus(raw: dict, where: str, node_id: str, address: str) -> BusConfig:
     bus = BusConfig()
-    bus.host = _str(raw, "host", f"{where}.host", bus.host)
+    bus.host = _str(raw, "host", f"{where}.host", address)
     bus.router_port = _port(raw.get("router_port", 0), f"{where}.router_port", allow_zero=True)
     bus.pub_port = _port(raw.get("pub_port", 0), f"{where}.pub_port", allow_zero=True)
     bus.heartbeat_interval = _number(raw.get("heartbeat_interval", 1.0), f"{where}.heartbeat_interval", 0.01, 3600)

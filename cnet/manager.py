@@ -12,11 +12,13 @@ import time
 from typing import TYPE_CHECKING
 
 from .errors import CnetError, Conflict, NotFound
+from .resources import Resources
 from .workload import (
     COMPLETED,
     ENDED,
     FAILED,
     LIVE,
+    LOST,
     PENDING,
     RUNNING,
     STOPPED,
@@ -25,6 +27,12 @@ from .workload import (
     Workload,
     parse_submission,
 )
+
+# Keys of Workload.to_dict() that are fields, not runtime facts.
+_WORKLOAD_FIELDS = frozenset({
+    "id", "name", "type", "status", "node_id", "origin", "process_pid", "endpoint", "exit_code",
+    "message", "restart_count", "created_at", "started_at", "finished_at", "config",
+    "requirements", "placement", "labels", "via"})
 
 if TYPE_CHECKING:
     from .config import Config
@@ -86,11 +94,17 @@ class Manager:
         sub = self.validate(body)
         existing = self.workloads.get(sub.id)
         if existing is not None:
-            return self._same_or_conflict(existing, sub), False
+            return self.same_or_conflict(existing, sub), False
+        return await self.admit(sub), True
+
+    async def admit(self, sub: Submission, origin: str | None = None) -> Workload:
+        """Reserve and start a validated submission on this node (raises if it does not fit)."""
+        if sub.id in self.workloads:
+            raise Conflict(f"workload id {sub.id} already exists", code="id_conflict")
         self.register.allocate(sub.id, sub.requirements)
         wl = Workload(id=sub.id, name=sub.name, type=sub.type, config=sub.config,
                       requirements=sub.requirements, placement=sub.placement, labels=sub.labels,
-                      node_id=self.node_id, origin=self.node_id)
+                      node_id=self.node_id, origin=origin or self.node_id)
         self.workloads[wl.id] = wl
         started = asyncio.get_running_loop().create_future()
         self._starting[wl.id] = started
@@ -112,7 +126,7 @@ class Manager:
             self._transition(wl, RUNNING, runtime=wl.runtime, started_at=wl.started_at)
         else:
             self.store.update_workload(wl.id, {"runtime": wl.runtime})
-        return wl, True
+        return wl
 
     def record_completed(self, wl: Workload, objects: list[dict]) -> None:
         """Record a workload that is complete on arrival (a data upload) with its data objects.
@@ -129,7 +143,8 @@ class Manager:
         self._publish(wl)
 
     @staticmethod
-    def _same_or_conflict(existing: Workload, sub: Submission) -> Workload:
+    def same_or_conflict(existing: Workload, sub: Submission) -> Workload:
+        """A resubmission with a known id: the same spec returns it, another is a conflict."""
         same = (existing.name == sub.name and existing.type == sub.type
                 and existing.config == sub.config and existing.requirements == sub.requirements)
         if not same:
@@ -219,7 +234,7 @@ class Manager:
             wl = Workload.from_row(row)
             self.workloads[wl.id] = wl
             executor = self.executors.get(wl.type)
-            if executor is None:
+            if executor is None or self.is_mirror(wl):
                 continue
             if getattr(executor, "holds_resources_when_ended", False) and wl.status == COMPLETED:
                 self.register.adopt(wl.id, wl.requirements)
@@ -241,6 +256,77 @@ class Manager:
         if adopted or failed:
             log.info("recovered workloads: %d re-adopted, %d failed while the agent was down",
                      adopted, failed)
+
+    # -- mirrors of workloads delegated to other nodes --------------------------------------
+
+    def is_mirror(self, wl: Workload) -> bool:
+        return wl.node_id != self.node_id
+
+    def add_mirror(self, remote: dict, via: str) -> Workload:
+        """Record a workload that runs elsewhere (reached through neighbour ``via``)."""
+        wl = Workload(id=remote["id"], name=remote["name"], type=remote["type"],
+                      config=remote.get("config") or {},
+                      requirements=Resources.from_dict(remote.get("requirements")),
+                      placement=remote.get("placement") or {}, labels=remote.get("labels") or {},
+                      node_id=remote["node_id"], origin=remote.get("origin") or self.node_id,
+                      created_at=remote.get("created_at") or time.time())
+        self._apply_remote(wl, remote)
+        wl.runtime["via"] = via
+        self.workloads[wl.id] = wl
+        self.store.insert_workload(wl.to_row())
+        self._publish(wl)
+        return wl
+
+    def update_mirror(self, remote: dict, via: str | None = None) -> Workload | None:
+        """Apply a status report about a mirrored workload (only from the neighbour it goes through)."""
+        wl = self.workloads.get(remote.get("id", ""))
+        if wl is None or not self.is_mirror(wl) or (via is not None and wl.runtime.get("via") != via):
+            return None
+        self._apply_remote(wl, remote)
+        self.store.update_workload(wl.id, {
+            "status": wl.status, "node_id": wl.node_id, "runtime": wl.runtime,
+            "exit_code": wl.exit_code, "message": wl.message, "restart_count": wl.restart_count,
+            "started_at": wl.started_at, "finished_at": wl.finished_at})
+        self._publish(wl)
+        return wl
+
+    def mirrors_via(self, via: str) -> list[Workload]:
+        return [wl for wl in self.workloads.values()
+                if self.is_mirror(wl) and wl.runtime.get("via") == via]
+
+    def mark_lost(self, via: str) -> None:
+        """The neighbour a mirror goes through is lost: say so, keep what we knew."""
+        for wl in self.mirrors_via(via):
+            if wl.status != LOST:
+                wl.runtime["remote_status"] = wl.status
+                wl.status = LOST
+                wl.message = f"node {via} is lost; last known status {wl.runtime['remote_status']}"
+                self.store.update_workload(wl.id, {"status": LOST, "runtime": wl.runtime,
+                                                   "message": wl.message})
+                self._publish(wl)
+
+    def remove_mirror(self, workload_id: str) -> None:
+        wl = self.workloads.get(workload_id)
+        if wl is not None and self.is_mirror(wl):
+            del self.workloads[workload_id]
+            self.store.delete_workload(workload_id)
+            self.hub.publish({"type": "workload_deleted", "id": workload_id, "node_id": self.node_id})
+
+    @staticmethod
+    def _apply_remote(wl: Workload, remote: dict) -> None:
+        wl.status = remote.get("status", wl.status)
+        wl.node_id = remote.get("node_id", wl.node_id)
+        wl.exit_code = remote.get("exit_code")
+        wl.message = remote.get("message")
+        wl.restart_count = remote.get("restart_count") or 0
+        wl.started_at = remote.get("started_at")
+        wl.finished_at = remote.get("finished_at")
+        via = wl.runtime.get("via")
+        wl.runtime = {k: v for k, v in remote.items() if k not in _WORKLOAD_FIELDS}
+        wl.runtime["pid"] = remote.get("process_pid")
+        wl.runtime["endpoint"] = remote.get("endpoint")
+        if via is not None:
+            wl.runtime["via"] = via
 
     # -- transitions ---------------------------------------------------------------------
 

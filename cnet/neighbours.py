@@ -1,0 +1,134 @@
+"""What this node tells its neighbours about itself, and how it shows and uses what they tell it.
+
+- ``self_snapshot``: the resource snapshot carried by heartbeats and broadcasts.
+- ``summary``: this node's subtree summary (node count, node ids, labels, largest free amounts
+  below it, and what it can reach through its peers) that a parent's scheduler uses.
+- ``node_entry`` / ``scheduler_snapshot``: neighbour states turned into ``/api/nodes`` entries
+  and into the scheduler's candidates.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from .resources import Resources
+from .scheduler import NodeView, Snapshot
+
+if TYPE_CHECKING:
+    from bus import NeighbourState
+
+    from .agent import Agent
+
+_FREE_KINDS = ("cpu", "memory", "gpu", "storage")
+
+
+def self_snapshot(agent: "Agent") -> dict:
+    """This node's full resource snapshot (sent in every heartbeat and broadcast)."""
+    resources = agent.register.resources()
+    live = [wl for wl in agent.manager.workloads.values() if wl.live and wl.node_id == agent.config.node_id]
+    return {
+        "node_id": agent.config.node_id,
+        "address": agent.config.url,
+        "labels": agent.config.labels,
+        "seq": agent.register.seq,
+        "capacity": resources["capacity"],
+        "allocated": resources["allocated"],
+        "available": resources["available"],
+        "usage": resources["usage"],
+        "workloads": {"count": len(live),
+                      "names": sorted({wl.name for wl in live})[:512],
+                      "labels": sorted({f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]},
+        "uptime": round(time.time() - agent.started_at, 1),
+    }
+
+
+def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
+    """The subtree below and including this node, for the parent's scheduler.
+
+    ``max_free`` covers this node and every node below it; ``reach_free`` adds what this node's
+    peers have free, since a delegated workload may go on to them.
+    """
+    free = agent.register.available.to_dict()
+    node_ids = [agent.config.node_id]
+    labels = {f"{k}={v}" for k, v in agent.config.labels.items()}
+    max_free = dict(free)
+    reach = dict(free)
+    count = 1
+    for state in neighbours:
+        if state.status != "alive":
+            continue
+        if state.role == "child" and state.summary:
+            child = state.summary
+            count += int(child.get("nodes", 1))
+            node_ids.extend(child.get("node_ids", [state.node_id])[:1024])
+            labels.update(child.get("labels", [])[:256])
+            for kind in _FREE_KINDS:
+                value = (child.get("max_free") or {}).get(kind, 0)
+                max_free[kind] = max(max_free[kind], value)
+                reach[kind] = max(reach[kind], (child.get("reach_free") or {}).get(kind, value))
+        elif state.role == "peer":
+            avail = (state.snapshot or {}).get("available") or {}
+            for kind in _FREE_KINDS:
+                reach[kind] = max(reach[kind], avail.get(kind, 0))
+    return {"nodes": count, "node_ids": node_ids[:1024], "labels": sorted(labels)[:256],
+            "max_free": max_free, "reach_free": reach}
+
+
+def node_entry(state: "NeighbourState", now: float) -> dict:
+    """One neighbour as ``GET /api/nodes`` shows it."""
+    snap = state.snapshot or {}
+    entry = {
+        "node_id": state.node_id,
+        "role": state.role,
+        "status": state.status,
+        "last_seen": round(state.age(now), 3),
+        "address": state.http or snap.get("address"),
+        "labels": snap.get("labels", {}),
+        "capacity": snap.get("capacity"),
+        "allocated": snap.get("allocated"),
+        "available": snap.get("available"),
+        "usage": snap.get("usage"),
+        "workloads": (snap.get("workloads") or {}).get("count"),
+        "seq": state.seq,
+    }
+    if state.role == "child" and state.summary:
+        entry["subtree"] = {"nodes": state.summary.get("nodes", 1),
+                            "max_free": state.summary.get("max_free"),
+                            "reach_free": state.summary.get("reach_free")}
+    return entry
+
+
+def _labels(pairs: Iterable[str]) -> frozenset:
+    return frozenset(tuple(p.split("=", 1)) for p in pairs if "=" in p)
+
+
+def scheduler_snapshot(agent: "Agent", neighbours: Iterable["NeighbourState"],
+                       exclude: Iterable[str] = ()) -> Snapshot:
+    """Candidates for the scheduler: this node, alive-or-lost children and peers (not parents)."""
+    me = self_snapshot(agent)
+    nodes = [NodeView(node_id=agent.config.node_id, role="self", status="alive",
+                      available=agent.register.available, capacity=agent.register.capacity,
+                      labels=dict(agent.config.labels),
+                      workload_names=frozenset(me["workloads"]["names"]),
+                      workload_labels=_labels(me["workloads"]["labels"]))]
+    skip = set(exclude)
+    for state in neighbours:
+        if state.role not in ("child", "peer") or state.node_id in skip:
+            continue
+        snap = state.snapshot or {}
+        works = snap.get("workloads") or {}
+        subtree = (state.summary or {}) if state.role == "child" else {}
+        reach = subtree.get("reach_free")
+        nodes.append(NodeView(
+            node_id=state.node_id, role=state.role, status=state.status,
+            available=Resources.from_dict(snap.get("available")),
+            capacity=Resources.from_dict(snap.get("capacity")),
+            labels=dict(snap.get("labels") or {}),
+            workload_names=frozenset(works.get("names", [])),
+            workload_labels=_labels(works.get("labels", [])),
+            subtree_nodes=frozenset(n for n in subtree.get("node_ids", []) if n != state.node_id),
+            subtree_free=Resources.from_dict(reach) if reach else None,
+            subtree_labels=_labels(subtree.get("labels", []))))
+    return Snapshot(agent.config.node_id, nodes)
+
