@@ -94,7 +94,7 @@ class Agent:
                                                      xheaders=False)
         self._server.add_sockets(sockets)
         self.register.sample_usage()
-        self._ticks.append(PeriodicCallback(self.register.sample_usage, USAGE_INTERVAL * 1000))
+        self._ticks.append(PeriodicCallback(self._sample_usage, USAGE_INTERVAL * 1000))
         for tick in self._ticks:
             tick.start()
         if not cfg.api_token and not _is_loopback(cfg.address):
@@ -236,6 +236,12 @@ class Agent:
     def _resources_changed(self) -> None:
         if self.bus is not None:
             self.bus.publish()  # at once, so the parent's and peers' views follow in milliseconds
+        self.hub.publish({"type": "resources", "node_id": self.config.node_id,
+                          "seq": self.register.seq, "resources": self.register.resources()})
+
+    def _sample_usage(self) -> None:
+        """Measure usage; the dashboard sees it at once, neighbours with the next heartbeat."""
+        self.register.sample_usage()
         self.hub.publish({"type": "resources", "node_id": self.config.node_id,
                           "seq": self.register.seq, "resources": self.register.resources()})
 
