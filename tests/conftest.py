@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import AgentProcess
+from .harness import AgentProcess, deep_merge, link_cluster, wait_linked
 
 
 @pytest.fixture
@@ -21,6 +21,25 @@ def make_agent(tmp_path):
     yield make
     for agent in reversed(agents):
         agent.cleanup()
+
+
+@pytest.fixture
+def make_cluster(make_agent):
+    """Factory: ``make_cluster({"a": {}, "b": {"parent": "a", "peers": [...], "labels": {...}}},
+    config={...}, node_config={"a": {...}})`` starts one agent per node, links them, waits
+    until every link is alive and returns ``{node_id: AgentProcess}``."""
+
+    def make(topology: dict, config: dict | None = None,
+             node_config: dict | None = None, timeout: float = 30.0) -> dict[str, AgentProcess]:
+        agents = {n: make_agent(n, deep_merge(config or {}, (node_config or {}).get(n, {})),
+                                start=False) for n in topology}
+        link_cluster(agents, topology)
+        for agent in agents.values():
+            agent.start()
+        wait_linked(agents, topology, timeout)
+        return agents
+
+    return make
 
 
 @pytest.fixture

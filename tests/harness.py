@@ -90,6 +90,13 @@ class AgentProcess:
     def state_dir(self) -> Path:
         return Path(self.config["agent"]["state_dir"])
 
+    def configure(self, extra: dict) -> "AgentProcess":
+        """Merge ``extra`` into the config and rewrite the file (before ``start()``)."""
+        self.config = deep_merge(self.config, extra)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.token = self.config.get("api", {}).get("token")
+        return self
+
     def start(self, timeout: float = 20.0) -> "AgentProcess":
         out = open(self.output, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "cnet", "agent", "--config",
@@ -184,3 +191,48 @@ def process_spec(name: str = "test-process", command: str = "sleep", args=("60",
             "config": {"command": command, "args": list(args)}}
     spec.update(extra)
     return spec
+
+
+def load_topology(path: Path) -> dict[str, dict]:
+    """A topology file's nodes as ``{node_id: {"parent", "peers", "labels"}}`` (ports dropped)."""
+    nodes = yaml.safe_load(Path(path).read_text())["nodes"]
+    return {node_id: {"parent": n.get("parent"), "peers": list(n.get("peers") or []),
+                      "labels": dict(n.get("labels") or {})} for node_id, n in nodes.items()}
+
+
+def link_cluster(agents: dict[str, AgentProcess], topology: dict[str, dict]) -> None:
+    """Point each agent's ``parent``/``peers`` config at the others' HTTP ports (before start)."""
+    for node_id, node in topology.items():
+        extra: dict = {}
+        if node.get("parent"):
+            extra["parent"] = {"enabled": True, "address": f"127.0.0.1:{agents[node['parent']].port}"}
+        if node.get("peers"):
+            extra["peers"] = {"enabled": True,
+                              "addresses": [f"127.0.0.1:{agents[p].port}" for p in node["peers"]]}
+        if node.get("labels"):
+            extra["agent"] = {"labels": node["labels"]}
+        agents[node_id].configure(extra)
+
+
+def expected_links(topology: dict[str, dict], node_id: str) -> set[str]:
+    node = topology[node_id]
+    links = set(node.get("peers") or [])
+    if node.get("parent"):
+        links.add(node["parent"])
+    links.update(n for n, other in topology.items() if other.get("parent") == node_id)
+    return links
+
+
+def links_alive(agent: AgentProcess, neighbours: set[str]) -> bool:
+    """True when ``agent``'s /api/nodes shows every one of ``neighbours`` alive."""
+    view = agent.api("GET", "/api/nodes", timeout=5).json()
+    seen = {e["node_id"]: e for e in [view.get("parent"), *view["children"], *view["peers"]] if e}
+    return all(seen.get(n, {}).get("status") == "alive" for n in neighbours)
+
+
+def wait_linked(agents: dict[str, AgentProcess], topology: dict[str, dict], timeout: float = 30.0) -> None:
+    """Wait until every agent sees each of its topology neighbours alive."""
+    for node_id, agent in agents.items():
+        want = expected_links(topology, node_id)
+        wait_for(lambda a=agent, w=want: links_alive(a, w), timeout=timeout,
+                 message=f"{node_id}'s links {sorted(want)} alive")
