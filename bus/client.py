@@ -15,6 +15,7 @@ from typing import Any, Self
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from bus.discovery import Endpoints, discover_http
 from bus.errors import BusError, RemoteError, RequestTimeout, Unreachable
@@ -38,6 +39,9 @@ from bus.wire import DropLog, close_socket, new_socket, receive, send_now
 __all__ = ["BusClient", "Watcher"]
 
 log = logging.getLogger("bus.client")
+
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
 def _secure(sock: zmq.asyncio.Socket, curve: CurveKeys | None, server_key: str | None) -> None:
@@ -166,6 +170,7 @@ class Watcher:
         self._own_context = context is None
         self._context = context or zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = new_socket(self._context, zmq.SUB)
+        self._monitor: zmq.asyncio.Socket | None = None
         try:
             _secure(self._sock, curve, server_key)
         except BusError:
@@ -173,8 +178,35 @@ class Watcher:
             raise
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        # Watched from before connect, so connected() cannot miss the handshake.
+        self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         self._sock.connect(pub)
         self._drops = DropLog(log, f"watcher of {pub}")
+
+    async def connected(self, timeout: float) -> None:
+        """Wait until the SUB has completed its handshake with the PUB, after which publishes
+        reach this watcher (the PUB/SUB slow joiner). :class:`RequestTimeout` when that does not
+        happen within ``timeout`` (agent down); :class:`Unreachable` when the PUB refuses us."""
+        if self._sock is None or self._monitor is None:
+            raise BusError("watcher closed or already connected", code="closed")
+        try:
+            async with asyncio.timeout(timeout):
+                event = parse_monitor_message(await self._monitor.recv_multipart())
+        except TimeoutError:
+            raise RequestTimeout(f"no handshake with {self.pub} within {timeout:g} s "
+                                 f"(is the agent up?)") from None
+        finally:
+            self._stop_monitor()
+        if event["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:    # failed auth or protocol
+            raise Unreachable(f"{self.pub} refused the handshake (Curve: is our key accepted "
+                              f"there, and do both sides use Curve?)")
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            if self._sock is not None and not self._sock.closed:
+                self._sock.disable_monitor()
+            close_socket(self._monitor)
+            self._monitor = None
 
     async def next(self, timeout: float | None = None) -> Update | Event:
         """The next message; :class:`RequestTimeout` after ``timeout`` seconds without one."""
@@ -202,6 +234,7 @@ class Watcher:
         return await self.next()
 
     def close(self) -> None:
+        self._stop_monitor()
         close_socket(self._sock)
         self._sock = None
         if self._own_context:
