@@ -1,0 +1,279 @@
+"""Issue 3 on real clusters: joins, heartbeats, broadcasts, lost and returning nodes, hostile
+frames, duplicate ids and the ``cnet cluster`` launcher, each agent its own process."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+import yaml
+import zmq
+
+from .bus.test_malformed import hostile_frames
+from .harness import REPO, AgentProcess, free_port, gone, link_cluster, load_topology, process_spec, wait_for
+
+JIANGSU = load_topology(REPO / "topologies" / "jiangsu.yaml")
+FAST = {"bus": {"heartbeat_interval": 0.2, "heartbeat_misses": 3}}
+PAIR = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}}
+NODE_FIELDS = {"node_id", "role", "status", "last_seen", "address", "capacity", "allocated",
+               "available"}
+
+
+def view(agent: AgentProcess) -> dict:
+    return agent.api("GET", "/api/nodes", timeout=5).json()
+
+
+def neighbour(agent: AgentProcess, node_id: str) -> dict | None:
+    """``node_id`` as ``agent``'s /api/nodes shows it (None if it is not listed)."""
+    doc = view(agent)
+    entries = [doc["parent"], *doc["children"], *doc["peers"]]
+    return next((e for e in entries if e and e["node_id"] == node_id), None)
+
+
+def status_of(agent: AgentProcess, node_id: str) -> str | None:
+    entry = neighbour(agent, node_id)
+    return entry and entry["status"]
+
+
+def allocated_cpu(agent: AgentProcess, node_id: str) -> float | None:
+    entry = neighbour(agent, node_id)
+    return entry and entry["allocated"]["cpu"]
+
+
+# -- joins and heartbeats ------------------------------------------------------------------
+
+
+def test_jiangsu_cluster_joins_with_roles_and_resources(make_cluster):
+    cluster = make_cluster(JIANGSU, config=FAST, node_config={"nanjing": {"resources": {"cpu": 3.0}}})
+    roles = {
+        "jiangsu": {"nanjing": "child"},
+        "nanjing": {"jiangsu": "parent", "suqian": "peer", "changzhou": "peer"},
+        "suqian": {"nanjing": "peer", "changzhou": "peer"},
+        "changzhou": {"nanjing": "peer", "suqian": "peer"},
+    }
+    for node_id, agent in cluster.items():
+        doc = view(agent)
+        assert doc["self"]["node_id"] == node_id and doc["self"]["role"] == "self"
+        listed = [e for e in [doc["parent"], *doc["children"], *doc["peers"]] if e]
+        assert node_id not in {e["node_id"] for e in listed}          # 剔除本节点
+        assert {e["node_id"]: e["role"] for e in listed} == roles[node_id]
+        for entry in listed:
+            assert NODE_FIELDS <= set(entry), entry
+            assert entry["status"] == "alive"
+            assert entry["address"] == cluster[entry["node_id"]].url
+            assert entry["capacity"]["cpu"] == (3.0 if entry["node_id"] == "nanjing" else 8.0)
+            assert entry["available"]["cpu"] == entry["capacity"]["cpu"] - entry["allocated"]["cpu"]
+    child = neighbour(cluster["jiangsu"], "nanjing")
+    # nanjing has no children: its subtree is itself; through its peers it reaches 8 free cpu.
+    assert child["subtree"]["nodes"] == 1
+    assert child["subtree"]["max_free"]["cpu"] == 3.0
+    assert child["subtree"]["reach_free"]["cpu"] == 8.0
+    assert view(cluster["jiangsu"])["self"]["subtree"]["nodes"] == 2
+
+
+def test_heartbeats_keep_neighbours_fresh(make_cluster):
+    cluster = make_cluster(PAIR, config=FAST)
+    parent, child = cluster["jiangsu"], cluster["nanjing"]
+    first = neighbour(parent, "nanjing")["seq"]
+    # Over many heartbeat intervals the snapshot sequence moves on and nobody goes lost.
+    wait_for(lambda: neighbour(parent, "nanjing")["seq"] >= first + 10, timeout=15,
+             message="ten more heartbeats from nanjing")
+    for _ in range(10):
+        assert status_of(parent, "nanjing") == "alive"
+        assert status_of(child, "jiangsu") == "alive"
+        assert neighbour(parent, "nanjing")["last_seen"] < 3 * 0.2 * 3  # far inside the loss window
+        time.sleep(0.1)
+
+
+def test_allocation_reaches_parent_and_peers_before_any_heartbeat(make_cluster):
+    # Heartbeats every 5 s: a change seen within the seed's 2 s can only have come by broadcast.
+    slow = {"bus": {"heartbeat_interval": 5.0, "heartbeat_misses": 3}}
+    cluster = make_cluster(JIANGSU, config=slow)
+    nanjing = cluster["nanjing"]
+    watchers = [(cluster["jiangsu"], "nanjing"), (cluster["suqian"], "nanjing"),
+                (cluster["changzhou"], "nanjing")]
+    ids = []
+    for expected in (1.0, 2.0, 3.0):
+        ids.append(nanjing.submit(process_spec(name=f"alloc-{expected:g}"))["id"])
+        for agent, node_id in watchers:
+            wait_for(lambda a=agent, n=node_id, e=expected: allocated_cpu(a, n) == e, timeout=2.0,
+                     message=f"{agent.node_id} to see nanjing allocate {expected:g} cpu")
+    nanjing.api("POST", f"/api/workloads/{ids[0]}/stop")
+    for agent, node_id in watchers:
+        wait_for(lambda a=agent, n=node_id: allocated_cpu(a, n) == 2.0, timeout=2.0,
+                 message=f"{agent.node_id} to see nanjing release 1 cpu")
+
+
+# -- loss and return -----------------------------------------------------------------------
+
+
+def test_killed_node_is_lost_and_comes_back_alive(make_cluster):
+    topology = {"jiangsu": {}, "nanjing": {"parent": "jiangsu", "peers": ["suqian"]},
+                "suqian": {"peers": ["nanjing"]}}
+    cluster = make_cluster(topology, config=FAST)
+    parent, nanjing, peer = cluster["jiangsu"], cluster["nanjing"], cluster["suqian"]
+    nanjing.kill()
+    wait_for(lambda: status_of(parent, "nanjing") == "lost", timeout=10, message="nanjing lost at jiangsu")
+    wait_for(lambda: status_of(peer, "nanjing") == "lost", timeout=10, message="nanjing lost at suqian")
+    assert neighbour(parent, "nanjing")["last_seen"] > 0.6
+
+    nanjing.start()  # same ports, same state dir; nobody is told
+    wait_for(lambda: status_of(parent, "nanjing") == "alive", timeout=15, message="nanjing alive at jiangsu")
+    wait_for(lambda: status_of(peer, "nanjing") == "alive", timeout=15, message="nanjing alive at suqian")
+    wait_for(lambda: status_of(nanjing, "jiangsu") == "alive" and status_of(nanjing, "suqian") == "alive",
+             timeout=15, message="nanjing's own links alive")
+
+
+def test_restarted_parent_is_rejoined(make_cluster):
+    cluster = make_cluster(PAIR, config=FAST)
+    parent, child = cluster["jiangsu"], cluster["nanjing"]
+    parent.kill()
+    wait_for(lambda: status_of(child, "jiangsu") == "lost", timeout=10, message="jiangsu lost at nanjing")
+    parent.start()
+    wait_for(lambda: status_of(parent, "nanjing") == "alive", timeout=15, message="nanjing re-joined jiangsu")
+    wait_for(lambda: status_of(child, "jiangsu") == "alive", timeout=15, message="jiangsu alive at nanjing")
+    assert neighbour(parent, "nanjing")["capacity"]["cpu"] == 8.0  # a full snapshot came with it
+
+
+# -- hostile input and a duplicate id --------------------------------------------------------
+
+
+def test_malformed_frames_at_a_live_router(make_cluster):
+    cluster = make_cluster(PAIR, config=FAST)
+    parent = cluster["jiangsu"]
+    router = parent.api("GET", "/api/bus").json()["router"]
+    first_seq = neighbour(parent, "nanjing")["seq"]
+    frames = hostile_frames(random.Random(3))
+    done = threading.Event()
+    sent = []
+
+    def fire() -> None:
+        context = zmq.Context()
+        raw = context.socket(zmq.DEALER)
+        raw.linger = 0
+        raw.sndhwm = 0
+        raw.connect(router)
+        try:
+            for i, message in enumerate(frames):
+                raw.send_multipart(message)
+                sent.append(i)
+                if i % 100 == 0:
+                    time.sleep(0.005)  # a few rounds, so REST and heartbeats interleave
+        finally:
+            raw.close(linger=0)
+            context.term()
+            done.set()
+
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    answered = 0
+    while not done.is_set() or answered < 5:
+        assert parent.api("GET", "/api/health", timeout=5).status_code == 200
+        assert status_of(parent, "nanjing") == "alive"
+        answered += 1
+    thread.join(timeout=30)
+    assert len(sent) == len(frames)
+    # Heartbeats went on through the flood, both ways.
+    wait_for(lambda: neighbour(parent, "nanjing")["seq"] > first_seq + 5, timeout=10,
+             message="nanjing's heartbeats after the flood")
+    assert status_of(cluster["nanjing"], "jiangsu") == "alive"
+    assert parent.submit(process_spec(cpu=0.5))["status"] == "running"
+
+
+@pytest.fixture
+def twin(tmp_path):
+    """A second agent called ``nanjing`` in its own directory (make_agent keys dirs by node id)."""
+    agent = AgentProcess(tmp_path / "twin", "nanjing", FAST)
+    yield agent
+    agent.cleanup()
+
+
+def test_duplicate_node_id_is_refused(make_cluster, twin):
+    cluster = make_cluster(PAIR, config=FAST)
+    parent, first = cluster["jiangsu"], cluster["nanjing"]
+    link_cluster({"jiangsu": parent, "nanjing": twin}, PAIR)
+    twin.start()
+    refused = wait_for(lambda: [line for line in parent.output.read_text().splitlines()
+                                if "refused hello from nanjing" in line], timeout=10,
+                       message="jiangsu to log the refused hello")
+    assert "ERROR" in refused[0] and "already joined and alive" in refused[0]
+    told = wait_for(lambda: [line for line in twin.output.read_text().splitlines()
+                             if "refused our hello" in line], timeout=10,
+                    message="the twin to log that it was refused")
+    assert "ERROR" in told[0] and "(duplicate_node)" in told[0]
+    # The parent keeps the first nanjing, alive, with its address.
+    for _ in range(5):
+        children = view(parent)["children"]
+        assert [(c["node_id"], c["address"], c["status"]) for c in children] == \
+            [("nanjing", first.url, "alive")]
+        time.sleep(0.2)
+    assert status_of(twin, "jiangsu") is None or status_of(twin, "jiangsu") != "alive"
+
+
+# -- the launcher ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def jiangsu_file(tmp_path):
+    """A copy of topologies/jiangsu.yaml on free ports and a temp state dir; ``cluster down``
+    afterwards whatever the test did."""
+    topo = yaml.safe_load((REPO / "topologies" / "jiangsu.yaml").read_text())
+    topo["state_dir"] = str(tmp_path / "run")
+    topo["defaults"]["bus"] = {"heartbeat_interval": 0.2}
+    topo["defaults"]["resources"]["cpu"] = 2.0
+    for node in topo["nodes"].values():
+        node["port"] = free_port()
+        node["bus"] = {"router_port": free_port(), "pub_port": free_port()}
+    path = tmp_path / "jiangsu.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    yield path, topo
+    cnet("cluster", "down", str(path), check=False)
+
+
+def cnet(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cnet", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_launcher_up_status_down(jiangsu_file, tmp_path):
+    path, topo = jiangsu_file
+    up = cnet("cluster", "up", str(path), "--timeout", "60")
+    urls = {n: f"http://127.0.0.1:{node['port']}" for n, node in topo["nodes"].items()}
+    for node_id, url in urls.items():
+        assert f"{node_id}: {url}/" in up.stdout, up.stdout
+
+    status = cnet("cluster", "status", str(path))
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()[1:]}
+    for node_id in urls:
+        assert " up " in lines[node_id], status.stdout
+        assert "lost" not in lines[node_id] and "unknown" not in lines[node_id]
+        assert "=alive" in lines[node_id]
+
+    # Something running on every node (jiangsu's 2 cpu fill, then it delegates), so down must
+    # stop workloads too.
+    placed = {}
+    for _ in range(4):
+        wl = requests.post(urls["jiangsu"] + "/api/workloads", json=process_spec(cpu=2.0),
+                           timeout=30).json()
+        assert wl["status"] == "running", wl
+        placed[wl["node_id"]] = wl["process_pid"]
+    assert set(placed) == set(urls)
+    workload_pids = list(placed.values())
+    agent_pids = [int((tmp_path / "run" / n / "agent.pid").read_text()) for n in urls]
+
+    down = cnet("cluster", "down", str(path))
+    for node_id in urls:
+        assert f"{node_id}: stopped" in down.stdout, down.stdout
+    for pid in agent_pids + workload_pids:
+        assert gone(pid), f"pid {pid} survived `cluster down`: {psutil.Process(pid).cmdline()}"
+    after = cnet("cluster", "status", str(path), check=False)
+    assert after.returncode != 0 and after.stdout.count(" down ") == 4
