@@ -46,14 +46,17 @@ def self_snapshot(agent: "Agent") -> dict:
 def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
     """The subtree below and including this node, for the parent's scheduler.
 
-    ``max_free`` covers this node and every node below it; ``reach_free`` adds what this node's
-    peers have free, since a delegated workload may go on to them.
+    ``max_free`` covers this node and every node below it; ``reach_free``, ``reach_node_ids``
+    and ``reach_labels`` add this node's peers (and what the children reach), since a delegated
+    workload may go on to them.
     """
     free = agent.register.available.to_dict()
     node_ids = [agent.config.node_id]
     labels = {f"{k}={v}" for k, v in agent.config.labels.items()}
     max_free = dict(free)
     reach = dict(free)
+    reach_ids: set[str] = set()
+    reach_labels: set[str] = set()
     count = 1
     for state in neighbours:
         if state.status != "alive":
@@ -63,6 +66,8 @@ def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
             count += int(child.get("nodes", 1))
             node_ids.extend(child.get("node_ids", [state.node_id])[:1024])
             labels.update(child.get("labels", [])[:256])
+            reach_ids.update(child.get("reach_node_ids", [])[:1024])
+            reach_labels.update(child.get("reach_labels", [])[:256])
             for kind in _FREE_KINDS:
                 value = (child.get("max_free") or {}).get(kind, 0)
                 max_free[kind] = max(max_free[kind], value)
@@ -71,8 +76,12 @@ def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
             avail = (state.snapshot or {}).get("available") or {}
             for kind in _FREE_KINDS:
                 reach[kind] = max(reach[kind], avail.get(kind, 0))
+            reach_ids.add(state.node_id)
+            reach_labels.update(f"{k}={v}" for k, v in ((state.snapshot or {}).get("labels") or {}).items())
+    reach_ids.difference_update(node_ids)
     return {"nodes": count, "node_ids": node_ids[:1024], "labels": sorted(labels)[:256],
-            "max_free": max_free, "reach_free": reach}
+            "max_free": max_free, "reach_free": reach,
+            "reach_node_ids": sorted(reach_ids)[:1024], "reach_labels": sorted(reach_labels - labels)[:256]}
 
 
 def node_entry(state: "NeighbourState", now: float) -> dict:
@@ -127,8 +136,11 @@ def scheduler_snapshot(agent: "Agent", neighbours: Iterable["NeighbourState"],
             labels=dict(snap.get("labels") or {}),
             workload_names=frozenset(works.get("names", [])),
             workload_labels=_labels(works.get("labels", [])),
-            subtree_nodes=frozenset(n for n in subtree.get("node_ids", []) if n != state.node_id),
+            # What the child reaches through peers counts, as its reach_free does.
+            subtree_nodes=frozenset(n for n in [*subtree.get("node_ids", []),
+                                                *subtree.get("reach_node_ids", [])]
+                                    if n != state.node_id),
             subtree_free=Resources.from_dict(reach) if reach else None,
-            subtree_labels=_labels(subtree.get("labels", []))))
+            subtree_labels=_labels([*subtree.get("labels", []), *subtree.get("reach_labels", [])])))
     return Snapshot(agent.config.node_id, nodes)
 
