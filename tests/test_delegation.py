@@ -1,0 +1,224 @@
+"""Issue 4 on real clusters: the seed's Jiangsu scenario, one- and two-hop delegation, mirrors and
+forwarding, loop prevention, idempotent retries, placement constraints and the 50-submit race."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .harness import REPO, AgentProcess, gone, load_topology, process_spec, wait_for
+
+JIANGSU = load_topology(REPO / "topologies" / "jiangsu.yaml")
+FAST = {"bus": {"heartbeat_interval": 0.2, "heartbeat_misses": 3}}
+SMALL_ROOT = {"jiangsu": {"resources": {"cpu": 0.5}}}   # the seed's province with too little cpu
+CYCLE = {"a": {"peers": ["b", "c"]}, "b": {"peers": ["a", "c"]}, "c": {"peers": ["a", "b"]}}
+SEED_PROCESS = process_spec("test-process", "sleep", ("60",), cpu=1.0, memory=536870912)
+
+
+@pytest.fixture
+def jiangsu(make_cluster):
+    """The seed's four nodes, 2 cpu each except jiangsu (0.5)."""
+    return make_cluster(JIANGSU, config={**FAST, "resources": {"cpu": 2.0}}, node_config=SMALL_ROOT)
+
+
+def child_view(agent: AgentProcess, node_id: str) -> dict:
+    return next(c for c in agent.api("GET", "/api/nodes").json()["children"] if c["node_id"] == node_id)
+
+
+def local_workloads(agent: AgentProcess) -> list[dict]:
+    """Workloads that run on ``agent`` itself (mirrors left out)."""
+    items = agent.api("GET", "/api/workloads").json()["workloads"]
+    return [wl for wl in items if wl["node_id"] == agent.node_id]
+
+
+def running_cpu(agent: AgentProcess) -> float:
+    return sum(wl["requirements"]["cpu"] for wl in local_workloads(agent) if wl["status"] == "running")
+
+
+def assert_no_leaks(cluster: dict[str, AgentProcess]) -> None:
+    for agent in cluster.values():
+        assert agent.resources()["allocated"]["cpu"] == pytest.approx(running_cpu(agent)), agent.node_id
+
+
+# -- the seed's scenario ---------------------------------------------------------------------
+
+
+def test_seed_scenario_lands_on_nanjing_then_on_its_peers(jiangsu):
+    root, nanjing = jiangsu["jiangsu"], jiangsu["nanjing"]
+    first = root.submit(SEED_PROCESS)
+    assert first["status"] == "running" and first["node_id"] == "nanjing"
+    assert first["origin"] == "jiangsu" and first["process_pid"]
+    assert nanjing.resources()["allocated"]["cpu"] == 1.0
+    assert nanjing.workload(first["id"])["status"] == "running"
+    # The broadcast reaches jiangsu's view at once, not with some later heartbeat.
+    wait_for(lambda: child_view(root, "nanjing")["allocated"]["cpu"] == 1.0, timeout=2.0,
+             message="jiangsu's /api/nodes to show nanjing's allocation")
+    assert root.resources()["allocated"]["cpu"] == 0.0
+
+    second = root.submit(SEED_PROCESS)
+    assert second["node_id"] == "nanjing"
+    wait_for(lambda: child_view(root, "nanjing")["available"]["cpu"] == 0.0, timeout=2.0,
+             message="nanjing full in jiangsu's view")
+    # nanjing is full: two hops, through nanjing's peers.
+    third = root.submit(SEED_PROCESS)
+    assert third["node_id"] in ("suqian", "changzhou")
+    assert third["via"] == "nanjing"
+    assert jiangsu[third["node_id"]].resources()["allocated"]["cpu"] == 1.0
+    assert nanjing.workload(third["id"])["node_id"] == third["node_id"]   # nanjing mirrors it too
+    assert_no_leaks(jiangsu)
+
+
+def test_forwarded_logs_stop_and_delete_two_hops_away(jiangsu):
+    root = jiangsu["jiangsu"]
+    spec = process_spec("chatty", "sh", ("-c", "echo hello-from-afar; sleep 60"), cpu=1.0,
+                        placement={"node": "suqian"})
+    wl = root.submit(spec)
+    assert wl["node_id"] == "suqian" and wl["via"] == "nanjing"
+    suqian = jiangsu["suqian"]
+    pid = wl["process_pid"]
+
+    logs = wait_for(lambda: (t := root.api("GET", f"/api/workloads/{wl['id']}/logs").text)
+                    and "hello-from-afar" in t and t, timeout=10, message="logs through two hops")
+    assert "hello-from-afar" in logs
+
+    stopped = root.api("POST", f"/api/workloads/{wl['id']}/stop")
+    assert stopped.status_code == 200, stopped.text
+    assert suqian.workload(wl["id"])["status"] in ("stopped", "completed")
+    wait_for(lambda: root.workload(wl["id"])["status"] in ("stopped", "completed"), timeout=5,
+             message="the origin's mirror to follow the stop")
+    wait_for(lambda: gone(pid), timeout=10, message="the process to end")
+    assert suqian.resources()["allocated"]["cpu"] == 0.0
+
+    deleted = root.api("DELETE", f"/api/workloads/{wl['id']}")
+    assert deleted.status_code in (200, 204), deleted.text
+    for agent in (root, jiangsu["nanjing"], suqian):
+        wait_for(lambda a=agent: a.api("GET", f"/api/workloads/{wl['id']}").status_code == 404,
+                 timeout=5, message=f"{wl['id']} gone at {agent.node_id}")
+
+
+def test_subtree_listing(jiangsu):
+    root, nanjing = jiangsu["jiangsu"], jiangsu["nanjing"]
+    here = root.submit(process_spec("at-root", cpu=0.25))
+    below = nanjing.submit(process_spec("at-nanjing", cpu=1.0))          # submitted there directly
+    far = nanjing.submit(process_spec("at-peer", cpu=1.0, placement={"node": "changzhou"}))
+    local = {wl["id"] for wl in root.api("GET", "/api/workloads").json()["workloads"]}
+    assert local == {here["id"]}
+    doc = root.api("GET", "/api/workloads", params={"scope": "subtree"}).json()
+    assert doc["scope"] == "subtree"
+    where = {wl["id"]: wl["node_id"] for wl in doc["workloads"]}
+    assert where == {here["id"]: "jiangsu", below["id"]: "nanjing", far["id"]: "changzhou"}
+    assert root.api("GET", "/api/workloads", params={"scope": "galaxy"}).status_code == 400
+
+
+# -- a lost node and its mirrors --------------------------------------------------------------
+
+
+def test_mirror_of_a_lost_node_says_lost_and_recovers(make_cluster):
+    cluster = make_cluster({"jiangsu": {}, "nanjing": {"parent": "jiangsu"}}, config=FAST,
+                           node_config=SMALL_ROOT)
+    root, nanjing = cluster["jiangsu"], cluster["nanjing"]
+    wl = root.submit(SEED_PROCESS)
+    assert wl["node_id"] == "nanjing"
+    nanjing.kill()  # its workload keeps running, as after a real crash
+    lost = root.wait_status(wl["id"], "lost", timeout=10)
+    assert lost["node_id"] == "nanjing" and "nanjing" in lost["message"]
+    assert not gone(wl["process_pid"])
+
+    nanjing.start()  # re-adopts the process; jiangsu asks it how the mirror is doing
+    back = root.wait_status(wl["id"], "running", timeout=20)
+    assert back["node_id"] == "nanjing" and back["process_pid"] == wl["process_pid"]
+    assert nanjing.resources()["allocated"]["cpu"] == 1.0
+
+
+# -- loops, retries and constraints --------------------------------------------------------------
+
+
+def test_cycle_of_peers_without_room_is_a_clean_503(make_cluster):
+    cluster = make_cluster(CYCLE, config={**FAST, "resources": {"cpu": 1.0}})
+    for origin in cluster.values():
+        resp = origin.api("POST", "/api/workloads", json=process_spec(cpu=2.0), timeout=10)
+        assert resp.status_code == 503, resp.text
+        reasons = resp.json()["error"]["details"]["reasons"]
+        assert {r.split(":")[0] for r in reasons} == {"a", "b", "c"}, reasons
+        assert all("cpu 1 free < 2 requested" in r for r in reasons), reasons
+    # Room for exactly three across the cycle, six asking at once from everywhere: each request
+    # walks the cycle at most once, three run, three get a clean 503, nothing hangs.
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: list(cluster.values())[i % 3].api(
+            "POST", "/api/workloads", json=process_spec(f"cyc-{i}", cpu=1.0), timeout=20), range(6)))
+    assert sorted(r.status_code for r in answers) == [201] * 3 + [503] * 3, [r.text for r in answers]
+    assert_no_leaks(cluster)
+
+
+def test_same_id_never_starts_twice(jiangsu):
+    root, nanjing = jiangsu["jiangsu"], jiangsu["nanjing"]
+    spec = {**SEED_PROCESS, "id": "retry-me"}
+    first = root.api("POST", "/api/workloads", json=spec)
+    again = root.api("POST", "/api/workloads", json=spec)
+    assert first.status_code == 201 and again.status_code == 200, again.text
+    assert first.json()["node_id"] == again.json()["node_id"] == "nanjing"
+    assert first.json()["process_pid"] == again.json()["process_pid"]
+    assert [wl["id"] for wl in local_workloads(nanjing)] == ["retry-me"]
+    assert nanjing.resources()["allocated"]["cpu"] == 1.0
+
+    # Known only where it runs: delegating the same id again returns the existing workload.
+    there = nanjing.submit({**SEED_PROCESS, "id": "placed-there"})
+    via_root = root.api("POST", "/api/workloads", json={**SEED_PROCESS, "id": "placed-there"})
+    assert via_root.status_code in (200, 201), via_root.text
+    assert via_root.json()["node_id"] == "nanjing"
+    assert via_root.json()["process_pid"] == there["process_pid"]
+    assert sorted(wl["id"] for wl in local_workloads(nanjing)) == ["placed-there", "retry-me"]
+    assert nanjing.resources()["allocated"]["cpu"] == 2.0
+
+    changed = root.api("POST", "/api/workloads", json={**SEED_PROCESS, "id": "retry-me", "name": "other"})
+    assert changed.status_code == 409, changed.text
+    assert_no_leaks(jiangsu)
+
+
+def test_placement_constraints(jiangsu):
+    root = jiangsu["jiangsu"]
+    for target in ("nanjing", "suqian", "changzhou"):
+        wl = root.submit(process_spec(cpu=0.25, placement={"node": target}))
+        assert wl["node_id"] == target
+    north = root.submit(process_spec(cpu=0.25, placement={"node_selector": {"zone": "north"}}))
+    assert north["node_id"] == "suqian"
+    south = jiangsu["suqian"].submit(process_spec(cpu=0.25, placement={"node_selector": {"zone": "south"}}))
+    assert south["node_id"] in ("nanjing", "changzhou")
+
+    bad = root.api("POST", "/api/workloads", json=process_spec(placement={"strategy": "fastest"}))
+    assert bad.status_code == 400 and "unknown strategy 'fastest'" in bad.json()["error"]["message"]
+    typo = root.api("POST", "/api/workloads", json=process_spec(placement={"nodes": "suqian"}))
+    assert typo.status_code == 400 and "placement" in typo.json()["error"]["message"]
+    nowhere = root.api("POST", "/api/workloads", json=process_spec(placement={"node": "shanghai"}))
+    assert nowhere.status_code == 503
+    assert any(r.startswith("shanghai:") for r in nowhere.json()["error"]["details"]["reasons"])
+    nolabel = root.api("POST", "/api/workloads", json=process_spec(placement={"node_selector": {"zone": "west"}}))
+    assert nolabel.status_code == 503 and "zone=west required" in nolabel.json()["error"]["message"]
+    assert_no_leaks(jiangsu)
+
+
+# -- the race ----------------------------------------------------------------------------------
+
+
+def test_fifty_concurrent_submits_for_twenty_slots(make_cluster):
+    cluster = make_cluster(JIANGSU, config={**FAST, "resources": {"cpu": 5.0}})
+    agents = list(cluster.values())
+
+    def submit(i: int):
+        return agents[i % 4].api("POST", "/api/workloads", json=process_spec(f"race-{i}", cpu=1.0),
+                                 timeout=60)
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(submit, range(50)))
+    codes = [r.status_code for r in answers]
+    assert codes.count(201) == 20 and codes.count(503) == 30, [r.text for r in answers if r.status_code != 201]
+    for resp in answers:
+        if resp.status_code == 503:
+            error = resp.json()["error"]
+            assert error["code"] == "insufficient_resources" and error["details"]["reasons"]
+        else:
+            assert resp.json()["status"] == "running"
+    running = {a.node_id: len(local_workloads(a)) for a in agents}
+    assert running == {n: 5 for n in cluster}
+    assert_no_leaks(cluster)
