@@ -1,16 +1,14 @@
-"""The ``cnet`` command: run an agent, or talk to one (submit, ls, get, stop, rm, logs, ...)."""
+"""The ``cnet`` command: run an agent or a cluster; the client commands (submit, ls, ..., watch)
+live in ``cli_client``, ``cnet keys`` in ``cli_keys``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 
+from . import cli_client, cli_keys
 from .config import ConfigError
-
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,38 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every link")
     p.set_defaults(func=_cmd_cluster)
 
-    def client_cmd(name: str, help_: str, func):
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("--url", default=os.environ.get("CNET_URL", DEFAULT_URL),
-                       help=f"agent URL (env CNET_URL, default {DEFAULT_URL})")
-        c.add_argument("--token", default=os.environ.get("CNET_API_TOKEN"),
-                       help="API bearer token (env CNET_API_TOKEN)")
-        c.set_defaults(func=func, _name=name)
-        return c
-
-    c = client_cmd("submit", "submit a workload", _cmd_submit)
-    c.add_argument("-f", "--file", help="workload JSON file ('-' for stdin)")
-    c.add_argument("--name")
-    c.add_argument("--type", default="process")
-    c.add_argument("--cpu", type=float, default=0.0)
-    c.add_argument("--memory", type=int, default=0, help="bytes")
-    c.add_argument("--gpu", type=int, default=0)
-    c.add_argument("command", nargs=argparse.REMAINDER,
-                   help="for a process: -- COMMAND [ARGS...]")
-    c = client_cmd("ls", "list workloads", _cmd_ls)
-    c.add_argument("--status")
-    c.add_argument("--type")
-    c.add_argument("--json", action="store_true")
-    for name, help_ in (("get", "show a workload"), ("stop", "stop a workload"),
-                        ("rm", "stop and delete a workload")):
-        c = client_cmd(name, help_, _cmd_one)
-        c.add_argument("id")
-    c = client_cmd("logs", "show a workload's log tail", _cmd_logs)
-    c.add_argument("id")
-    c.add_argument("--tail", type=int, default=100)
-    client_cmd("resources", "this node's resources", _cmd_show)
-    client_cmd("nodes", "this node and its neighbours", _cmd_show)
-    client_cmd("health", "agent health", _cmd_show)
+    cli_client.add_commands(sub)
+    cli_keys.add_commands(sub)
     return parser
 
 
@@ -122,80 +90,6 @@ def _cmd_cluster(args) -> int:
         print(f"cnet cluster: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _client(args):
-    from .http_client import HttpClient
-    return HttpClient(args.url, args.token)
-
-
-def _run(call) -> int:
-    from .http_client import ApiError
-    try:
-        result = call()
-    except ApiError as exc:
-        print(f"cnet: {exc}", file=sys.stderr)
-        return 1
-    if isinstance(result, str):
-        sys.stdout.write(result)
-    else:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
-
-
-def _cmd_submit(args) -> int:
-    if args.file:
-        try:
-            text = sys.stdin.read() if args.file == "-" else open(args.file).read()
-            spec = json.loads(text)
-        except (OSError, ValueError) as exc:
-            print(f"cnet submit: cannot read {args.file}: {exc}", file=sys.stderr)
-            return 2
-    else:
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command or not args.name:
-            print("cnet submit: give -f FILE, or --name NAME -- COMMAND [ARGS...]", file=sys.stderr)
-            return 2
-        spec = {"name": args.name, "type": args.type,
-                "config": {"command": command[0], "args": command[1:]},
-                "requirements": {"cpu": args.cpu, "memory": args.memory, "gpu": args.gpu}}
-    return _run(lambda: _client(args).submit(spec))
-
-
-def _cmd_ls(args) -> int:
-    from .http_client import ApiError
-    try:
-        result = _client(args).list(args.status, args.type)
-    except ApiError as exc:
-        print(f"cnet: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        return 0
-    rows = [("ID", "NAME", "TYPE", "STATUS", "NODE", "PID", "ENDPOINT")]
-    for wl in result["workloads"]:
-        rows.append((wl["id"], wl["name"], wl["type"], wl["status"], wl["node_id"],
-                     str(wl.get("process_pid") or "-"), wl.get("endpoint") or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    return 0
-
-
-def _cmd_one(args) -> int:
-    client = _client(args)
-    call = {"get": client.get, "stop": client.stop, "rm": client.delete}[args._name]
-    return _run(lambda: call(args.id))
-
-
-def _cmd_logs(args) -> int:
-    return _run(lambda: _client(args).logs(args.id, args.tail))
-
-
-def _cmd_show(args) -> int:
-    client = _client(args)
-    return _run({"resources": client.resources, "nodes": client.nodes,
-                 "health": client.health}[args._name])
 
 
 if __name__ == "__main__":
