@@ -17,7 +17,7 @@ setup(
         "prometheus-client>=0.19",
         "numpy>=1.24",
         "onnxruntime>=1.16",
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=4.8,<5",  # 5.x dropped CascadeClassifier and the bundled cascades
         "python-multipart>=0.0.9",
         "docker>=7.0",
     ],
