@@ -101,11 +101,16 @@ class Manager:
         """Reserve and start a validated submission on this node (raises if it does not fit)."""
         if sub.id in self.workloads:
             raise Conflict(f"workload id {sub.id} already exists", code="id_conflict")
-        self.register.allocate(sub.id, sub.requirements)
         wl = Workload(id=sub.id, name=sub.name, type=sub.type, config=sub.config,
                       requirements=sub.requirements, placement=sub.placement, labels=sub.labels,
                       node_id=self.node_id, origin=origin or self.node_id)
+        # Listed before the reservation, so the broadcast it triggers already counts it.
         self.workloads[wl.id] = wl
+        try:
+            self.register.allocate(sub.id, sub.requirements)
+        except BaseException:
+            del self.workloads[wl.id]
+            raise
         started = asyncio.get_running_loop().create_future()
         self._starting[wl.id] = started
         try:
