@@ -87,7 +87,8 @@ def test_heartbeats_keep_neighbours_fresh(make_cluster):
     for _ in range(10):
         assert status_of(parent, "nanjing") == "alive"
         assert status_of(child, "jiangsu") == "alive"
-        assert neighbour(parent, "nanjing")["last_seen"] < 3 * 0.2 * 3  # far inside the loss window
+        # Inside the loss window (3 misses x 0.2 s), give or take one liveness tick.
+        assert neighbour(parent, "nanjing")["last_seen"] < 3 * 0.2 + 0.3
         time.sleep(0.1)
 
 
