@@ -16,6 +16,9 @@ from services.gateway.errors import S3Error
 __all__ = ["S3Path", "check_key", "open_object", "resolve_object", "split_request_path"]
 
 MAX_KEY_BYTES = 1024
+# The agent keeps its own bookkeeping in the data path (upload staging, lock files); it is
+# never an object.
+RESERVED_PREFIX = ".cnet"
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def check_key(key: str) -> None:
     if "\0" in key or key.startswith("/"):
         raise S3Error("InvalidArgument", "The object key is not allowed.")
     for segment in key.split("/"):
-        if segment in ("", ".", ".."):
+        if segment in ("", ".", "..") or segment.startswith(RESERVED_PREFIX):
             raise S3Error("InvalidArgument", "The object key is not allowed.")
 
 

@@ -13,6 +13,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.gateway.paths import RESERVED_PREFIX
+
 __all__ = ["DirState", "FileStat", "ScanResult", "md5_file", "object_key", "scan_tree"]
 
 HASH_CHUNK = 1 << 20
@@ -60,7 +62,7 @@ def _list_dir(base_real: str, path: str) -> tuple[list[str], dict[str, FileStat]
     files: dict[str, FileStat] = {}
     with os.scandir(path) as entries:
         for entry in entries:
-            if not _is_utf8(entry.name):
+            if not _is_utf8(entry.name) or entry.name.startswith(RESERVED_PREFIX):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):

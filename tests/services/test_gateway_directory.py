@@ -112,3 +112,22 @@ def test_download_file_from_directory(tree, tmp_path):
     s3.download_file("data", "large.bin", str(target),
                      Config=TransferConfig(multipart_threshold=1 << 20, multipart_chunksize=1 << 20))
     assert target.read_bytes() == data
+
+
+def test_agent_bookkeeping_is_never_an_object(tmp_path):
+    """The agent's staging dir and lock files in its data path are neither listed nor served."""
+    base = tmp_path / "data"
+    (base / "k1").mkdir(parents=True)
+    (base / "k1" / "a.txt").write_bytes(b"kept")
+    (base / ".cnet-staging" / "up1").mkdir(parents=True)
+    (base / ".cnet-staging" / "up1" / "partial.bin").write_bytes(b"half")
+    (base / ".cnet.lock").write_text("agent pid 1")
+    gateway = GatewayProcess(base, tmp_path, bucket="data").start()
+    try:
+        s3 = s3_client(gateway.endpoint)
+        assert set(listing(s3)) == {"k1/a.txt"}
+        for key in (".cnet.lock", ".cnet-staging/up1/partial.bin"):
+            with pytest.raises(botocore.exceptions.ClientError):
+                s3.get_object(Bucket="data", Key=key)
+    finally:
+        gateway.stop()
