@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -116,6 +117,7 @@ class WorkloadsHandler(BaseHandler):
         self._body = bytearray()
         self._too_large = False
         self._upload = None
+        self._watchdog: asyncio.Task | None = None
         if self.request.method != "POST":
             return None
         ctype = self.request.headers.get("Content-Type", "")
@@ -140,9 +142,24 @@ class WorkloadsHandler(BaseHandler):
             raise BadRequest("data uploads are not available on this agent", code="unsupported")
         self.request.connection.set_max_body_size(self.agent.config.upload_limit + (1 << 20))
         self._upload = await uploads.begin(ctype, declared)
+        self._last_chunk = time.monotonic()
+        self._watchdog = asyncio.ensure_future(self._watch_idle(self.agent.config.upload_idle_timeout))
+
+    async def _watch_idle(self, timeout: float) -> None:
+        """A client that stays connected but stops sending must not hold its reservation."""
+        while self._upload is not None and not self._finished:
+            idle = time.monotonic() - self._last_chunk
+            if idle >= timeout:
+                log.warning("upload stalled for %.0f s; dropping it", idle)
+                self._upload.abort(f"no data for {timeout:g} s")
+                self._upload = None
+                self.request.connection.close()
+                return
+            await asyncio.sleep(timeout - idle)
 
     async def data_received(self, chunk: bytes) -> None:
         if self._upload is not None:
+            self._last_chunk = time.monotonic()
             try:
                 await self._upload.feed(chunk)
             except CnetError as exc:
@@ -158,7 +175,14 @@ class WorkloadsHandler(BaseHandler):
             self._too_large = True
             self._body = bytearray()
 
+    def on_finish(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        super().on_finish()
+
     def on_connection_close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._upload is not None and not self._finished:
             self._upload.abort("the client disconnected")
         super().on_connection_close()  # ends the wait for the rest of the body

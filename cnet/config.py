@@ -76,6 +76,7 @@ class Config:
     api_token: str | None = None
     max_json_body: int = 1 << 20
     upload_limit: int = 10 << 30
+    upload_idle_timeout: float = 300.0
     stop_grace: float = 10.0
     placement_strategy: str = "local_first"
     container_engine_url: str | None = None
@@ -161,6 +162,8 @@ def from_dict(raw) -> Config:
     cfg.max_json_body = _size(api.get("max_json_body", cfg.max_json_body), f"{where}.max_json_body")
     data, where = sec("data")
     cfg.upload_limit = _size(data.get("upload_limit", cfg.upload_limit), f"{where}.upload_limit")
+    cfg.upload_idle_timeout = _number(data.get("idle_timeout", cfg.upload_idle_timeout),
+                                      f"{where}.idle_timeout", 0.1, 86400)
 
     process, where = sec("process")
     cfg.stop_grace = _number(process.get("stop_grace", cfg.stop_grace), f"{where}.stop_grace", 0, 3600)

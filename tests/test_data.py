@@ -445,6 +445,19 @@ def test_client_disconnect_mid_upload_leaves_nothing(agent):
     upload(agent, "after", [("ok.txt", b"the agent still takes uploads")])
 
 
+def test_stalled_upload_is_dropped(make_agent):
+    """A client that stays connected but stops sending does not hold its reservation."""
+    agent = make_agent(config={"data": {"idle_timeout": 2.0}})
+    raw = _half_upload(agent)
+    try:
+        assert_nothing_kept(agent)
+        raw.sock.settimeout(15)
+        assert raw.sock.recv(1) == b""  # the agent closed the connection
+    finally:
+        raw.close()
+    upload(agent, "after", [("ok.txt", b"the agent still takes uploads")])
+
+
 def test_agent_killed_mid_upload_leaves_nothing_after_restart(agent):
     kept = upload(agent, "before-crash", [("kept.txt", b"k" * 5000)])
     raw = _half_upload(agent)
