@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bus import RemoteError, RequestTimeout, Unreachable
 
-from .errors import CnetError, InsufficientResources, Unavailable
+from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
 from .neighbours import scheduler_snapshot
 from .scheduler import Placement, schedule
 from .workload import Workload
@@ -67,6 +67,9 @@ class Delegator:
         exclude = set(visited) | ({upstream} if upstream else set())
         decision = schedule(sub.requirements, placement,
                             scheduler_snapshot(self.agent, neighbours, exclude=exclude))
+        if decision.impossible and hops == 0:
+            # Only where it was submitted: further down, the view leaves out the nodes behind us.
+            raise BadRequest(decision.impossible, code="impossible_placement")
         tried: list[str] = []
         spec = {**body, "id": sub.id} if isinstance(body, dict) else body
         for candidate in decision.candidates:

@@ -180,6 +180,7 @@ class Decision:
     order: list[int]
     rejected: np.ndarray          # bool mask
     pinned_elsewhere: str | None = None
+    impossible: str | None = None  # a hard constraint no known node could ever meet
 
     @property
     def candidates(self) -> list[NodeView]:
@@ -217,21 +218,27 @@ def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> De
     snap = snapshot
     need = np.array([getattr(request, k) for k in KINDS], dtype=np.float64)
     ok = snap.alive.copy()
-    pinned_elsewhere = None
+    pinned_elsewhere = impossible = None
     if placement.node is not None:
         hosts = snap.host_mask(placement.node)
         if not hosts.any():
             pinned_elsewhere = f"{placement.node}: not this node nor a known neighbour or descendant"
+            impossible = (f"placement.node: no node {placement.node!r} is known here "
+                          "(not this node, a neighbour, or reachable through one)")
         ok &= hosts
     for pair in placement.node_selector:
-        ok &= snap.label_mask(pair)
+        labelled = snap.label_mask(pair)
+        if not labelled.any() and impossible is None:
+            impossible = (f"placement.node_selector: no known node carries the label "
+                          f"{pair[0]}={pair[1]}")
+        ok &= labelled
     # A child fits if it or a node below it has room (this node has nothing below: reach ==
     # free). The slack tolerates sums of fractional cores.
     ok &= (snap.reach + _SLACK >= need).all(axis=1)
     rejected = ~ok
     idx = np.flatnonzero(ok)
     if len(idx) == 0:
-        return Decision(snap, request, placement, [], rejected, pinned_elsewhere)
+        return Decision(snap, request, placement, [], rejected, pinned_elsewhere, impossible)
 
     # Soft constraints first: affinity pulls, anti-affinity pushes.
     soft = np.zeros(len(idx))
@@ -253,4 +260,5 @@ def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> De
         key = key - 1e6 * snap.is_self[idx]
     # Stable order: soft constraints, then the strategy's key, then node id.
     order = np.lexsort((snap.id_rank[idx], key, soft))
-    return Decision(snap, request, placement, idx[order].tolist(), rejected, pinned_elsewhere)
+    return Decision(snap, request, placement, idx[order].tolist(), rejected, pinned_elsewhere,
+                    impossible)

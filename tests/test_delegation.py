@@ -190,11 +190,13 @@ def test_placement_constraints(jiangsu):
     assert bad.status_code == 400 and "unknown strategy 'fastest'" in bad.json()["error"]["message"]
     typo = root.api("POST", "/api/workloads", json=process_spec(placement={"nodes": "suqian"}))
     assert typo.status_code == 400 and "placement" in typo.json()["error"]["message"]
+    # Impossible constraints (no known node could ever meet them) are the request's fault.
     nowhere = root.api("POST", "/api/workloads", json=process_spec(placement={"node": "shanghai"}))
-    assert nowhere.status_code == 503
-    assert any(r.startswith("shanghai:") for r in nowhere.json()["error"]["details"]["reasons"])
+    assert nowhere.status_code == 400
+    assert nowhere.json()["error"]["code"] == "impossible_placement"
+    assert "shanghai" in nowhere.json()["error"]["message"]
     nolabel = root.api("POST", "/api/workloads", json=process_spec(placement={"node_selector": {"zone": "west"}}))
-    assert nolabel.status_code == 503 and "zone=west required" in nolabel.json()["error"]["message"]
+    assert nolabel.status_code == 400 and "zone=west" in nolabel.json()["error"]["message"]
     assert_no_leaks(jiangsu)
 
 

@@ -121,3 +121,11 @@ def test_placement_round_trip():
     raw = {"strategy": "spread", "node": "x", "node_selector": {"zone": "n"},
            "affinity": [{"name": "db"}], "anti_affinity": [{"labels": {"a": "b"}}]}
     assert Placement.parse(raw).to_dict() == raw
+
+
+def test_impossible_constraints_are_flagged():
+    nodes = [node("jiangsu", "self", labels={"zone": "south"}), node("nanjing", "child")]
+    assert decide(nodes, node="mars").impossible.startswith("placement.node: no node 'mars'")
+    assert "zone=west" in decide(nodes, node_selector={"zone": "west"}).impossible
+    # Known but full is not impossible: it may fit later.
+    assert decide(nodes, cpu=99, node_selector={"zone": "south"}).impossible is None
