@@ -38,7 +38,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -111,7 +111,8 @@ class Message:
         """Check values beyond their types; raise ValueError with a short reason."""
 
     def to_body(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: msgpack walks nested values itself; asdict() would deep-copy snapshots.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _check_node_id(value: str, name: str = "node_id") -> None:

@@ -18,7 +18,7 @@ from bus import RemoteError, RequestTimeout, Unreachable
 
 from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
 from .neighbours import scheduler_snapshot
-from .scheduler import Placement, schedule
+from .scheduler import Placement, schedule, stays_here
 from .workload import Workload
 
 if TYPE_CHECKING:
@@ -61,6 +61,10 @@ class Delegator:
         if existing is not None:
             return self.manager.same_or_conflict(existing, sub), False
         placement = Placement.parse(sub.placement, self.agent.config.placement_strategy)
+        register = self.agent.register
+        if stays_here(sub.requirements, placement, self.node_id, self.agent.config.labels,
+                      register.available):
+            return await self.manager.admit(sub, origin=origin), True
         visited = (*visited, self.node_id)
         bus = self.agent.bus
         neighbours = bus.neighbours() if bus is not None else []

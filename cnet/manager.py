@@ -53,6 +53,7 @@ class Manager:
         self.hub = hub
         self.executors: dict[str, "Executor"] = {}
         self.workloads: dict[str, Workload] = {}
+        self.live: dict[str, Workload] = {}     # local workloads pending, running or stopping
         self._stops: dict[str, asyncio.Task] = {}
         self._starting: dict[str, asyncio.Future] = {}
 
@@ -105,11 +106,11 @@ class Manager:
                       requirements=sub.requirements, placement=sub.placement, labels=sub.labels,
                       node_id=self.node_id, origin=origin or self.node_id)
         # Listed before the reservation, so the broadcast it triggers already counts it.
-        self.workloads[wl.id] = wl
+        self.workloads[wl.id] = self.live[wl.id] = wl
         try:
             self.register.allocate(sub.id, sub.requirements)
         except BaseException:
-            del self.workloads[wl.id]
+            del self.workloads[wl.id], self.live[wl.id]
             raise
         started = asyncio.get_running_loop().create_future()
         self._starting[wl.id] = started
@@ -119,6 +120,7 @@ class Manager:
         except BaseException:
             # Nothing accepted, nothing kept: no record, no reservation.
             self.workloads.pop(wl.id, None)
+            self.live.pop(wl.id, None)
             self.register.release(wl.id)
             self.store.delete_workload(wl.id)
             raise
@@ -195,6 +197,7 @@ class Manager:
             await self.stop(workload_id)
         await self.executors[wl.type].remove(wl)
         self.workloads.pop(wl.id, None)
+        self.live.pop(wl.id, None)
         self.register.release(wl.id)
         self.store.delete_workload(wl.id)
         self.hub.publish({"type": "workload_deleted", "id": wl.id, "node_id": self.node_id})
@@ -241,6 +244,8 @@ class Manager:
             executor = self.executors.get(wl.type)
             if executor is None or self.is_mirror(wl):
                 continue
+            if wl.status in LIVE:
+                self.live[wl.id] = wl
             if getattr(executor, "holds_resources_when_ended", False) and wl.status == COMPLETED:
                 self.register.adopt(wl.id, wl.requirements)
                 continue
@@ -347,6 +352,10 @@ class Manager:
 
     def _transition(self, wl: Workload, status: str, **fields) -> None:
         wl.status = status
+        if status in LIVE:
+            self.live[wl.id] = wl
+        else:
+            self.live.pop(wl.id, None)
         self.store.update_workload(wl.id, {"status": status, **fields}, transition=status,
                                    message=fields.get("message"))
         self._publish(wl)

@@ -26,7 +26,7 @@ _FREE_KINDS = ("cpu", "memory", "gpu", "storage")
 def self_snapshot(agent: "Agent") -> dict:
     """This node's full resource snapshot (sent in every heartbeat and broadcast)."""
     resources = agent.register.resources()
-    live = [wl for wl in agent.manager.workloads.values() if wl.live and wl.node_id == agent.config.node_id]
+    live = agent.manager.live.values()
     return {
         "node_id": agent.config.node_id,
         "address": agent.config.url,
@@ -36,7 +36,7 @@ def self_snapshot(agent: "Agent") -> dict:
         "allocated": resources["allocated"],
         "available": resources["available"],
         "usage": resources["usage"],
-        "workloads": {"count": len(live),
+        "workloads": {"count": len(agent.manager.live),
                       "names": sorted({wl.name for wl in live})[:512],
                       "labels": sorted({f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]},
         "uptime": round(time.time() - agent.started_at, 1),

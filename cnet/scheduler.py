@@ -213,6 +213,21 @@ def _hosts(node: NodeView, target: str) -> bool:
     return node.node_id == target or target in node.subtree_nodes
 
 
+def stays_here(request: Resources, placement: Placement, node_id: str, labels: dict,
+               free: Resources) -> bool:
+    """The common case without building a snapshot: ``local_first`` with no other preference
+    (or pinned to this node) and the request fits here, so this node is the first candidate."""
+    if placement.affinity or placement.anti_affinity:
+        return False
+    if placement.strategy != "local_first" and placement.node != node_id:
+        return False
+    if placement.node is not None and placement.node != node_id:
+        return False
+    if any(labels.get(key) != value for key, value in placement.node_selector):
+        return False
+    return request.fits_in(free)
+
+
 def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> Decision:
     """Order the snapshot's nodes for ``request`` under ``placement``; no I/O, no side effects."""
     snap = snapshot

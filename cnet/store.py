@@ -87,6 +87,15 @@ class DataObjectRow(_Base):
 
 
 MODELS = (WorkloadRow, TransitionRow, DataObjectRow)
+_COLUMNS = {f.column_name: f for f in WorkloadRow._meta.sorted_fields}
+_INSERT_TRANSITION = "INSERT INTO transitions (workload_id, at, status, message) VALUES (?, ?, ?, ?)"
+
+
+def _db_value(column: str, value):
+    field_ = _COLUMNS.get(column)
+    if field_ is None:
+        raise KeyError(f"workloads has no column {column!r}")
+    return field_.db_value(value)
 
 
 class Store:
@@ -97,6 +106,7 @@ class Store:
         self.path = path
         self.db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
         self.db.bind(MODELS)
+        self._sql: dict[tuple, str] = {}
         self.db.connect()
         self.db.create_tables(MODELS)
 
@@ -106,19 +116,33 @@ class Store:
 
     # -- workloads -----------------------------------------------------------------------
 
+    # The hot path (a few writes per workload) uses cached parametrised SQL; peewee would
+    # rebuild each statement from its query objects every time.
+
     def insert_workload(self, fields: dict) -> None:
+        columns = tuple(fields)
+        sql = self._sql.get(("insert", columns))
+        if sql is None:
+            sql = (f"INSERT INTO workloads ({', '.join(columns)}) "
+                   f"VALUES ({', '.join('?' * len(columns))})")
+            self._sql[("insert", columns)] = sql
         with self.db.atomic():
-            WorkloadRow.insert(**fields).execute()
-            TransitionRow.insert(workload_id=fields["id"], at=time.time(),
-                                 status=fields["status"], message=fields.get("message")).execute()
+            self.db.execute_sql(sql, [_db_value(c, fields[c]) for c in columns])
+            self.db.execute_sql(_INSERT_TRANSITION, (fields["id"], time.time(), fields["status"],
+                                                     fields.get("message")))
 
     def update_workload(self, workload_id: str, fields: dict, transition: str | None = None,
                         message: str | None = None) -> None:
+        columns = tuple(fields)
+        sql = self._sql.get(("update", columns))
+        if sql is None:
+            sql = f"UPDATE workloads SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
+            self._sql[("update", columns)] = sql
         with self.db.atomic():
-            WorkloadRow.update(**fields).where(WorkloadRow.id == workload_id).execute()
+            self.db.execute_sql(sql, [*(_db_value(c, fields[c]) for c in columns), workload_id])
             if transition:
-                TransitionRow.insert(workload_id=workload_id, at=time.time(), status=transition,
-                                     message=message).execute()
+                self.db.execute_sql(_INSERT_TRANSITION, (workload_id, time.time(), transition,
+                                                         message))
 
     def delete_workload(self, workload_id: str) -> None:
         with self.db.atomic():

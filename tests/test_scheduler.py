@@ -129,3 +129,21 @@ def test_impossible_constraints_are_flagged():
     assert "zone=west" in decide(nodes, node_selector={"zone": "west"}).impossible
     # Known but full is not impossible: it may fit later.
     assert decide(nodes, cpu=99, node_selector={"zone": "south"}).impossible is None
+
+
+def test_stays_here_agrees_with_schedule():
+    """The shortcut taken without a snapshot must be the scheduler's own first choice."""
+    from cnet.scheduler import stays_here
+    here = node("jiangsu", "self", cpu=4, labels={"zone": "south"})
+    nodes = [here, node("nanjing", "child", cpu=8)]
+    cases = [dict(), dict(strategy="least_loaded"), dict(node="jiangsu"), dict(node="nanjing"),
+             dict(node_selector={"zone": "south"}), dict(node_selector={"zone": "north"}),
+             dict(affinity=[{"name": "x"}]), dict(cpu=5)]
+    for case in cases:
+        cpu = case.pop("cpu", 2)
+        placement = Placement.parse(case)
+        d = decide(nodes, cpu=cpu, **case)
+        short = stays_here(Resources(cpu=cpu, memory=2 * GiB), placement, "jiangsu",
+                           here.labels, here.available)
+        if short:
+            assert ids(d)[:1] == ["jiangsu"], case
