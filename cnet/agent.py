@@ -75,13 +75,7 @@ class Agent:
             self.manager.recover()
             self.uploads = Uploads(cfg, self.manager, self.register)
             self.uploads.sweep()
-        except BaseException:
-            for sock in sockets:
-                sock.close()
-            self._release_locks()
-            raise
-        try:
-            await self._start_bus()
+            await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
         except BaseException:
             for sock in sockets:
                 sock.close()
