@@ -8,7 +8,6 @@ gives :class:`~bus.errors.RequestTimeout`, never a hang.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Self
@@ -34,6 +33,7 @@ from bus.protocol import (
     new_corr_id,
 )
 from bus.security import CurveKeys
+from bus.tasks import cancel_and_wait
 from bus.wire import DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["BusClient", "Watcher"]
@@ -137,11 +137,8 @@ class BusClient:
         return reply.result or {}
 
     async def close(self) -> None:
-        if self._recv is not None:
-            self._recv.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recv
-            self._recv = None
+        await cancel_and_wait(self._recv)
+        self._recv = None
         self._pending.fail_all(BusError("client closed", code="closed"))
         close_socket(self._sock)
         self._sock = None

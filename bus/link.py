@@ -10,7 +10,6 @@ is logged and retried with backoff. Everything other than the handshake goes to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from bus.protocol import (
     encode,
 )
 from bus.security import CurveKeys
+from bus.tasks import cancel_and_wait
 from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["Link"]
@@ -94,11 +94,8 @@ class Link:
     async def close(self, reason: str = "closing") -> None:
         """Say bye (when joined), stop the task and close the socket."""
         said_bye = self._joined and self.send(Bye(node_id=self._make_hello().node_id, reason=reason))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         close_socket(self._sock, BYE_LINGER_MS if said_bye else 0)
         self._sock = None
         self._joined = False
@@ -151,9 +148,7 @@ class Link:
                 recv = asyncio.create_task(self._recv_loop(self._sock), name="bus-link-recv")
                 self._send_hello()
                 await self._restart.wait()
-                recv.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await recv
+                await cancel_and_wait(recv)
             else:
                 self._delay = self._retry_max
                 self._reason = "cannot connect"

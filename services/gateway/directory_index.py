@@ -15,7 +15,6 @@ so listing uses the same range queries as the agent's table). Freshness:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import mimetypes
 import os
@@ -77,9 +76,9 @@ class DirectoryIndex(ObjectIndex):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather() with return_exceptions collects the tasks' CancelledErrors but still lets
+        # a cancellation of close() itself through.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._conn.close()
 
