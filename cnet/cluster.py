@@ -38,13 +38,7 @@ class Cluster:
             pid = int(self._pid_file(node_id).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return pid
+        return pid if _alive(pid) else None
 
     def _get(self, node_id: str, path: str, timeout: float = 2.0):
         req = urllib.request.Request(self.topo.url(node_id) + path)
@@ -137,6 +131,7 @@ class Cluster:
         for node_id in nodes:
             pid = self.pid(node_id)
             if pid is None:
+                self._pid_file(node_id).unlink(missing_ok=True)  # stale: it died by itself
                 if not quiet:
                     self._say(f"{node_id}: not running")
                 continue

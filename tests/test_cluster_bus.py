@@ -4,6 +4,7 @@ frames, duplicate ids and the ``cnet cluster`` launcher, each agent its own proc
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -278,3 +279,17 @@ def test_launcher_up_status_down(jiangsu_file, tmp_path):
         assert gone(pid), f"pid {pid} survived `cluster down`: {psutil.Process(pid).cmdline()}"
     after = cnet("cluster", "status", str(path), check=False)
     assert after.returncode != 0 and after.stdout.count(" down ") == 4
+
+
+def test_launcher_fails_with_the_log_tail_of_a_node_that_does_not_come_up(jiangsu_file, tmp_path):
+    path, topo = jiangsu_file
+    with socket.socket() as taken:   # suqian's port is held by someone else
+        taken.bind(("127.0.0.1", topo["nodes"]["suqian"]["port"]))
+        taken.listen()
+        up = cnet("cluster", "up", str(path), "--timeout", "30", check=False)
+    assert up.returncode == 1
+    assert "suqian" in up.stderr and "already in use" in up.stderr, up.stderr
+    # What it did start is stopped again: no agent is left behind.
+    for node_id in topo["nodes"]:
+        pid_file = tmp_path / "run" / node_id / "agent.pid"
+        assert not pid_file.exists(), f"{node_id} left running"
