@@ -167,8 +167,7 @@ class Delegator:
     async def logs(self, workload_id: str, tail: int) -> str:
         wl = self.manager.get(workload_id)
         if not self.manager.is_mirror(wl):
-            text = self.manager.logs(workload_id, tail)
-            return await text if asyncio.iscoroutine(text) else text
+            return await self.manager.logs(workload_id, tail)
         return (await self.forward(wl, "logs", {"tail": tail}))["logs"]
 
     async def refresh(self, via: str) -> None:

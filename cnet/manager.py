@@ -78,9 +78,9 @@ class Manager:
             counts[(wl.status, wl.type)] = counts.get((wl.status, wl.type), 0) + 1
         return counts
 
-    def logs(self, workload_id: str, tail: int) -> str:
+    async def logs(self, workload_id: str, tail: int) -> str:
         wl = self.get(workload_id)
-        return self.executors[wl.type].logs(wl, tail)
+        return await self.executors[wl.type].logs(wl, tail)
 
     # -- submission ----------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ class Executor:
         """After an agent restart: watch it again. Return None if adopted, else why not."""
         return "this workload type cannot be re-adopted"
 
-    def logs(self, workload: "Workload", tail: int) -> str:
+    async def logs(self, workload: "Workload", tail: int) -> str:
         raise BadRequest(f"{self.type} workloads have no logs", code="no_logs")
 
     async def remove(self, workload: "Workload") -> None:

@@ -558,16 +558,13 @@ class ContainerExecutor(Executor):
         self._watch(workload.id, workload.runtime.get("container_id"))
         return None
 
-    def logs(self, workload: Workload, tail: int) -> str:
+    async def logs(self, workload: Workload, tail: int) -> str:
+        """The engine's log tail, read off the event loop (a hung engine blocks nothing)."""
         container_id = workload.runtime.get("container_id")
         if container_id is None or tail <= 0:
             return ""
-        future = self._pool.submit(self._logs_blocking, container_id, tail)
         try:
-            return future.result(timeout=LOGS_TIMEOUT)
-        except FutureTimeout:
-            raise Unavailable(f"container engine at {self.engine.url} did not send the logs within "
-                              f"{LOGS_TIMEOUT:g} s", code="engine_unavailable") from None
+            return await self._call(self._logs_blocking, container_id, tail, timeout=LOGS_TIMEOUT)
         except NotFound:
             raise NotFound(f"container {container_id[:12]} of workload {workload.id} no longer "
                            "exists; its logs are gone", code="container_not_found") from None

@@ -118,7 +118,7 @@ class ProcessExecutor(Executor):
         self._watch(workload.id, handle)
         return None
 
-    def logs(self, workload: Workload, tail: int) -> str:
+    async def logs(self, workload: Workload, tail: int) -> str:
         path = workload.runtime.get("log_path") or self.log_dir / f"{workload.id}.log"
         return logfile.tail(path, tail)
 

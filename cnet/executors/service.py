@@ -490,7 +490,7 @@ class ServiceExecutor(Executor):
         svc.task = asyncio.ensure_future(self._supervise(svc))
         return None
 
-    def logs(self, workload: Workload, tail: int) -> str:
+    async def logs(self, workload: Workload, tail: int) -> str:
         path = workload.runtime.get("log_path")
         return logfile.tail(path, tail) if path else ""
 
