@@ -143,12 +143,11 @@ def test_dashboard_shows_node_and_resources(make_agent, open_page):
     root_page = open_page().open(root)
     expect(root_page.get_by_test_id("node-id")).to_have_text("jiangsu")
     expect(root_page.locator('#node-resources [data-kind="cpu"] .res-figures')).to_have_text("0 / 8 cores")
-    # Once the bus reports neighbours, each side shows the other (not assumed before it lands).
-    if child.api("GET", "/api/nodes").json().get("parent"):
-        expect(page.locator('#neighbours [data-group="parent"] .ncard[data-node="jiangsu"]')).to_be_visible()
-        expect(root_page.locator('#neighbours [data-group="child"] .ncard[data-node="nanjing"]')) \
-            .to_be_visible()
-        expect(root_page.locator('#tree li[data-node="nanjing"]')).to_be_visible()
+    # The bus links them: each side shows the other.
+    expect(page.locator('#neighbours [data-group="parent"] .ncard[data-node="jiangsu"]')).to_be_visible()
+    expect(root_page.locator('#neighbours [data-group="child"] .ncard[data-node="nanjing"]')) \
+        .to_be_visible()
+    expect(root_page.locator('#tree li[data-node="nanjing"]')).to_be_visible()
 
 
 def test_form_submit_runs_process_and_moves_cpu_bar(agent, open_page):
@@ -204,6 +203,20 @@ def test_workload_from_curl_appears_live_on_child(make_agent, open_page):
     expect(cpu_allocated(page)).to_have_attribute("aria-valuenow", "0", timeout=LIVE)
     child.api("DELETE", f"/api/workloads/{wl['id']}").raise_for_status()
     expect(line).to_have_count(0, timeout=LIVE)
+    assert page.evaluate("window.__notReloaded") is True
+
+
+def test_child_allocation_appears_live_on_parent(make_agent, open_page):
+    """A change made at a child shows on the parent's dashboard within a second, no reload."""
+    root, child = two_nodes(make_agent)
+    page = open_page().open(root)
+    card_cpu = page.locator('#neighbours .ncard[data-node="nanjing"] [data-kind="cpu"] .bar').first
+    expect(card_cpu).to_have_attribute("aria-valuenow", "0")
+    page.evaluate("window.__notReloaded = true")
+    wl = child.submit(process_spec("at-the-child", args=["60"], cpu=2.5))
+    expect(card_cpu).to_have_attribute("aria-valuenow", "2.5", timeout=LIVE)
+    child.api("POST", f"/api/workloads/{wl['id']}/stop").raise_for_status()
+    expect(card_cpu).to_have_attribute("aria-valuenow", "0", timeout=LIVE)
     assert page.evaluate("window.__notReloaded") is True
 
 
