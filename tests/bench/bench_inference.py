@@ -1,7 +1,9 @@
 """Benchmark of the YOLO inference service against its own pipeline run in-process.
 
 For each model: (1) latency at concurrency 1, in-process (decode + pre-process + ORT +
-post-process) vs POST /predict through the shim (p50, p99; target overhead <= 15 %);
+post-process) vs POST /predict through the shim (p50, p99; target overhead <= 15 %), beside
+the transport floor: the same POST through a bare Tornado handler and one raw pyzmq REQ/REP hop
+to a process that holds each request for the in-process p50 (``transport_floor.py``);
 (2) requests/s at concurrency 4 with 1 and 2 workers of one thread each (target >= 1.6x).
 Run by hand: ``.venv/bin/python tests/bench/bench_inference.py [--requests N]``.
 Models come from $CNET_MODELS_DIR, else ../shared/models beside the repository.
@@ -141,6 +143,40 @@ def throughput(port: int, image: bytes, n: int, concurrency: int) -> float:
     return per_client * concurrency / elapsed
 
 
+def floor_latency(image: bytes, delay: float, n: int) -> list[float]:
+    """POST latency through the bare shape (see transport_floor.py), holding ``delay`` s."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("transport_floor.py")),
+                             "--port", str(port), "--delay", f"{delay:.6f}"], cwd=REPO)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn.request("POST", "/p", body=image, headers={"Content-Type": "image/jpeg"})
+                conn.getresponse().read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                conn.close()
+                time.sleep(0.1)
+        for _ in range(5):
+            conn.request("POST", "/p", body=image, headers={"Content-Type": "image/jpeg"})
+            conn.getresponse().read()
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            conn.request("POST", "/p", body=image, headers={"Content-Type": "image/jpeg"})
+            conn.getresponse().read()
+            samples.append(time.perf_counter() - start)
+        conn.close()
+        return samples
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=100, help="samples per measurement")
@@ -162,6 +198,10 @@ def main() -> int:
               f" {100 * (p50_remote / p50_local - 1):+11.1f} %  (target <= 15 %)")
         print(f"  p99 ms                {p99_local * 1000:10.2f} {p99_remote * 1000:15.2f}"
               f" {100 * (p99_remote / p99_local - 1):+11.1f} %")
+        floor = statistics.median(floor_latency(image, p50_local, args.requests))
+        print(f"  transport floor (bare Tornado + raw pyzmq hop holding {p50_local * 1000:.2f} ms):"
+              f" {floor * 1000:.2f} ms = {100 * (floor / p50_local - 1):+.1f} %;"
+              f" the shim adds {1000 * (p50_remote - floor):+.2f} ms beyond it")
         rates = {}
         for workers in (1, 2):
             with Service(model, workers=workers, threads=1) as service:
