@@ -220,6 +220,22 @@ def test_child_allocation_appears_live_on_parent(make_agent, open_page):
     assert page.evaluate("window.__notReloaded") is True
 
 
+def test_subtree_scope_lists_the_childs_workloads_live(make_agent, open_page):
+    root, child = two_nodes(make_agent)
+    page = open_page().open(root)
+    expect(page.locator('#neighbours .ncard[data-node="nanjing"]')).to_be_visible()
+    page.locator("#wl-scope").select_option("subtree")
+    wl = child.submit(process_spec("below-the-root", args=["60"], cpu=1.0))
+    line = row(page, wl["id"])
+    expect(line).to_have_attribute("data-status", "running", timeout=LIVE)
+    expect(line.locator("td", has_text="nanjing")).to_have_count(1)
+    expect(page.locator("#node-workloads")).to_have_text("0 live / 0")  # none of them runs here
+    child.api("POST", f"/api/workloads/{wl['id']}/stop").raise_for_status()
+    expect(line).to_have_attribute("data-status", "stopped", timeout=LIVE)
+    page.locator("#wl-scope").select_option("local")
+    expect(line).to_have_count(0)
+
+
 def test_stop_and_delete_by_button(agent, open_page):
     wl = agent.submit(process_spec("to-stop", args=["60"]))
     page = open_page().open(agent)

@@ -22,6 +22,7 @@ const state = {
   recent: new Map(),   // workload id -> {at, wl|null}: events newer than a fetch in flight
   reachable: true,
   authorized: true,
+  scope: 'local',      // workloads of this node only, or of the whole subtree below it
   booted: false,
 };
 
@@ -127,7 +128,7 @@ async function loadNodes() {
 
 async function loadWorkloads() {
   const started = Date.now();
-  const reply = await api.workloads();
+  const reply = await api.workloads(state.scope);
   const byId = new Map(reply.workloads.map((w) => [w.id, w]));
   for (const [id, r] of state.recent) {
     if (r.at < started) { state.recent.delete(id); continue; }
@@ -185,10 +186,13 @@ function handleEvent(evt) {
       break;
     case 'resources':
       if (evt.resources) applyResources(evt.node_id || state.nodeId, evt.resources);
+      // Below this node, an allocation change is a workload starting or ending there.
+      if (evt.node_id && evt.node_id !== state.nodeId) scheduleSubtreeRefresh();
       break;
     case 'node':
       if (evt.node && evt.node.node_id) applyNode(evt.node);
       scheduleNodesRefresh();
+      scheduleSubtreeRefresh();
       break;
     default:
       break; // unknown event types are for newer dashboards
@@ -206,6 +210,16 @@ function applyNode(node) {
 }
 
 let nodesRefreshTimer = null;
+let subtreeRefreshTimer = null;
+
+function scheduleSubtreeRefresh() {
+  if (state.scope !== 'subtree' || subtreeRefreshTimer) return;
+  subtreeRefreshTimer = setTimeout(() => {
+    subtreeRefreshTimer = null;
+    loadWorkloads().catch(() => {});
+  }, 150);
+}
+
 function scheduleNodesRefresh() {
   if (nodesRefreshTimer) return;
   nodesRefreshTimer = setTimeout(() => {
@@ -276,8 +290,17 @@ const table = new WorkloadTable($('#wl-body'), $('#wl-empty'), $('#wl-count'), {
     }
   },
 });
-table.onChange = (live, total) => setText(el.nodeWorkloads, `${live} live / ${total}`);
+// "This node" counts what was submitted or runs here, not what the subtree view adds.
+table.onChange = () => {
+  const mine = [...table.items.values()].filter((w) => w.node_id === state.nodeId || 'via' in w);
+  const live = mine.filter((w) => ['pending', 'running', 'stopping'].includes(w.status)).length;
+  setText(el.nodeWorkloads, `${live} live / ${mine.length}`);
+};
 $('#wl-filter').addEventListener('change', (ev) => table.setFilter(ev.target.value));
+$('#wl-scope').addEventListener('change', (ev) => {
+  state.scope = ev.target.value;
+  loadWorkloads().catch((err) => showError(errorText(err)));
+});
 
 const form = new SubmitForm($('#submit-form'), {
   onSubmitted(wl) {

@@ -139,7 +139,8 @@ export const api = {
   health: () => request('GET', '/api/health'),
   nodes: () => request('GET', '/api/nodes'),
   resources: () => request('GET', '/api/resources'),
-  workloads: () => request('GET', '/api/workloads'),
+  workloads: (scope = 'local') =>
+    request('GET', scope === 'subtree' ? '/api/workloads?scope=subtree' : '/api/workloads'),
   submit: (spec) => request('POST', '/api/workloads', spec),
   stop: (id) => request('POST', `/api/workloads/${enc(id)}/stop`),
   remove: (id) => request('DELETE', `/api/workloads/${enc(id)}`),
