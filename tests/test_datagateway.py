@@ -96,3 +96,33 @@ def test_bad_gateway_config_is_a_400(gw_agent, config, fragment):
     assert resp.status_code == 400, resp.text
     assert fragment in resp.json()["error"]["message"]
     assert gw_agent.api("GET", "/api/workloads").json()["workloads"] == []
+
+
+def test_seed_data_and_gateway_walkthrough_with_real_curl(gw_agent, tmp_path):
+    """The seed's data section, every command run with curl as written (ports and paths aside)."""
+    import json
+    import subprocess
+
+    def curl(*args: str) -> str:
+        done = subprocess.run(["curl", "-sS", "--max-time", "60", *args], capture_output=True,
+                              text=True, timeout=90, cwd=tmp_path, check=True)
+        return done.stdout
+
+    agent, port = gw_agent, free_port()
+    (tmp_path / "gw_test.txt").write_text("seed gateway test\n")
+    uploaded = json.loads(curl("-X", "POST", f"{agent.url}/api/workloads",
+                               "-H", "Content-Type: multipart/form-data",
+                               "-F", "type=data", "-F", "name=test-file", "-F", "file=@./gw_test.txt"))
+    assert uploaded["status"] == "completed"
+    data_key = uploaded["data_key"]
+    gateway = json.loads(curl("-X", "POST", f"{agent.url}/api/workloads",
+                              "-H", "Content-Type: application/json", "-d", json.dumps({
+                                  "name": "data-gateway", "type": "datagateway",
+                                  "config": {"service_port": port, "service_host": "127.0.0.1",
+                                             "base_path": str(agent.state_dir / "data"),
+                                             "bucket": "cnet"}})))
+    assert gateway["endpoint"] == f"http://127.0.0.1:{port}"
+    assert json.loads(curl(f"http://127.0.0.1:{port}/health"))["status"] in ("ok", "healthy")
+    listing = curl(f"http://127.0.0.1:{port}/s3/cnet?list-type=2&prefix={data_key}")
+    assert f"<Key>{data_key}/gw_test.txt</Key>" in listing
+    assert curl(f"http://127.0.0.1:{port}/s3/cnet/{data_key}/gw_test.txt") == "seed gateway test\n"
