@@ -122,7 +122,7 @@ def test_seed_data_and_gateway_walkthrough_with_real_curl(gw_agent, tmp_path):
                                              "base_path": str(agent.state_dir / "data"),
                                              "bucket": "cnet"}})))
     assert gateway["endpoint"] == f"http://127.0.0.1:{port}"
-    assert json.loads(curl(f"http://127.0.0.1:{port}/health"))["status"] in ("ok", "healthy")
+    assert json.loads(curl(f"http://127.0.0.1:{port}/health"))["status"] == "ok"
     listing = curl(f"http://127.0.0.1:{port}/s3/cnet?list-type=2&prefix={data_key}")
     assert f"<Key>{data_key}/gw_test.txt</Key>" in listing
     assert curl(f"http://127.0.0.1:{port}/s3/cnet/{data_key}/gw_test.txt") == "seed gateway test\n"
