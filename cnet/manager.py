@@ -90,14 +90,6 @@ class Manager:
         config = self.executors[sub.type].validate(sub.config)
         return Submission(**{**sub.__dict__, "config": config})
 
-    async def submit(self, body) -> tuple[Workload, bool]:
-        """Validate, reserve and start a workload here. Returns (workload, created)."""
-        sub = self.validate(body)
-        existing = self.workloads.get(sub.id)
-        if existing is not None:
-            return self.same_or_conflict(existing, sub), False
-        return await self.admit(sub), True
-
     async def admit(self, sub: Submission, origin: str | None = None) -> Workload:
         """Reserve and start a validated submission on this node (raises if it does not fit)."""
         if sub.id in self.workloads:

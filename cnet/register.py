@@ -42,9 +42,6 @@ class Register:
     def available(self) -> Resources:
         return self.capacity - self._allocated
 
-    def fits(self, request: Resources) -> bool:
-        return request.fits_in(self.available)
-
     def allocate(self, workload_id: str, request: Resources) -> None:
         """Reserve ``request`` for a workload, or raise and change nothing."""
         if workload_id in self._allocations:
@@ -67,9 +64,6 @@ class Register:
         if freed is not None:
             self._changed()
         return freed
-
-    def holds(self, workload_id: str) -> bool:
-        return workload_id in self._allocations
 
     def grow(self, workload_id: str, extra: Resources) -> None:
         """Add to an existing reservation (data uploads reserve storage as bytes arrive)."""

@@ -153,18 +153,9 @@ class Store:
     def load_workloads(self) -> list[dict]:
         return list(WorkloadRow.select().order_by(WorkloadRow.created_at).dicts())
 
-    def transitions(self, workload_id: str) -> list[dict]:
-        query = (TransitionRow.select(TransitionRow.at, TransitionRow.status, TransitionRow.message)
-                 .where(TransitionRow.workload_id == workload_id).order_by(TransitionRow.id))
-        return list(query.dicts())
-
     # -- data objects --------------------------------------------------------------------
 
     def insert_objects(self, rows: list[dict]) -> None:
         with self.db.atomic():
             for start in range(0, len(rows), 200):
                 DataObjectRow.insert_many(rows[start:start + 200]).execute()
-
-    def objects_of(self, workload_id: str) -> list[dict]:
-        query = DataObjectRow.select().where(DataObjectRow.workload_id == workload_id)
-        return list(query.order_by(DataObjectRow.key).dicts())

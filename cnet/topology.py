@@ -123,7 +123,7 @@ def load(path: str | Path, state_dir: str | Path | None = None) -> Topology:
         settings = settings or {}
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: nodes.{node_id}: must be a mapping")
-        merged = _merge(copy.deepcopy(defaults), settings)
+        merged = deep_merge(copy.deepcopy(defaults), settings)
         port = merged.get("port")
         if not isinstance(port, int) or isinstance(port, bool):
             raise ConfigError(f"{path}: nodes.{node_id}.port: required, a whole number")
@@ -138,10 +138,12 @@ def load(path: str | Path, state_dir: str | Path | None = None) -> Topology:
     return topo
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """A new mapping: ``base`` with ``extra`` merged in, nested mappings merged key by key."""
+    out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = _merge(base[key], value)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
         else:
-            base[key] = value
-    return base
+            out[key] = value
+    return out

@@ -16,6 +16,8 @@ import psutil
 import requests
 import yaml
 
+from cnet.topology import deep_merge  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CNET_SHARED_DIR", REPO.parent / "shared"))
 MODELS_DIR = Path(os.environ.get("CNET_MODELS_DIR", SHARED / "models"))
@@ -49,16 +51,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 class AgentProcess:
