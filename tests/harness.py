@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,16 +16,12 @@ import requests
 import yaml
 
 from cnet.topology import deep_merge  # noqa: F401  (tests import it from here)
+from tests.ports import free_port, free_port_range  # noqa: F401  (likewise)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CNET_SHARED_DIR", REPO.parent / "shared"))
 MODELS_DIR = Path(os.environ.get("CNET_MODELS_DIR", SHARED / "models"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .harness import deep_merge, free_port, wait_for
+from .harness import deep_merge, free_port, free_port_range, wait_for
 from .service_helpers import FAST_SERVICES, group_pids, port_is_free, wait_gone
 
 
 @pytest.fixture
 def gw_agent(make_agent):
-    base = min(free_port(), 65535 - 40)
-    return make_agent(config=deep_merge(FAST_SERVICES, {"services": {"port_range": [base, base + 40]}}))
+    return make_agent(config=deep_merge(FAST_SERVICES, {"services": {"port_range": list(free_port_range(41))}}))
 
 
 def _seed_gateway(base_path: str, port: int) -> dict:

@@ -10,7 +10,7 @@ import cv2
 import pytest
 import requests
 
-from .harness import MODELS_DIR, deep_merge, free_port
+from .harness import MODELS_DIR, deep_merge, free_port, free_port_range
 from .service_helpers import FAST_SERVICES, group_pids, port_is_free, wait_gone, wait_restarted
 
 YOLO_MODEL = MODELS_DIR / "yolo11n-320-int8.onnx"
@@ -26,8 +26,7 @@ def model() -> str:
 
 @pytest.fixture
 def ml_agent(make_agent):
-    base = min(free_port(), 65535 - 40)
-    return make_agent(config=deep_merge(FAST_SERVICES, {"services": {"port_range": [base, base + 40]}}))
+    return make_agent(config=deep_merge(FAST_SERVICES, {"services": {"port_range": list(free_port_range(41))}}))
 
 
 @pytest.fixture(scope="module")

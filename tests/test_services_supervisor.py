@@ -9,15 +9,14 @@ import socket
 import pytest
 import requests
 
-from .harness import deep_merge, free_port, wait_for
+from .harness import deep_merge, free_port_range, wait_for
 from .service_helpers import FAST_SERVICES, fake_install, group_pids, port_is_free, wait_gone, wait_restarted
 
 CPU, MEMORY = 1.0, 536870912
 
 
 def _port_range() -> list[int]:
-    base = min(free_port(), 65535 - 40)
-    return [base, base + 40]
+    return list(free_port_range(41))
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -26,6 +25,10 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.ports import free_port  # noqa: E402
+
 STATIC_SERVER = """
 import asyncio, sys, tornado.web
 async def main():
@@ -39,12 +42,6 @@ asyncio.run(main())
 SCHEMA = """CREATE TABLE data_objects (key TEXT PRIMARY KEY, workload_id TEXT NOT NULL,
     data_key TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL, sha256 TEXT NOT NULL,
     content_type TEXT NOT NULL, last_modified REAL NOT NULL)"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:

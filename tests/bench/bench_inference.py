@@ -14,7 +14,6 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from services.inference.protocol import PredictParams  # noqa: E402
 from services.inference.worker import decode_image  # noqa: E402
 from services.inference.yolo import YoloDetector  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 MODELS_DIR = Path(os.environ.get("CNET_MODELS_DIR", REPO.parent / "shared" / "models"))
 MODELS = ["yolo11n-320-int8.onnx", "yolox-nano-416.onnx"]
@@ -49,11 +49,6 @@ def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Service:

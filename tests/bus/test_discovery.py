@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 import tornado.web
 from tornado.httpserver import HTTPServer
 
 from bus import BusNode, DiscoveryError, Endpoints, discover_http
+from tests.ports import free_port
 
 from .harness import FAST, running, status, until
 
@@ -23,11 +23,6 @@ class BusInfo(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(self.node.describe()))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(node: BusNode, port: int) -> HTTPServer:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import cv2
 import psutil
 import pytest
 import requests
+
+from tests.ports import free_port  # noqa: F401  (the service tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("CNET_MODELS_DIR", REPO.parent / "shared" / "models"))
@@ -33,11 +34,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.05)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pids_gone(pids: list[int]) -> bool:
