@@ -337,10 +337,11 @@ class Manager:
         wl.exit_code, wl.message, wl.finished_at = exit_code, message, time.time()
         executor = self.executors.get(wl.type)
         keeps = status == COMPLETED and getattr(executor, "holds_resources_when_ended", False)
-        if release and not keeps:
-            self.register.release(wl.id)
+        # Out of the live set first: the snapshot the release broadcasts must not still count it.
         self._transition(wl, status, exit_code=exit_code, message=message,
                          finished_at=wl.finished_at, runtime=wl.runtime)
+        if release and not keeps:
+            self.register.release(wl.id)
 
     def _transition(self, wl: Workload, status: str, **fields) -> None:
         wl.status = status
