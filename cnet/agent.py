@@ -55,6 +55,8 @@ class Agent:
         self.bus: BusNode | None = None
         self.delegator = Delegator(self)
         self._statuses: dict[str, str] = {}      # neighbour id -> last published status
+        self._subtree_keys: dict[str, tuple] = {}  # child id -> its subtree as last passed up
+        self._pass_up_due = False
         self._background: set[asyncio.Task] = set()
         self._server: tornado.httpserver.HTTPServer | None = None
         self._locks: list[int] = []
@@ -253,6 +255,7 @@ class Agent:
                                                         "node_id": event["node_id"]})
 
     def _neighbour_changed(self, state: NeighbourState) -> None:
+        self._pass_up(state)
         entry = neighbours.node_entry(state, time.monotonic())
         self.hub.publish({"type": "node", "node": entry})
         if state.snapshot:
@@ -271,6 +274,25 @@ class Agent:
             self.manager.mark_lost(state.node_id)
         elif self.manager.mirrors_via(state.node_id):
             self._spawn(self.delegator.refresh(state.node_id))
+
+    def _pass_up(self, state: NeighbourState) -> None:
+        """A change anywhere below a child goes up the tree at once, not with the next beat.
+
+        Only a child's change is passed on (never a peer's or the parent's), so it travels
+        upwards once per level and cannot circle. Changes in one loop turn go out together.
+        """
+        key = neighbours.subtree_key(state)
+        if key is None or self._subtree_keys.get(state.node_id) == key:
+            return
+        self._subtree_keys[state.node_id] = key
+        if self.bus is not None and self.config.parent and not self._pass_up_due:
+            self._pass_up_due = True
+            asyncio.get_running_loop().call_soon(self._publish_passed_up)
+
+    def _publish_passed_up(self) -> None:
+        self._pass_up_due = False
+        if self.bus is not None:
+            self.bus.publish()
 
     def _neighbour_event(self, state: NeighbourState, event) -> None:
         if event.kind == "workload":

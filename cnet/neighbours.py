@@ -44,13 +44,17 @@ def self_snapshot(agent: "Agent") -> dict:
 
 
 def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
-    """The subtree below and including this node, for the parent's scheduler.
+    """The subtree below and including this node, for the parent's scheduler and dashboard.
 
     ``max_free`` covers this node and every node below it; ``reach_free``, ``reach_node_ids``
     and ``reach_labels`` add this node's peers (and what the children reach), since a delegated
-    workload may go on to them.
+    workload may go on to them. ``allocated`` and ``live_workloads`` total the whole subtree, so
+    any change below shows in the summary (and the parent passes it on at once, see
+    ``subtree_key``).
     """
     free = agent.register.available.to_dict()
+    allocated = agent.register.allocated.to_dict()
+    live = len(agent.manager.live)
     node_ids = [agent.config.node_id]
     labels = {f"{k}={v}" for k, v in agent.config.labels.items()}
     max_free = dict(free)
@@ -64,6 +68,10 @@ def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
         if state.role == "child" and state.summary:
             child = state.summary
             count += int(child.get("nodes", 1))
+            live += int(child.get("live_workloads", 0))
+            for kind, value in (child.get("allocated") or {}).items():
+                if kind in allocated and isinstance(value, (int, float)):
+                    allocated[kind] += value
             node_ids.extend(child.get("node_ids", [state.node_id])[:1024])
             labels.update(child.get("labels", [])[:256])
             reach_ids.update(child.get("reach_node_ids", [])[:1024])
@@ -80,8 +88,18 @@ def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
             reach_labels.update(f"{k}={v}" for k, v in ((state.snapshot or {}).get("labels") or {}).items())
     reach_ids.difference_update(node_ids)
     return {"nodes": count, "node_ids": node_ids[:1024], "labels": sorted(labels)[:256],
+            "allocated": allocated, "live_workloads": live,
             "max_free": max_free, "reach_free": reach,
             "reach_node_ids": sorted(reach_ids)[:1024], "reach_labels": sorted(reach_labels - labels)[:256]}
+
+
+def subtree_key(state: "NeighbourState") -> tuple | None:
+    """What of a child's subtree changes when a workload starts or ends anywhere in it."""
+    if state.role != "child" or not state.summary:
+        return None
+    allocated = state.summary.get("allocated") or {}
+    return (state.status, state.summary.get("nodes"), state.summary.get("live_workloads"),
+            tuple(sorted((k, v) for k, v in allocated.items() if isinstance(v, (int, float)))))
 
 
 def node_entry(state: "NeighbourState", now: float) -> dict:
@@ -103,6 +121,8 @@ def node_entry(state: "NeighbourState", now: float) -> dict:
     }
     if state.role == "child" and state.summary:
         entry["subtree"] = {"nodes": state.summary.get("nodes", 1),
+                            "live_workloads": state.summary.get("live_workloads"),
+                            "allocated": state.summary.get("allocated"),
                             "max_free": state.summary.get("max_free"),
                             "reach_free": state.summary.get("reach_free")}
     return entry

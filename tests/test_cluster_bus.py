@@ -112,6 +112,28 @@ def test_allocation_reaches_parent_and_peers_before_any_heartbeat(make_cluster):
                  message=f"{agent.node_id} to see nanjing release 1 cpu")
 
 
+def test_a_change_deep_in_the_tree_reaches_the_root_before_any_heartbeat(make_cluster):
+    # Heartbeats every 30 s: nothing below can reach the root in time unless passed up at once.
+    slow = {"bus": {"heartbeat_interval": 30.0, "heartbeat_misses": 3}}
+    chain = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}, "xuanwu": {"parent": "nanjing"}}
+    cluster = make_cluster(chain, config=slow)
+    root, leaf = cluster["jiangsu"], cluster["xuanwu"]
+
+    def subtree() -> dict:
+        return neighbour(root, "nanjing")["subtree"]
+
+    wait_for(lambda: subtree()["nodes"] == 2, timeout=5, message="xuanwu in nanjing's subtree at jiangsu")
+    assert subtree()["live_workloads"] == 0
+    wl = leaf.submit(process_spec(name="deep", cpu=1.5))
+    wait_for(lambda: subtree()["live_workloads"] == 1 and subtree()["allocated"]["cpu"] == 1.5,
+             timeout=3, message="jiangsu to see the workload on its grandchild")
+    listed = root.api("GET", "/api/workloads", params={"scope": "subtree"}).json()["workloads"]
+    assert [(w["id"], w["node_id"]) for w in listed] == [(wl["id"], "xuanwu")]
+    leaf.api("POST", f"/api/workloads/{wl['id']}/stop")
+    wait_for(lambda: subtree()["live_workloads"] == 0 and subtree()["allocated"]["cpu"] == 0,
+             timeout=3, message="jiangsu to see the grandchild's workload end")
+
+
 # -- loss and return -----------------------------------------------------------------------
 
 

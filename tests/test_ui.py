@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from .harness import REPO, process_spec
+from .harness import REPO, process_spec, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -234,6 +234,31 @@ def test_subtree_scope_lists_the_childs_workloads_live(make_agent, open_page):
     expect(line).to_have_attribute("data-status", "stopped", timeout=LIVE)
     page.locator("#wl-scope").select_option("local")
     expect(line).to_have_count(0)
+
+
+def test_subtree_scope_shows_a_grandchilds_workload_live(make_agent, open_page):
+    """Two levels down, with heartbeats too slow to help: the change is passed up at once."""
+    slow = {"bus": {"heartbeat_interval": 30.0, "heartbeat_misses": 3}}
+    root = make_agent("jiangsu", config=slow)
+    middle = make_agent("nanjing", config={**slow, "parent": {"enabled": True,
+                                                               "address": f"127.0.0.1:{root.port}"}})
+    leaf = make_agent("xuanwu", config={**slow, "parent": {"enabled": True,
+                                                           "address": f"127.0.0.1:{middle.port}"}})
+
+    def subtree_nodes() -> int:
+        children = root.api("GET", "/api/nodes").json()["children"]
+        return children[0]["subtree"]["nodes"] if children else 0
+
+    wait_for(lambda: subtree_nodes() == 2, timeout=10, message="xuanwu below nanjing at jiangsu")
+    page = open_page().open(root)
+    page.locator("#wl-scope").select_option("subtree")
+    expect(page.locator("#wl-empty")).to_be_visible()
+    wl = leaf.submit(process_spec("two-levels-down", args=["60"], cpu=1.0))
+    line = row(page, wl["id"])
+    expect(line).to_have_attribute("data-status", "running", timeout=LIVE)
+    expect(line.locator("td", has_text="xuanwu")).to_have_count(1)
+    leaf.api("POST", f"/api/workloads/{wl['id']}/stop").raise_for_status()
+    expect(line).to_have_attribute("data-status", "stopped", timeout=LIVE)
 
 
 def test_stop_and_delete_by_button(agent, open_page):

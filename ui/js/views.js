@@ -114,8 +114,10 @@ function nodeCard(node, role, fetchedAt) {
 function subtreeText(summary) {
   if (!summary || typeof summary !== 'object') return null;
   const parts = [];
+  const named = {nodes: 'nodes', live_workloads: 'live workloads'};
   for (const [key, value] of Object.entries(summary)) {
-    if (typeof value === 'number' || typeof value === 'string') parts.push(`${key} ${value}`);
+    if (key in named && typeof value === 'number') parts.push(`${value} ${named[key]}`);
+    else if (typeof value === 'number' || typeof value === 'string') parts.push(`${key} ${value}`);
     else if (Array.isArray(value)) parts.push(`${key} ${value.length}`);
     else if (value && typeof value === 'object' && key === 'available') {
       const bits = [];
