@@ -278,8 +278,10 @@ class Agent:
     def _pass_up(self, state: NeighbourState) -> None:
         """A change anywhere below a child goes up the tree at once, not with the next beat.
 
-        Only a child's change is passed on (never a peer's or the parent's), so it travels
-        upwards once per level and cannot circle. Changes in one loop turn go out together.
+        So does a peer joining or leaving (the parent schedules through this node's peers).
+        A change passed on is published to the parent, which passes on only its children's
+        changes: it travels upwards once per level and cannot circle. Changes in one loop turn
+        go out together.
         """
         key = neighbours.subtree_key(state)
         if key is None or self._subtree_keys.get(state.node_id) == key:

@@ -94,7 +94,13 @@ def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
 
 
 def subtree_key(state: "NeighbourState") -> tuple | None:
-    """What of a child's subtree changes when a workload starts or ends anywhere in it."""
+    """What of a neighbour, changed, changes this node's summary enough to tell the parent now.
+
+    For a child: its status, and a workload starting or ending anywhere in its subtree. For a
+    peer: its status (it joins or leaves what this node reaches). None for the parent.
+    """
+    if state.role == "peer":
+        return (state.status,)
     if state.role != "child" or not state.summary:
         return None
     allocated = state.summary.get("allocated") or {}

@@ -134,6 +134,30 @@ def test_a_change_deep_in_the_tree_reaches_the_root_before_any_heartbeat(make_cl
              timeout=3, message="jiangsu to see the grandchild's workload end")
 
 
+def test_a_peer_joining_below_the_root_is_reachable_from_it_at_once(make_agent):
+    # Heartbeats every 30 s: jiangsu can only learn that nanjing now reaches suqian if told.
+    slow = {"bus": {"heartbeat_interval": 30.0, "heartbeat_misses": 3}}
+    topology = {"jiangsu": {}, "nanjing": {"parent": "jiangsu", "peers": ["suqian"]},
+                "suqian": {"peers": ["nanjing"]}}
+    agents = {n: make_agent(n, slow, start=False) for n in topology}
+    link_cluster(agents, topology)
+    agents["jiangsu"].start()
+    agents["nanjing"].start()
+    wait_for(lambda: status_of(agents["jiangsu"], "nanjing") == "alive", timeout=10,
+             message="nanjing alive at jiangsu")
+    pinned = process_spec("to-suqian", placement={"node": "suqian"})
+    refused = agents["jiangsu"].api("POST", "/api/workloads", json=pinned)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "impossible_placement"
+
+    agents["suqian"].start()
+    wait_for(lambda: status_of(agents["nanjing"], "suqian") == "alive", timeout=10,
+             message="suqian alive at nanjing")
+    placed = wait_for(lambda: agents["jiangsu"].api("POST", "/api/workloads", json=pinned).status_code == 201,
+                      timeout=3, message="jiangsu to place a workload on suqian through nanjing")
+    assert placed
+    assert [wl["name"] for wl in agents["suqian"].api("GET", "/api/workloads").json()["workloads"]] == ["to-suqian"]
+
+
 # -- loss and return -----------------------------------------------------------------------
 
 
