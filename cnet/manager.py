@@ -94,6 +94,11 @@ class Manager:
         """Reserve and start a validated submission on this node (raises if it does not fit)."""
         if sub.id in self.workloads:
             raise Conflict(f"workload id {sub.id} already exists", code="id_conflict")
+        try:
+            self.executors[sub.type].check_here(sub.config)
+        except CnetError as exc:
+            exc.details.setdefault("node_id", self.node_id)  # which node said no, when delegated
+            raise
         wl = Workload(id=sub.id, name=sub.name, type=sub.type, config=sub.config,
                       requirements=sub.requirements, placement=sub.placement, labels=sub.labels,
                       node_id=self.node_id, origin=origin or self.node_id)

@@ -3,6 +3,7 @@ forwarding, loop prevention, idempotent retries, placement constraints and the 5
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -198,6 +199,40 @@ def test_placement_constraints(jiangsu):
     nolabel = root.api("POST", "/api/workloads", json=process_spec(placement={"node_selector": {"zone": "west"}}))
     assert nolabel.status_code == 400 and "zone=west" in nolabel.json()["error"]["message"]
     assert_no_leaks(jiangsu)
+
+
+def test_node_specific_checks_are_made_where_the_workload_runs(make_agent, tmp_path):
+    """A command only nanjing has is refused at jiangsu but runs when placed on nanjing."""
+    tools = tmp_path / "nanjing-bin"
+    tools.mkdir()
+    (tools / "only-on-nanjing").write_text("#!/bin/sh\nexec sleep 60\n")
+    (tools / "only-on-nanjing").chmod(0o755)
+    root = make_agent("jiangsu", config=FAST)
+    child = make_agent("nanjing", config={**FAST, "parent": {"enabled": True,
+                                                              "address": f"127.0.0.1:{root.port}"}},
+                       env={"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"})
+    wait_for(lambda: [c["status"] for c in root.api("GET", "/api/nodes").json()["children"]] == ["alive"],
+             timeout=10, message="nanjing joined at jiangsu")
+
+    there = root.submit(process_spec("there", command="only-on-nanjing", placement={"node": "nanjing"}))
+    assert (there["node_id"], there["status"]) == ("nanjing", "running")
+    assert child.workload(there["id"])["process_pid"] > 0
+
+    here = root.api("POST", "/api/workloads", json=process_spec("here", command="only-on-nanjing"))
+    assert here.status_code == 400, here.text
+    assert here.json()["error"]["code"] == "command_not_found"
+    assert here.json()["error"]["details"]["node_id"] == "jiangsu"
+    # Refused over there: the same 400, naming the node; nothing reserved anywhere.
+    far = root.api("POST", "/api/workloads", json=process_spec(
+        "far", command="no-such-command-xyz", placement={"node": "nanjing"}))
+    assert far.status_code == 400, far.text
+    assert far.json()["error"]["code"] == "command_not_found"
+    assert far.json()["error"]["details"]["node_id"] == "nanjing"
+    names = {wl["name"] for agent in (root, child)
+             for wl in agent.api("GET", "/api/workloads").json()["workloads"]}
+    assert names == {"there"}
+    assert root.api("GET", "/api/resources").json()["allocated"]["cpu"] == 0
+    assert child.api("GET", "/api/resources").json()["allocated"]["cpu"] == 1.0
 
 
 # -- the race ----------------------------------------------------------------------------------

@@ -38,8 +38,19 @@ class Executor:
         self.host = host
 
     def validate(self, config: dict) -> dict:
-        """Check and normalise the type's ``config`` without side effects; raise BadRequest."""
+        """Check and normalise the type's ``config`` without side effects; raise BadRequest.
+
+        Only what holds on any node: the node that receives a submission validates it, but a
+        delegated workload runs elsewhere. What depends on the node itself belongs in
+        ``check_here``.
+        """
         return config
+
+    def check_here(self, config: dict) -> None:
+        """Check a validated ``config`` against this node (files, programs, ports); raise.
+
+        Called by the node that admits the workload, before anything is reserved.
+        """
 
     async def start(self, workload: "Workload") -> dict:
         """Start the workload; return runtime facts (``pid``, ``endpoint``, ...) or raise."""

@@ -276,7 +276,8 @@ def _ports(config: dict) -> dict[str, int | None]:
 
 
 def _volumes(config: dict) -> list[str]:
-    """``["/host/dir:/in/container[:ro|rw]"]``: absolute paths, the host side must exist."""
+    """``["/host/dir:/in/container[:ro|rw]"]``: absolute paths (the host side is checked in
+    ``check_here``)."""
     out = []
     for item in require_str_list(config, "volumes"):
         parts = item.split(":")
@@ -289,9 +290,6 @@ def _volumes(config: dict) -> list[str]:
                              code="invalid_field")
         if not os.path.isabs(host) or not PurePosixPath(inside).is_absolute():
             raise BadRequest(f"config.volumes: {item!r}: both paths must be absolute",
-                             code="invalid_field")
-        if not Path(host).exists():
-            raise BadRequest(f"config.volumes: {host} does not exist on this node",
                              code="invalid_field")
         out.append(f"{host}:{inside}:{mode}")
     return out
@@ -344,6 +342,13 @@ class ContainerExecutor(Executor):
             if value or (key == "stop_grace" and value is not None):
                 out[key] = value
         return out
+
+    def check_here(self, config: dict) -> None:
+        for volume in config.get("volumes", []):
+            host = volume.split(":")[0]
+            if not Path(host).exists():
+                raise BadRequest(f"config.volumes: {host} does not exist on this node",
+                                 code="invalid_field")
 
     # -- running -------------------------------------------------------------------------
 

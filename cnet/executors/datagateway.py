@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from pathlib import Path
 
 from ..errors import BadRequest
 from .base import require_str
@@ -58,13 +57,15 @@ class DataGatewayExecutor(ServiceExecutor):
         if "\x00" in raw:
             raise BadRequest("config.base_path: must not contain NUL characters",
                              code="invalid_field")
-        base = Path(os.path.abspath(os.path.expanduser(raw)))
-        if not base.is_dir():
-            raise BadRequest(f"config.base_path: {raw} is not a directory", code="invalid_field")
+        return {"base_path": os.path.abspath(os.path.expanduser(raw)), "bucket": bucket}
+
+    def check_options_here(self, config: dict) -> None:
+        base = config["base_path"]
+        if not os.path.isdir(base):
+            raise BadRequest(f"config.base_path: {base} is not a directory", code="invalid_field")
         if not os.access(base, os.R_OK | os.X_OK):
-            raise BadRequest(f"config.base_path: {raw}: no permission to read it",
+            raise BadRequest(f"config.base_path: {base}: no permission to read it",
                              code="invalid_field")
-        return {"base_path": str(base), "bucket": bucket}
 
     def launch_spec(self, config: dict) -> LaunchSpec:
         args = ["--base-path", config["base_path"], "--bucket", config["bucket"]]

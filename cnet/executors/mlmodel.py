@@ -42,8 +42,11 @@ class MLModelExecutor(ServiceExecutor):
             raise BadRequest(f"config.model_type: unknown model_type {model_type!r}; expected one of "
                              f"{', '.join([*BACKENDS, *NOT_YET])}", code="unknown_model_type")
         return {"model_type": model_type.lower(),
-                "model_path": _readable_model(require_str(config, "model_path")),
+                "model_path": _model_path(require_str(config, "model_path")),
                 **validate_pool(config)}
+
+    def check_options_here(self, config: dict) -> None:
+        _check_readable(config["model_path"])
 
     def launch_spec(self, config: dict) -> LaunchSpec:
         backend = BACKENDS[config["model_type"]]
@@ -51,14 +54,18 @@ class MLModelExecutor(ServiceExecutor):
                           backend.log_prefix)
 
 
-def _readable_model(model_path: str) -> str:
-    """The absolute path of a readable model file, or a 400 naming what is wrong."""
+def _model_path(model_path: str) -> str:
+    """The model file's absolute path (the file itself is checked where the model runs)."""
     if "\x00" in model_path:
         raise BadRequest("config.model_path: must not contain NUL characters", code="invalid_field")
-    path = Path(os.path.abspath(os.path.expanduser(model_path)))
+    return os.path.abspath(os.path.expanduser(model_path))
+
+
+def _check_readable(model_path: str) -> None:
+    """A 400 naming what is wrong unless ``model_path`` is a readable file on this node."""
+    path = Path(model_path)
     if not path.exists():
-        raise BadRequest(f"config.model_path: {model_path}: no such file (resolved to {path})",
-                         code="model_not_found")
+        raise BadRequest(f"config.model_path: {model_path}: no such file", code="model_not_found")
     if not path.is_file():
         raise BadRequest(f"config.model_path: {model_path} is not a file", code="model_not_found")
     try:
@@ -67,4 +74,3 @@ def _readable_model(model_path: str) -> str:
     except OSError as exc:
         raise BadRequest(f"config.model_path: {model_path}: cannot read ({exc.strerror})",
                          code="model_unreadable") from None
-    return str(path)

@@ -35,14 +35,10 @@ class ProcessExecutor(Executor):
         working_dir = require_str(config, "working_dir", required=False)
         if "\x00" in command:
             raise BadRequest("config.command: must not contain NUL characters", code="invalid_field")
-        if working_dir is not None and not Path(working_dir).is_dir():
-            raise BadRequest(f"config.working_dir: {working_dir} is not a directory",
-                             code="invalid_field")
         grace = config.get("stop_grace")
         if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float))
                                   or not 0 <= grace <= 3600):
             raise BadRequest("config.stop_grace: seconds, 0..3600", code="invalid_field")
-        self._resolve(command, env, working_dir)
         out = {"command": command, "args": args}
         if env:
             out["env"] = env
@@ -51,6 +47,13 @@ class ProcessExecutor(Executor):
         if grace is not None:
             out["stop_grace"] = grace
         return out
+
+    def check_here(self, config: dict) -> None:
+        working_dir = config.get("working_dir")
+        if working_dir is not None and not Path(working_dir).is_dir():
+            raise BadRequest(f"config.working_dir: {working_dir} is not a directory",
+                             code="invalid_field")
+        self._resolve(config["command"], config.get("env", {}), working_dir)
 
     @staticmethod
     def _resolve(command: str, env: dict[str, str], working_dir: str | None) -> str:

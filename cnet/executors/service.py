@@ -231,6 +231,9 @@ class ServiceExecutor(Executor):
         """Check and normalise the type's own fields (``options``); raise BadRequest."""
         return {}
 
+    def check_options_here(self, config: dict) -> None:
+        """Check the type's own (validated) fields against this node; raise BadRequest."""
+
     def launch_spec(self, config: dict) -> LaunchSpec:
         raise NotImplementedError
 
@@ -251,16 +254,19 @@ class ServiceExecutor(Executor):
                                  or not 1 <= port <= 65535):
             raise BadRequest("config.service_port: must be a whole number, 1..65535",
                              code="invalid_field")
-        program = self.launch_spec(out).program
-        if find_program(program) is None:
-            raise Unavailable(f"{program} is not installed (looked in {BIN_DIR_ENV}, "
-                              f"{os.path.dirname(sys.executable)} and PATH)",
-                              code="service_not_installed")
-        self._check_bind(host, port)
         out["service_host"] = host
         if port is not None:
             out["service_port"] = port
         return out
+
+    def check_here(self, config: dict) -> None:
+        self.check_options_here(config)
+        program = self.launch_spec(config).program
+        if find_program(program) is None:
+            raise Unavailable(f"{program} is not installed (looked in {BIN_DIR_ENV}, "
+                              f"{os.path.dirname(sys.executable)} and PATH)",
+                              code="service_not_installed")
+        self._check_bind(config["service_host"], config.get("service_port"))
 
     @staticmethod
     def _check_bind(host: str, port: int | None) -> None:
