@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,25 +13,14 @@ import psutil
 import pytest
 import requests
 
-from tests.ports import free_port  # noqa: F401  (the service tests import it from here)
+from tests.harness import wait_for  # noqa: F401  (the service tests import it from here)
+from tests.ports import free_port  # noqa: F401  (likewise)
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("CNET_MODELS_DIR", REPO.parent / "shared" / "models"))
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 HTTP_TIMEOUT = 60.0
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 
@@ -59,7 +47,7 @@ class Service:
     def start(self) -> Service:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=REPO)
-        wait_for(self._healthy, START_TIMEOUT, f"{self.url}/health")
+        wait_for(self._healthy, timeout=START_TIMEOUT, message=f"{self.url}/health")
         return self
 
     def _healthy(self) -> bool:
@@ -100,7 +88,7 @@ class Service:
             self.process.kill()
             self.process.wait(timeout=STOP_TIMEOUT)
             pytest.fail("service did not stop on SIGTERM")
-        wait_for(lambda: pids_gone(workers), STOP_TIMEOUT, f"workers {workers} to exit")
+        wait_for(lambda: pids_gone(workers), timeout=STOP_TIMEOUT, message=f"workers {workers} to exit")
 
     def kill_all(self) -> None:
         """Last-resort cleanup: the shim and any worker still around."""

@@ -128,7 +128,7 @@ def test_a_stuck_worker_does_not_block_the_other(start_service, photos):
     try:
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(_post_png, service, photos["astronaut"]) for _ in range(4)]
-            wait_for(lambda: sum(f.done() for f in futures) >= 3, WAIT, "3 of 4 requests")
+            wait_for(lambda: sum(f.done() for f in futures) >= 3, timeout=WAIT, message="3 of 4 requests")
             served = [f.result() for f in futures if f.done()]
             assert all(r.status_code == 200 for r in served)
             assert {int(r.headers["X-Worker-Pid"]) for r in served} == {free}
@@ -146,9 +146,9 @@ def test_full_queue_answers_503_with_retry_after(start_service, photos):
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(_post_png, service, photos["astronaut"])
-            wait_for(lambda: _workers(service)["busy"] == 1, WAIT, "a busy worker")
+            wait_for(lambda: _workers(service)["busy"] == 1, timeout=WAIT, message="a busy worker")
             second = pool.submit(_post_png, service, photos["astronaut"])
-            wait_for(lambda: _workers(service)["queued"] == 1, WAIT, "a queued request")
+            wait_for(lambda: _workers(service)["queued"] == 1, timeout=WAIT, message="a queued request")
             refused = _post_png(service, photos["astronaut"])
             assert refused.status_code == 503
             assert refused.headers["Retry-After"] == "1"
@@ -165,7 +165,7 @@ def test_killed_idle_worker_is_replaced(start_service, photos):
     before = _workers(service)["pids"]
     os.kill(before[0], signal.SIGKILL)
     wait_for(lambda: (w := _workers(service))["alive"] == 2 and before[0] not in w["pids"],
-             WAIT, "a replacement worker")
+             timeout=WAIT, message="a replacement worker")
     assert _workers(service)["restarts"] == 1
     assert sorted(service.worker_pids()) == _workers(service)["pids"]
     for _ in range(3):
@@ -178,7 +178,7 @@ def test_worker_killed_mid_request_gets_a_retry_or_an_error(start_service, photo
     os.kill(worker, signal.SIGSTOP)
     with ThreadPoolExecutor(1) as pool:
         pending: Future[requests.Response] = pool.submit(_post_png, service, photos["astronaut"])
-        wait_for(lambda: _workers(service)["busy"] == 1, WAIT, "the request to reach the worker")
+        wait_for(lambda: _workers(service)["busy"] == 1, timeout=WAIT, message="the request to reach the worker")
         os.kill(worker, signal.SIGKILL)
         response = pending.result(timeout=WAIT)
     if response.status_code == 200:  # retried on the replacement
@@ -187,7 +187,7 @@ def test_worker_killed_mid_request_gets_a_retry_or_an_error(start_service, photo
     else:
         assert response.status_code == 502
         assert response.json()["error"]["code"] == "worker_died"
-    wait_for(lambda: _workers(service)["alive"] == 1, WAIT, "a replacement worker")
+    wait_for(lambda: _workers(service)["alive"] == 1, timeout=WAIT, message="a replacement worker")
     assert _post_png(service, photos["astronaut"]).status_code == 200
 
 
@@ -197,7 +197,7 @@ def test_workers_die_with_a_killed_shim(start_service):
     assert len(workers) == 2
     service.process.kill()
     service.process.wait(timeout=STOP_TIMEOUT)
-    wait_for(lambda: pids_gone(workers), STOP_TIMEOUT, "orphaned workers to exit")
+    wait_for(lambda: pids_gone(workers), timeout=STOP_TIMEOUT, message="orphaned workers to exit")
 
 
 def test_port_in_use_is_one_clear_line():
