@@ -55,7 +55,7 @@ class Agent:
         self.bus: BusNode | None = None
         self.delegator = Delegator(self)
         self._statuses: dict[str, str] = {}      # neighbour id -> last published status
-        self._subtree_keys: dict[str, tuple] = {}  # child id -> its subtree as last passed up
+        self._subtree_keys: dict[str, tuple] = {}  # child or peer id -> what was last passed up
         self._pass_up_due = False
         self._background: set[asyncio.Task] = set()
         self._server: tornado.httpserver.HTTPServer | None = None
