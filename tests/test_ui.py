@@ -459,6 +459,8 @@ def test_neighbours_and_tree_render(agent, open_page):
     expect(page.locator("#topology-count")).to_have_text("4 linked, 1 lost")
     expect(page.locator('#neighbours .ncard[data-node="nanjing"] [data-kind="cpu"] .bar')) \
         .to_have_attribute("aria-valuenow", "2")
+    expect(page.locator('#neighbours .ncard[data-node="nanjing"] [data-kind="cpu"] .rc-fig')) \
+        .to_have_text(re.compile(r"^2/8 .* 6 free$"))
     for node in ("jiangsu", "nanjing", "gulou", "changzhou"):
         expect(page.locator(f'#tree li[data-node="{node}"]')).to_have_count(1)
     expect(page.locator('#tree li[data-node="nanjing"] li[data-node="gulou"]')).to_have_count(1)
@@ -482,11 +484,9 @@ SEED_FORMS = [
 ]
 
 
-@pytest.mark.parametrize("wtype,fields,config", SEED_FORMS, ids=[f[0] for f in SEED_FORMS])
-def test_type_forms_send_the_seed_json(agent, open_page, wtype, fields, config):
-    """Each type's fields become the seed's JSON (the POST is captured, not run)."""
-    holder = open_page()
-    sent = []
+def capture_submits(page) -> list[dict]:
+    """Hold every POST to /api/workloads (answered 400 "captured"); the list fills with their JSON."""
+    sent: list[dict] = []
 
     def capture(route):
         if route.request.method != "POST":
@@ -494,7 +494,15 @@ def test_type_forms_send_the_seed_json(agent, open_page, wtype, fields, config):
         sent.append(route.request.post_data_json)
         return route.fulfill(status=400, json={"error": {"code": "captured", "message": "held by the test"}})
 
-    holder.page.route("**/api/workloads", capture)
+    page.route("**/api/workloads", capture)
+    return sent
+
+
+@pytest.mark.parametrize("wtype,fields,config", SEED_FORMS, ids=[f[0] for f in SEED_FORMS])
+def test_type_forms_send_the_seed_json(agent, open_page, wtype, fields, config):
+    """Each type's fields become the seed's JSON (the POST is captured, not run)."""
+    holder = open_page()
+    sent = capture_submits(holder.page)
     page = holder.open(agent)
     page.get_by_label("Type").select_option(wtype)
     page.get_by_label("Name").fill(f"{wtype}-svc")
@@ -513,3 +521,23 @@ def test_type_forms_send_the_seed_json(agent, open_page, wtype, fields, config):
     assert sent == [{"name": f"{wtype}-svc", "type": wtype, "config": config,
                      "requirements": {"cpu": 2, "memory": 2147483648, "gpu": 0},
                      "placement": {"strategy": "least_loaded", "node_selector": {"zone": "east"}}}]
+
+
+def test_container_form_sends_args_volumes_working_dir_and_storage(agent, open_page):
+    holder = open_page()
+    sent = capture_submits(holder.page)
+    page = holder.open(agent)
+    page.get_by_label("Type").select_option("container")
+    page.get_by_label("Name").fill("web")
+    page.get_by_label("Image").fill("cnet-test-busybox")
+    page.get_by_label("Command").fill("httpd")
+    page.get_by_label("Arguments").fill("-f\n-p\n8080")
+    page.get_by_label("Volumes").fill("/srv/data:/data:ro")
+    page.get_by_label("Working directory").fill("/data")
+    page.get_by_label("Storage (MiB)").fill("100")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#form-message")).to_have_text("400 captured: held by the test")
+    assert sent[0]["config"] == {"image": "cnet-test-busybox", "command": ["httpd"],
+                                 "args": ["-f", "-p", "8080"], "volumes": ["/srv/data:/data:ro"],
+                                 "working_dir": "/data"}
+    assert sent[0]["requirements"]["storage"] == 100 * 1024 * 1024

@@ -19,8 +19,12 @@ export const TYPE_FIELDS = {
   container: [
     {name: 'image', label: 'Image', required: true, placeholder: 'nginx:alpine'},
     {name: 'command', label: 'Command', kind: 'words', hint: 'split on spaces', placeholder: 'nginx -g "daemon off;"'},
+    {name: 'args', label: 'Arguments', kind: 'lines', hint: 'one per line'},
     {name: 'ports', label: 'Ports', kind: 'lines', hint: 'host:container, one per line', placeholder: '8080:80'},
+    {name: 'volumes', label: 'Volumes', kind: 'lines', hint: '/host/dir:/in/container[:ro], one per line',
+      placeholder: '/srv/data:/data:ro'},
     {name: 'env', label: 'Environment', kind: 'map', hint: 'KEY=value, one per line'},
+    {name: 'working_dir', label: 'Working directory', hint: 'inside the container', placeholder: '/app'},
   ],
   mlmodel: [
     {name: 'model_type', label: 'Model type', kind: 'select', options: ['yolo', 'tensorflow', 'pytorch']},
@@ -213,9 +217,11 @@ export class SubmitForm {
     const cpu = this.form.querySelector('#f-cpu').value;
     const mem = this.form.querySelector('#f-memory').value;
     const gpu = this.form.querySelector('#f-gpu').value;
+    const storage = this.form.querySelector('#f-storage').value;
     if (cpu !== '') requirements.cpu = Number(cpu);
     if (mem !== '') requirements.memory = Math.round(Number(mem) * MiB);
     if (gpu !== '') requirements.gpu = Number(gpu);
+    if (storage !== '') requirements.storage = Math.round(Number(storage) * MiB);
     for (const [k, v] of Object.entries(requirements)) {
       if (!Number.isFinite(v)) throw new FormError(`Requirements: ${k} must be a number`);
     }

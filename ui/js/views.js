@@ -15,6 +15,9 @@ const LIVE = new Set(['pending', 'running', 'stopping']);
 
 const pct = (part, whole) => (whole > 0 ? Math.max(0, Math.min(100, (100 * part) / whole)) : 0);
 const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+/** What is available of ``kind``: as the node reports it, else capacity less allocated. */
+const free = (node, kind, cap, alloc) =>
+  (node.available && kind in node.available ? num(node.available[kind]) : cap - alloc);
 
 export function statusPill(status, extraClass = '') {
   const s = String(status || 'unknown');
@@ -38,7 +41,7 @@ export function renderResources(container, node) {
   const rows = KINDS.map(({kind, label}) => {
     const cap = num(node.capacity?.[kind]);
     const alloc = num(node.allocated?.[kind]);
-    const avail = node.available && kind in node.available ? num(node.available[kind]) : cap - alloc;
+    const avail = free(node, kind, cap, alloc);
     const used = num(node.usage?.[kind]);
     const none = cap <= 0;
     const hot = cap > 0 && alloc / cap >= 0.9 ? ' hot' : '';
@@ -66,15 +69,17 @@ function compactResources(node) {
     const cap = num(node.capacity?.[kind]);
     const alloc = num(node.allocated?.[kind]);
     const used = num(node.usage?.[kind]);
+    const avail = free(node, kind, cap, alloc);
     return h('div', {class: 'rc', dataset: {node: nodeId, kind}},
       h('span', {class: 'rc-name'}, label),
       h('div', {class: 'bar bar-alloc', role: 'meter',
         'aria-label': `${label} allocated on ${nodeId}`, 'aria-valuemin': 0,
         'aria-valuemax': cap, 'aria-valuenow': alloc,
-        'aria-valuetext': `${fmt.amount(kind, alloc)} of ${fmt.amount(kind, cap)}, ${fmt.amount(kind, used)} used`},
+        'aria-valuetext': `${fmt.amount(kind, alloc)} of ${fmt.amount(kind, cap)}, ${fmt.amount(kind, avail)} free, ${fmt.amount(kind, used)} used`},
       h('div', {class: 'bar-fill', style: {width: `${pct(alloc, cap)}%`}}),
       h('div', {class: 'bar-tick', style: {left: `${pct(used, cap)}%`}})),
-      h('span', {class: 'rc-fig'}, cap > 0 ? `${fmt.short(kind, alloc)}/${fmt.short(kind, cap)}` : '—'));
+      h('span', {class: 'rc-fig'},
+        cap > 0 ? `${fmt.short(kind, alloc)}/${fmt.short(kind, cap)} · ${fmt.short(kind, avail)} free` : '—'));
   }));
 }
 
