@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -71,7 +72,9 @@ class BusNode:
     """The bus side of one agent. ``await start()``, then use it; ``await close()`` at the end.
 
     ``parent`` and ``peers`` are HTTP ``host:port`` addresses (endpoints discovered with
-    ``discover``, default ``GET /api/bus``) or fixed :class:`Endpoints`.
+    ``discover``, default ``GET /api/bus``) or fixed :class:`Endpoints`. With a ``token``, this
+    node sends it in its hellos and refuses a child's or peer's hello without the same one
+    (clients are checked per request by the handler instead).
     """
 
     def __init__(self, node_id: str, *, http: str = "",
@@ -85,7 +88,7 @@ class BusNode:
                  heartbeat_interval: float = 1.0, heartbeat_misses: int = 3,
                  request_timeout: float = 5.0, retry_max: float = 5.0,
                  curve: CurveKeys | None = None, discover: Discover | None = None,
-                 advertise_host: str | None = None,
+                 advertise_host: str | None = None, token: str | None = None,
                  clock: Callable[[], float] = time.monotonic):
         Hello(node_id=node_id, role="child").validate()   # a bad id fails here, not on the wire
         if not 0 < heartbeat_interval <= 3600 or heartbeat_misses < 1:
@@ -105,6 +108,7 @@ class BusNode:
         self.request_timeout = request_timeout
         self._retry_max = retry_max
         self._curve = curve
+        self._token = token
         self._discover = discover or (lambda address: discover_http(address, timeout=2.0))
         self._advertise = advertise_host
         self._clock = clock
@@ -322,7 +326,8 @@ class BusNode:
         return Hello(node_id=self.node_id, role="child" if kind == "parent" else "peer",
                      protocol=PROTOCOL, epoch=self.epoch, router=self.router_endpoint,
                      pub=self.pub_endpoint, http=self.http, interval=self.interval,
-                     curve_key=self._curve.public_text if self._curve else None)
+                     curve_key=self._curve.public_text if self._curve else None,
+                     token=self._token)
 
     def _welcome(self, role: str) -> Welcome:
         return Welcome(node_id=self.node_id, role=role, protocol=PROTOCOL, epoch=self.epoch,
@@ -438,6 +443,10 @@ class BusNode:
             return self._refuse(identity, hello, "role_conflict",
                                 f"{hello.node_id} is this node's {existing.role}, "
                                 f"not its {role}")
+        if self._token and not hmac.compare_digest((hello.token or "").encode(), self._token.encode()):
+            return self._refuse(identity, hello, "unauthorized",
+                                "hello lacks this node's token (every node of a cluster with "
+                                "api.token set must have the same one)")
         if self._curve is not None and not self._curve.trusts(hello.curve_key):
             return self._refuse(identity, hello, "untrusted_key",
                                 "hello names a curve key that is not accepted here")

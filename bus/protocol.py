@@ -17,8 +17,9 @@ Conversations:
 
 * handshake: a node's DEALER sends :class:`Hello` (role ``child`` or ``peer``; a client may send
   role ``client`` or skip it); the ROUTER answers :class:`Welcome` or :class:`Refuse` (duplicate
-  node id, protocol mismatch, unknown peer). A :class:`Refuse` body is frozen across versions so
-  a node speaking another version can still read why it was refused.
+  node id, protocol mismatch, a missing or wrong join token, an untrusted Curve key). A
+  :class:`Refuse` body is frozen across versions so a node speaking another version can still
+  read why it was refused.
 * liveness: every interval a joined DEALER sends :class:`Heartbeat` (full snapshot, ``seq``);
   the ROUTER answers with its own :class:`Heartbeat`, which is the DEALER's liveness signal.
 * broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once.
@@ -149,6 +150,7 @@ class Hello(_Introduction):
 
     TYPE: ClassVar[bytes] = b"hello"
     ALLOWED_ROLES: ClassVar[tuple[str, ...]] = ROLES         # child | peer | client
+    token: str | None = None       # the cluster's join token, when its nodes have one
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Refuse(Message):
     TYPE: ClassVar[bytes] = b"refuse"
     node_id: str
     code: str                      # duplicate_node | version_mismatch | hello_required | bad_hello
+                                   # | unauthorized | untrusted_key | role_conflict | ...
     reason: str
     protocol: int = PROTOCOL
 

@@ -117,7 +117,7 @@ class Agent:
             handler=RpcHandler(self).handle, on_neighbour=self._neighbour_changed,
             on_event=self._neighbour_event, heartbeat_interval=cfg.bus.heartbeat_interval,
             heartbeat_misses=cfg.bus.heartbeat_misses, request_timeout=cfg.bus.request_timeout,
-            curve=curve)
+            curve=curve, token=cfg.api_token)
         try:
             await self.bus.start()
         except Exception as exc:  # zmq.ZMQError: address in use, bad endpoint

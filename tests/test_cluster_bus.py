@@ -16,6 +16,8 @@ import requests
 import yaml
 import zmq
 
+from bus.protocol import Hello, Refuse, Reply, Request, decode, encode, new_corr_id
+
 from .bus.test_malformed import hostile_frames
 from .harness import REPO, AgentProcess, free_port, gone, link_cluster, load_topology, process_spec, wait_for
 
@@ -262,6 +264,42 @@ def test_duplicate_node_id_is_refused(make_cluster, twin):
             [("nanjing", first.url, "alive")]
         time.sleep(0.2)
     assert status_of(twin, "jiangsu") is None or status_of(twin, "jiangsu") != "alive"
+
+
+def test_with_a_token_only_nodes_that_have_it_join(make_cluster, make_agent):
+    secured = {**FAST, "api": {"token": "s3cret"}}
+    cluster = make_cluster(PAIR, config=secured)   # both have it: joined, and work is delegated
+    parent = cluster["jiangsu"]
+    assert parent.submit(process_spec(cpu=0.5, placement={"node": "nanjing"}))["node_id"] == "nanjing"
+
+    # An agent without the token cannot join, and both sides say why.
+    stranger = make_agent("gulou", config={**FAST, "parent": {"enabled": True,
+                                                              "address": f"127.0.0.1:{parent.port}"}})
+    wait_for(lambda: "lacks this node's token" in parent.output.read_text(), timeout=10,
+             message="jiangsu to log the refused hello")
+    wait_for(lambda: "(unauthorized)" in stranger.output.read_text(), timeout=10,
+             message="gulou to log that it was refused")
+    assert [c["node_id"] for c in view(parent)["children"]] == ["nanjing"]
+
+    # Nor can a raw socket that claims to be a child, and so nothing it asks for is done.
+    context = zmq.Context()
+    raw = context.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(parent.api("GET", "/api/bus").json()["router"])
+    try:
+        raw.send_multipart(encode(Hello(node_id="mallory", role="child")))
+        assert raw.poll(5000), "no answer to the hello"
+        refusal = decode(raw.recv_multipart())
+        assert isinstance(refusal, Refuse) and refusal.code == "unauthorized"
+        raw.send_multipart(encode(Request(corr_id=new_corr_id(), op="submit",
+                                          args={"workload": process_spec("intruder")})))
+        assert raw.poll(5000), "no answer to the request"
+        answer = decode(raw.recv_multipart())   # taken as a client's: without the token, 401
+        assert isinstance(answer, Reply) and not answer.ok and answer.error["code"] == "unauthorized"
+    finally:
+        raw.close(linger=0)
+        context.term()
+    assert "intruder" not in {wl["name"] for wl in parent.api("GET", "/api/workloads").json()["workloads"]}
 
 
 # -- the launcher ------------------------------------------------------------------------------
