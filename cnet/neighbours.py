@@ -146,6 +146,7 @@ def scheduler_snapshot(agent: "Agent", neighbours: Iterable["NeighbourState"],
                       available=agent.register.available, capacity=agent.register.capacity,
                       labels=dict(agent.config.labels),
                       workload_names=frozenset(me["workloads"]["names"]),
+                      workload_count=me["workloads"]["count"],
                       workload_labels=_labels(me["workloads"]["labels"]))]
     skip = set(exclude)
     for state in neighbours:
@@ -161,6 +162,7 @@ def scheduler_snapshot(agent: "Agent", neighbours: Iterable["NeighbourState"],
             capacity=Resources.from_dict(snap.get("capacity")),
             labels=dict(snap.get("labels") or {}),
             workload_names=frozenset(works.get("names", [])),
+            workload_count=works.get("count", 0) if isinstance(works.get("count"), int) else 0,
             workload_labels=_labels(works.get("labels", [])),
             # What the child reaches through peers counts, as its reach_free does.
             subtree_nodes=frozenset(n for n in [*subtree.get("node_ids", []),

@@ -30,6 +30,7 @@ class NodeView:
     capacity: Resources = Resources()
     labels: dict = field(default_factory=dict)
     workload_names: frozenset = frozenset()    # names of live workloads on the node
+    workload_count: int = 0                    # how many live workloads (replicas share a name)
     workload_labels: frozenset = frozenset()   # (key, value) labels of those workloads
     subtree_nodes: frozenset = frozenset()     # for a child: node ids below it (itself excluded)
     subtree_free: Resources | None = None      # for a child: the largest free amounts below it
@@ -118,7 +119,8 @@ def _selectors(raw, where: str) -> tuple:
 
 
 class Snapshot:
-    """The candidate nodes of one decision, as arrays (built once per register change)."""
+    """The candidate nodes of one decision, as arrays (built for each decision that cannot stay
+    on this node; building one costs far less than the delegation it leads to)."""
 
     def __init__(self, self_id: str, nodes: list[NodeView]):
         self.self_id = self_id
@@ -135,7 +137,9 @@ class Snapshot:
         self.cap = np.where(cap > 0, cap, 1.0)
         self.alive = np.array([n.status == "alive" for n in self.nodes], dtype=bool)
         self.is_self = np.array([n.role == "self" for n in self.nodes], dtype=bool)
-        self.load = np.array([len(n.workload_names) for n in self.nodes], dtype=np.float64)
+        # Never fewer than the distinct names: a view built without a count still ranks.
+        self.load = np.array([max(n.workload_count, len(n.workload_names)) for n in self.nodes],
+                             dtype=np.float64)
         self.id_rank = np.argsort(np.argsort([n.node_id for n in self.nodes], kind="stable"))
         self._host_masks: dict = {}
         self._label_masks: dict = {}

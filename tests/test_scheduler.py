@@ -57,6 +57,14 @@ def test_spread_prefers_fewest_workloads():
     assert ids(d) == ["b", "c", "a"]
 
 
+def test_spread_counts_replicas_not_names():
+    # Five replicas of "web" are more load than two different workloads.
+    d = decide([node("a", "self", workload_names=frozenset({"web"}), workload_count=5),
+                node("b", "peer", workload_names=frozenset({"x", "y"}), workload_count=2)],
+               strategy="spread")
+    assert ids(d) == ["b", "a"]
+
+
 def test_lost_nodes_are_rejected_with_reason():
     d = decide([node("nanjing", "self", cpu=1.5), node("suqian", "peer", status="lost")])
     assert ids(d) == []
