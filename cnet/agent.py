@@ -273,7 +273,7 @@ class Agent:
         if state.status == "lost":
             self.manager.mark_lost(state.node_id)
         elif self.manager.mirrors_via(state.node_id):
-            self._spawn(self.delegator.refresh(state.node_id))
+            self.spawn(self.delegator.refresh(state.node_id))
 
     def _pass_up(self, state: NeighbourState) -> None:
         """A change anywhere below a child goes up the tree at once, not with the next beat.
@@ -304,7 +304,8 @@ class Agent:
             if wl is not None and wl.runtime.get("via") == state.node_id:
                 self.manager.remove_mirror(wl.id)
 
-    def _spawn(self, coro) -> None:
+    def spawn(self, coro) -> None:
+        """Run ``coro`` in the background; it is kept until done."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

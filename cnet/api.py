@@ -218,7 +218,7 @@ class WorkloadHandler(BaseHandler):
     route = "/api/workloads/{id}"
 
     def get(self, workload_id: str):
-        self.reply(self.agent.manager.get(workload_id).to_dict())
+        self.reply(self.agent.delegator.get(workload_id))
 
     async def delete(self, workload_id: str):
         await self.agent.delegator.delete(workload_id)

@@ -71,7 +71,7 @@ class RpcHandler:
         if not isinstance(workload_id, str):
             raise BadRequest("id: required", code="invalid_argument")
         if op == "get":
-            return agent.manager.get(workload_id).to_dict()
+            return agent.delegator.get(workload_id)
         if op == "stop":
             return (await agent.delegator.stop(workload_id)).to_dict()
         if op == "delete":

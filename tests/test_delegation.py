@@ -4,6 +4,7 @@ forwarding, loop prevention, idempotent retries, placement constraints and the 5
 from __future__ import annotations
 
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -233,6 +234,71 @@ def test_node_specific_checks_are_made_where_the_workload_runs(make_agent, tmp_p
     assert names == {"there"}
     assert root.api("GET", "/api/resources").json()["allocated"]["cpu"] == 0
     assert child.api("GET", "/api/resources").json()["allocated"]["cpu"] == 1.0
+
+
+def test_a_neighbour_that_does_not_answer_is_waited_for_not_passed_over(make_cluster):
+    """A delegation that times out may still start over there: never start it elsewhere too."""
+    topology = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}, "suqian": {"parent": "jiangsu"}}
+    slow_beats = {"bus": {"heartbeat_interval": 30.0, "heartbeat_misses": 3, "request_timeout": 0.5},
+                  "services": {"start_timeout": 0.1}}   # a delegation times out after 5.1 s
+    cluster = make_cluster(topology, config=slow_beats, node_config={
+        "jiangsu": {"resources": {"cpu": 0.5}}, "nanjing": {"resources": {"cpu": 4.0}},
+        "suqian": {"resources": {"cpu": 2.0}}})
+    root, nanjing, suqian = cluster["jiangsu"], cluster["nanjing"], cluster["suqian"]
+    nanjing.proc.send_signal(signal.SIGSTOP)   # alive to its neighbours, but answers nothing
+    try:
+        wl = root.submit(process_spec("patient", cpu=1.0))
+        assert (wl["node_id"], wl["status"]) == ("nanjing", "pending"), wl
+        assert local_workloads(suqian) == []
+    finally:
+        nanjing.proc.send_signal(signal.SIGCONT)
+    # Both tries reach nanjing once it runs again: it starts the workload once, and says so.
+    wait_for(lambda: root.workload(wl["id"])["status"] == "running", timeout=15,
+             message="the mirror at jiangsu to learn that the workload runs on nanjing")
+    assert [w["id"] for w in local_workloads(nanjing)] == [wl["id"]]
+    assert local_workloads(suqian) == []
+    again = root.submit(process_spec("patient", cpu=1.0, id=wl["id"]), expect=200)
+    assert (again["id"], again["node_id"]) == (wl["id"], "nanjing")
+
+
+def test_the_same_id_sent_twice_at_once_is_placed_once(make_cluster):
+    topology = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}}
+    beats = {"bus": {"heartbeat_interval": 30.0, "heartbeat_misses": 3}}
+    cluster = make_cluster(topology, config=beats, node_config={"jiangsu": {"resources": {"cpu": 0.5}}})
+    root, nanjing = cluster["jiangsu"], cluster["nanjing"]
+    spec = process_spec("twice", cpu=1.0, id="a1b2c3d4e5f60718")
+    nanjing.proc.send_signal(signal.SIGSTOP)   # hold the first placement in flight
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(root.api, "POST", "/api/workloads", json=spec)
+            wait_for(lambda: root.workload(spec["id"]).get("status") == "pending", timeout=5,
+                     message="jiangsu to show the workload as pending while it places it")
+            second = pool.submit(root.api, "POST", "/api/workloads", json=spec)
+            nanjing.proc.send_signal(signal.SIGCONT)
+            answers = sorted([first.result(), second.result()], key=lambda r: r.status_code)
+    finally:
+        nanjing.proc.send_signal(signal.SIGCONT)
+    assert [r.status_code for r in answers] == [200, 201], [r.text for r in answers]
+    assert {(r.json()["id"], r.json()["node_id"]) for r in answers} == {(spec["id"], "nanjing")}
+    assert [w["id"] for w in local_workloads(nanjing)] == [spec["id"]]
+
+
+def test_a_delegation_lost_with_its_node_ends_failed_not_forgotten(make_cluster):
+    # nanjing is lost (3 s) before the first try times out (5.1 s): the retry cannot even be sent.
+    topology = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}}
+    beats = {"bus": {"heartbeat_interval": 1.0, "heartbeat_misses": 3, "request_timeout": 0.5},
+             "services": {"start_timeout": 0.1}}
+    cluster = make_cluster(topology, config=beats, node_config={"jiangsu": {"resources": {"cpu": 0.5}}})
+    root, nanjing = cluster["jiangsu"], cluster["nanjing"]
+    nanjing.proc.send_signal(signal.SIGSTOP)
+    wl = root.submit(process_spec("unlucky", cpu=1.0))
+    assert wl["status"] == "pending"
+    nanjing.kill()      # the requests it never read die with it
+    nanjing.start()     # it comes back without the workload
+    done = wait_for(lambda: (w := root.workload(wl["id"]))["status"] == "failed" and w, timeout=30,
+                    message="jiangsu to learn that the workload never started")
+    assert "never started" in done["message"]
+    assert local_workloads(nanjing) == []
 
 
 # -- the race ----------------------------------------------------------------------------------
