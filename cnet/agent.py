@@ -22,6 +22,7 @@ from . import __version__, neighbours
 from .api import BusInfoHandler, make_app
 from .config import Config, ConfigError
 from .delegation import Delegator
+from .errors import CnetError
 from .events import EventHub
 from .executors.container import ContainerExecutor
 from .executors.data import DataExecutor
@@ -187,7 +188,20 @@ class Agent:
     # -- what the API asks of the agent --------------------------------------------------
 
     async def submit(self, body):
-        return await self.delegator.submit(body)
+        """Place a JSON submission (REST or bus); counted in /metrics by type and outcome."""
+        wtype = body.get("type") if isinstance(body, dict) else None
+        wtype = wtype if isinstance(wtype, str) and wtype in self.manager.executors else "unknown"
+        try:
+            wl, created = await self.delegator.submit(body)
+        except CnetError as exc:
+            self.count_submission(wtype, exc.code)
+            raise
+        self.count_submission(wtype, "created" if created else "existing")
+        return wl, created
+
+    def count_submission(self, wtype: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.submissions.labels(wtype, result).inc()
 
     async def list_workloads(self, status: str | None, wtype: str | None,
                              scope: str = "local") -> list[dict]:

@@ -189,8 +189,13 @@ class WorkloadsHandler(BaseHandler):
 
     async def post(self):
         if self._upload is not None:
-            wl = await self._upload.finish()
+            try:
+                wl = await self._upload.finish()
+            except CnetError as exc:
+                self.agent.count_submission("data", exc.code)
+                raise
             self._upload = None
+            self.agent.count_submission("data", "created")
             self.reply(wl.to_dict(), 201)
             return
         if self._too_large:

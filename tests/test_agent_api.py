@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -127,6 +128,20 @@ def test_health_and_metrics(agent):
     assert 'cnet_workloads{state="running",type="process"} 1.0' in text
     assert 'cnet_resources_allocated{resource="cpu"} 1.0' in text
     assert "cnet_http_request_duration_seconds_bucket" in text
+
+
+def test_metrics_count_submissions_by_type_and_outcome(agent):
+    spec = process_spec(id="counted-1")
+    agent.submit(spec)
+    agent.submit(spec, expect=200)
+    agent.submit(process_spec(command="no-such-command-xyz"), expect=400)
+    agent.submit({"name": "x", "type": ["not", "a", "type"]}, expect=400)
+    text = agent.api("GET", "/metrics").text
+    assert 'cnet_workload_submissions_total{result="created",type="process"} 1.0' in text
+    assert 'cnet_workload_submissions_total{result="existing",type="process"} 1.0' in text
+    assert 'cnet_workload_submissions_total{result="command_not_found",type="process"} 1.0' in text
+    # A type that is not one never becomes a label of its own.
+    assert re.search(r'cnet_workload_submissions_total\{result="\w+",type="unknown"\} 1\.0', text)
 
 
 def test_client_supplied_id_is_idempotent(agent):
