@@ -67,6 +67,19 @@ def test_port_in_use(agent, tmp_path):
     assert f"agent.port: 127.0.0.1:{agent.port} is already in use" in result.stderr
 
 
+def test_listening_beyond_loopback_without_a_token_warns_loudly(make_agent):
+    exposed = make_agent("exposed", config={"agent": {"address": "0.0.0.0"}})
+    warning = wait_for(lambda: [line for line in exposed.output.read_text().splitlines()
+                                if "SECURITY" in line], timeout=10, message="the security warning")
+    assert "WARNING" in warning[0] and "without a token" in warning[0]
+    guarded = make_agent("guarded", config={"agent": {"address": "0.0.0.0"}, "api": {"token": "t"}})
+    quiet = make_agent("quiet")   # loopback, no token: fine
+    for agent in (guarded, quiet):
+        wait_for(lambda a=agent: "listening on" in a.output.read_text(), timeout=10,
+                 message=f"{agent.node_id} to log that it listens")
+        assert "SECURITY" not in agent.output.read_text()
+
+
 def test_two_agents_never_share_state(agent, tmp_path):
     config = _base(tmp_path, port=free_port())
     config["storage"] = {"sqlite": {"db_path": str(agent.state_dir / "cnet.db")}}

@@ -272,6 +272,22 @@ def test_cli_submit_ls_logs_rm_over_the_bus(make_agent) -> None:
     assert down.returncode == 1 and "is the agent up?" in down.stderr
 
 
+def test_cli_stop_resources_nodes_and_get(agent) -> None:
+    env = {"CNET_URL": agent.url}
+    wl = json.loads(cnet("submit", "--name", "to-stop", "--cpu", "2", "--", "sleep", "60", env=env).stdout)
+    for rest in ([], ["--rest"]):
+        resources = json.loads(cnet("resources", *rest, env=env).stdout)
+        assert resources["node_id"] == "jiangsu" and resources["allocated"]["cpu"] == 2
+        assert resources["available"]["cpu"] == resources["capacity"]["cpu"] - 2
+        assert json.loads(cnet("get", wl["id"], *rest, env=env).stdout)["status"] == "running"
+    assert json.loads(cnet("nodes", env=env).stdout)["self"]["node_id"] == "jiangsu"
+    stopped = json.loads(cnet("stop", wl["id"], env=env).stdout)
+    assert stopped["status"] == "stopped"
+    assert json.loads(cnet("resources", env=env).stdout)["allocated"]["cpu"] == 0
+    again = json.loads(cnet("stop", wl["id"], "--rest", env=env).stdout)   # already ended: fine
+    assert again["status"] == "stopped"
+
+
 def test_cli_watch_prints_events_and_stops_on_ctrl_c(agent) -> None:
     for as_json in (True, False):
         proc = subprocess.Popen([sys.executable, "-m", "cnet", "watch", "--url", agent.url,

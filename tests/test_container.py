@@ -7,6 +7,7 @@ engine tests skip (the engine-down test and the config checks still run).
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import uuid
 from pathlib import Path
@@ -232,8 +233,13 @@ def test_readopt_after_the_agent_is_killed(cagent, engine, tmp_path):
 # -- without an engine -------------------------------------------------------------------
 
 
-def test_engine_down_is_a_clear_503_and_the_agent_keeps_serving(make_agent, tmp_path):
-    dead = f"unix://{tmp_path}/no-engine.sock"
+@pytest.mark.parametrize("socket_file", ["absent", "stale"])
+def test_engine_down_is_a_clear_503_and_the_agent_keeps_serving(make_agent, tmp_path, socket_file):
+    path = tmp_path / "no-engine.sock"
+    if socket_file == "stale":   # an engine that died: its socket file stays, nothing listens
+        with socket.socket(socket.AF_UNIX) as gone_engine:
+            gone_engine.bind(str(path))
+    dead = f"unix://{path}"
     agent = make_agent("no-engine", config={"container": {"engine_url": dead}})
 
     state = wait_for(lambda: container_health(agent)["status"] == "down" and container_health(agent),

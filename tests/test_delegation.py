@@ -3,12 +3,16 @@ forwarding, loop prevention, idempotent retries, placement constraints and the 5
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bus import BusNode, RemoteError
+
+from .bus.harness import until
 from .harness import REPO, AgentProcess, gone, load_topology, process_spec, wait_for
 
 JIANGSU = load_topology(REPO / "topologies" / "jiangsu.yaml")
@@ -299,6 +303,29 @@ def test_a_delegation_lost_with_its_node_ends_failed_not_forgotten(make_cluster)
                     message="jiangsu to learn that the workload never started")
     assert "never started" in done["message"]
     assert local_workloads(nanjing) == []
+
+
+def test_a_delegation_that_comes_back_is_refused_as_a_loop(agent):
+    """The visited guard itself: a node that finds itself among the visited refuses at once."""
+
+    async def delegate_back() -> RemoteError:
+        visitor = BusNode("visitor", peers=[f"127.0.0.1:{agent.port}"], heartbeat_interval=0.2)
+        await visitor.start()
+        try:
+            await until(lambda: [n.status for n in visitor.neighbours()] == ["alive"], timeout=10,
+                        what="the visitor to join jiangsu as a peer")
+            with pytest.raises(RemoteError) as refused:
+                await visitor.call("jiangsu", "delegate", {"workload": process_spec("looped")},
+                                   hops=2, visited=["jiangsu", "visitor"])
+            return refused.value
+        finally:
+            await visitor.close()
+
+    refused = asyncio.run(delegate_back())
+    assert refused.code == "loop" and refused.details["status"] == 409
+    assert "already visited" in refused.message
+    assert agent.api("GET", "/api/workloads").json()["count"] == 0
+    assert agent.resources()["allocated"]["cpu"] == 0
 
 
 # -- the race ----------------------------------------------------------------------------------
