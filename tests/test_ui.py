@@ -528,13 +528,10 @@ def test_container_form_sends_args_volumes_working_dir_and_storage(agent, open_p
     sent = capture_submits(holder.page)
     page = holder.open(agent)
     page.get_by_label("Type").select_option("container")
-    page.get_by_label("Name").fill("web")
-    page.get_by_label("Image").fill("cnet-test-busybox")
-    page.get_by_label("Command").fill("httpd")
-    page.get_by_label("Arguments").fill("-f\n-p\n8080")
-    page.get_by_label("Volumes").fill("/srv/data:/data:ro")
-    page.get_by_label("Working directory").fill("/data")
-    page.get_by_label("Storage (MiB)").fill("100")
+    for label, value in {"Name": "web", "Image": "cnet-test-busybox", "Command": "httpd",
+                         "Arguments": "-f\n-p\n8080", "Volumes": "/srv/data:/data:ro",
+                         "Working directory": "/data", "Storage (MiB)": "100"}.items():
+        page.get_by_label(label).fill(value)
     page.get_by_role("button", name="Submit").click()
     expect(page.locator("#form-message")).to_have_text("400 captured: held by the test")
     assert sent[0]["config"] == {"image": "cnet-test-busybox", "command": ["httpd"],
