@@ -60,7 +60,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for _ in range(20):
         Snapshot("self", nodes)
-    print(f"  building the snapshot (once per register change): "
+    print(f"  building the snapshot (for each decision that cannot stay local): "
           f"{(time.perf_counter() - t0) / 20 * 1000:.2f} ms")
 
 
