@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from cnet.executors.container import _about_limits, _ports, describe_exit
+from cnet.executors.container import _about_limits
+from cnet.executors.container_config import _ports
+from cnet.executors.container_engine import describe_exit
 
 from .harness import free_port, process_spec, wait_for
 

@@ -3,8 +3,9 @@ Podman's Docker-compatible service), with the blocking ``docker`` SDK kept off t
 
 Every engine call runs in a small thread pool with a timeout; each running container is
 watched by one daemon thread blocked in the engine's ``wait`` call, which reports the exit back
-on the event loop. The SDK is imported and the client created on first use, so an agent without
-an engine starts (and stays small) and reports the engine as down in ``/api/health``.
+on the event loop. The SDK is imported and the client created on first use (``container_engine``),
+so an agent without an engine starts (and stays small) and reports the engine as down in
+``/api/health``. The config checks live in ``container_config``.
 """
 
 from __future__ import annotations
@@ -13,289 +14,37 @@ import asyncio
 import functools
 import logging
 import math
-import os
-import shlex
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ..errors import BadRequest, CnetError, Conflict, NotFound, Unavailable
+from ..errors import BadRequest, CnetError, NotFound, Unavailable
 from ..workload import Workload
-from .base import Executor, ExecutorHost, require_str, require_str_list, require_str_map
+from .base import Executor, ExecutorHost
+from .container_config import validate_config
+from .container_engine import CALL_TIMEOUT, Engine, describe_exit
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
-__all__ = ["ContainerExecutor", "Engine", "LABEL_NODE", "LABEL_WORKLOAD"]
+__all__ = ["ContainerExecutor", "LABEL_NODE", "LABEL_WORKLOAD"]
 
 log = logging.getLogger(__name__)
 
 LABEL_WORKLOAD = "cnet.workload_id"
 LABEL_NODE = "cnet.node_id"
 LABEL_NAME = "cnet.workload_name"
-DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 
-CALL_TIMEOUT = 15.0     # one engine request (inspect, create, start, remove, ...)
 LOGS_TIMEOUT = 5.0      # the logs handler is synchronous: never hold the loop longer than this
 HEALTH_TIMEOUT = 0.8    # /api/health answers quickly even when the engine hangs
 RETRY_MAX = 30.0        # longest pause between attempts to re-watch a container
 MIN_MEMORY_LIMIT = 6 * 1024 * 1024  # engines refuse smaller memory limits
 POOL_SIZE = 8
 
-CONFIG_FIELDS = frozenset({"image", "command", "args", "env", "ports", "volumes", "working_dir",
-                           "stop_grace"})
-PROTOCOLS = ("tcp", "udp", "sctp")
-
 T = TypeVar("T")
-
-
-# -- the engine connection ---------------------------------------------------------------
-
-
-class Engine:
-    """One Docker Engine API endpoint and its lazily created SDK client.
-
-    Every method blocks: call it from a worker thread, never from the event loop.
-    """
-
-    def __init__(self, url: str | None):
-        self.configured = url
-        self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
-        self._client: DockerClient | None = None
-        self._lock = threading.Lock()
-        self.ncpu: int | None = None  # 0: the engine did not say
-        self.version: dict | None = None
-
-    def client(self) -> "DockerClient":
-        with self._lock:
-            if self._client is None:
-                socket = _socket_path(self.url)
-                if socket is not None and not os.path.exists(socket):
-                    # Said without importing the SDK: nodes without an engine stay small.
-                    raise self.unavailable(f"no socket at {socket}")
-                import docker  # ~8 MB: only once a container workload or health check needs it
-
-                with self.translated("connecting"):
-                    # Creating the client asks the engine for its API version.
-                    if self.configured:
-                        client = docker.DockerClient(base_url=_base_url(self.configured),
-                                                     timeout=CALL_TIMEOUT, max_pool_size=64)
-                    else:  # DOCKER_HOST (and DOCKER_TLS_VERIFY / DOCKER_CERT_PATH) or the default
-                        client = docker.DockerClient.from_env(timeout=CALL_TIMEOUT,
-                                                              max_pool_size=64)
-                self._client = client
-                log.info("container engine at %s (API %s)", self.url, client.api.api_version)
-            return self._client
-
-    def cpus(self) -> int | None:
-        """The engine host's cpu count (engines refuse a cpu limit above it)."""
-        if self.ncpu is None:
-            client = self.client()
-            with self.translated("reading the engine's info"):
-                self.ncpu = client.info().get("NCPU") or 0
-        return self.ncpu or None
-
-    def describe(self) -> dict:
-        """``{"engine", "status": "up", "name", "version", "api_version"}`` or raise Unavailable."""
-        client = self.client()
-        with self.translated("checking the engine"):
-            client.ping()
-            if self.version is None:
-                self.version = client.version()
-        components = self.version.get("Components") or [{}]
-        return {"engine": self.url, "status": "up",
-                "name": components[0].get("Name") or "Docker Engine",
-                "version": self.version.get("Version"),
-                "api_version": self.version.get("ApiVersion")}
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def unavailable(self, reason: str) -> Unavailable:
-        return Unavailable(f"container engine at {self.url} is not reachable ({reason}); "
-                           "start Docker or the Podman service, or set container.engine_url",
-                           code="engine_unavailable", details={"engine": self.url})
-
-    @contextmanager
-    def translated(self, doing: str) -> Iterator[None]:
-        """Turn SDK and transport exceptions into CnetErrors a caller can show."""
-        import docker.errors
-        import requests.exceptions
-
-        try:
-            yield
-        except CnetError:
-            raise
-        except docker.errors.NotFound as exc:
-            raise NotFound(f"{doing}: {exc.explanation or exc}", code="container_not_found") from None
-        except docker.errors.APIError as exc:
-            text = str(exc.explanation or exc)
-            if "address already in use" in text or "port is already allocated" in text:
-                raise Conflict(f"config.ports: a host port is already in use on this node "
-                               f"(engine: {text})", code="port_in_use") from None
-            if exc.is_server_error():
-                raise CnetError(f"container engine error while {doing}: {text}",
-                                code="engine_error", status=502) from None
-            raise BadRequest(f"container engine refused {doing}: {text}",
-                             code="engine_rejected") from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-            raise self.unavailable(_reason(exc)) from None
-
-
-def _base_url(url: str) -> str:
-    """Accept a bare socket path as well as ``unix://``, ``tcp://``, ``ssh://`` URLs."""
-    return f"unix://{url}" if url.startswith("/") else url
-
-
-def _socket_path(url: str) -> str | None:
-    """The file of a ``unix://`` (or bare path) engine URL; None for tcp:// or ssh://."""
-    if url.startswith("unix://"):
-        return url[len("unix://"):]
-    return url if url.startswith("/") else None
-
-
-def _reason(exc: BaseException) -> str:
-    """A short cause from the SDK's nested transport errors."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        err = pending.pop()
-        if id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, FileNotFoundError):
-            return "no socket at that path"
-        if isinstance(err, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(err, (TimeoutError, FutureTimeout)) or "timed out" in str(err).lower():
-            return "no answer in time"
-        pending.extend(a for a in getattr(err, "args", ()) if isinstance(a, BaseException))
-        pending.extend(e for e in (err.__cause__, err.__context__) if e is not None)
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def describe_exit(code: int | None, state: dict | None = None) -> str:
-    """What a container's exit code means ("exited with code 3", "killed by SIGKILL (137)")."""
-    state = state or {}
-    if state.get("OOMKilled"):
-        return f"killed: out of memory (exit code {code})"
-    if code is None:
-        return "ended; exit code unknown"
-    text = f"exited with code {code}"
-    if code > 128:
-        try:
-            text = f"killed by {signal.Signals(code - 128).name} (exit code {code})"
-        except ValueError:
-            pass
-    if state.get("Error"):
-        text += f": {state['Error']}"
-    return text
-
-
-# -- config checks -----------------------------------------------------------------------
-
-
-def _command(config: dict) -> list[str]:
-    value = config.get("command")
-    if value is None:
-        return []
-    if isinstance(value, str):
-        try:
-            value = shlex.split(value)
-        except ValueError as exc:
-            raise BadRequest(f"config.command: {exc}", code="invalid_field") from None
-        if not value:
-            raise BadRequest("config.command: must not be empty", code="invalid_field")
-        return value
-    return require_str_list(config, "command")
-
-
-def _port_number(value: Any, where: str) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise BadRequest(f"{where}: a port number 1..65535", code="invalid_field")
-    return value
-
-
-def _container_port(key: Any) -> str:
-    """``80``, ``"80"`` or ``"80/tcp"`` -> ``"80/tcp"``."""
-    text = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
-    if not isinstance(text, str):
-        raise BadRequest(f"config.ports: bad container port {key!r}", code="invalid_field")
-    port, _, proto = text.partition("/")
-    proto = proto or "tcp"
-    if proto not in PROTOCOLS:
-        raise BadRequest(f"config.ports: {text}: protocol must be one of {', '.join(PROTOCOLS)}",
-                         code="invalid_field")
-    return f"{_port_number(port, f'config.ports: container port {text}')}/{proto}"
-
-
-def _ports(config: dict) -> dict[str, int | None]:
-    """``{"8080/tcp": 18080, "80": 8080}`` or ``["18080:8080", "53/udp"]`` -> container -> host.
-
-    A host port of ``null`` (or a list entry without one) lets the engine pick a free port.
-    """
-    raw = config.get("ports") or {}
-    pairs: list[tuple[Any, Any]]
-    if isinstance(raw, dict):
-        pairs = list(raw.items())
-    elif isinstance(raw, list) and all(isinstance(v, str) for v in raw):
-        pairs = []
-        for item in raw:
-            host, sep, inside = item.rpartition(":")
-            pairs.append((inside, host if sep else None))
-    else:
-        raise BadRequest('config.ports: an object {"<port>[/tcp|udp]": <host port>} or a list '
-                         'of "<host port>:<port>[/proto]"', code="invalid_field")
-    out: dict[str, int | None] = {}
-    used: set[tuple[int, str]] = set()
-    for key, host in pairs:
-        inside = _container_port(key)
-        if inside in out:
-            raise BadRequest(f"config.ports: {inside} is mapped twice", code="invalid_field")
-        host_port = None if host in (None, 0, "") else _port_number(host, f"config.ports.{inside}")
-        if host_port is not None:
-            proto = inside.partition("/")[2]
-            if (host_port, proto) in used:
-                raise BadRequest(f"config.ports: host port {host_port}/{proto} is used twice",
-                                 code="invalid_field")
-            used.add((host_port, proto))
-        out[inside] = host_port
-    return out
-
-
-def _volumes(config: dict) -> list[str]:
-    """``["/host/dir:/in/container[:ro|rw]"]``: absolute paths (the host side is checked in
-    ``check_here``)."""
-    out = []
-    for item in require_str_list(config, "volumes"):
-        parts = item.split(":")
-        if len(parts) == 3 and parts[2] in ("ro", "rw"):
-            host, inside, mode = parts
-        elif len(parts) == 2:
-            (host, inside), mode = parts, "rw"
-        else:
-            raise BadRequest(f"config.volumes: {item!r}: expected host:container[:ro|rw]",
-                             code="invalid_field")
-        if not os.path.isabs(host) or not PurePosixPath(inside).is_absolute():
-            raise BadRequest(f"config.volumes: {item!r}: both paths must be absolute",
-                             code="invalid_field")
-        out.append(f"{host}:{inside}:{mode}")
-    return out
-
-
-# -- the executor ------------------------------------------------------------------------
 
 
 class ContainerExecutor(Executor):
@@ -317,31 +66,7 @@ class ContainerExecutor(Executor):
     # -- checks --------------------------------------------------------------------------
 
     def validate(self, config: dict) -> dict:
-        unknown = sorted(set(config) - CONFIG_FIELDS)
-        if unknown:
-            raise BadRequest(f"config: unknown field(s) for a container: {', '.join(unknown)}",
-                             code="invalid_field")
-        image = require_str(config, "image")
-        if any(c.isspace() or c == "\x00" for c in image):
-            raise BadRequest("config.image: must not contain spaces or NUL characters",
-                             code="invalid_field")
-        out: dict[str, Any] = {"image": image}
-        command, args = _command(config), require_str_list(config, "args")
-        env, ports, volumes = require_str_map(config, "env"), _ports(config), _volumes(config)
-        working_dir = require_str(config, "working_dir", required=False)
-        if working_dir is not None and not PurePosixPath(working_dir).is_absolute():
-            raise BadRequest("config.working_dir: an absolute path inside the container",
-                             code="invalid_field")
-        grace = config.get("stop_grace")
-        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float))
-                                  or not 0 <= grace <= 3600):
-            raise BadRequest("config.stop_grace: seconds, 0..3600", code="invalid_field")
-        for key, value in (("command", command), ("args", args), ("env", env), ("ports", ports),
-                           ("volumes", volumes), ("working_dir", working_dir),
-                           ("stop_grace", grace)):
-            if value or (key == "stop_grace" and value is not None):
-                out[key] = value
-        return out
+        return validate_config(config)
 
     def check_here(self, config: dict) -> None:
         for volume in config.get("volumes", []):
