@@ -5,8 +5,9 @@ import argparse
 import sys
 
 from services.inference.haar import CASCADES, cascade_path
+from services.inference.options import add_common_arguments, config_from_args
 from services.inference.pool import WorkerSpec
-from services.inference.shim import add_common_arguments, config_from_args, run
+from services.inference.shim import run
 
 PROGRAM = "cnet-inference-opencv"
 

@@ -83,6 +83,8 @@ def _from_json(body: bytes) -> PredictRequest:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad("invalid_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _bad("invalid_json", "body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise _bad("invalid_json", "body must be a JSON object")
     if "image" not in payload:

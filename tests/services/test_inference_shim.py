@@ -72,6 +72,18 @@ def test_bad_raw_input_is_a_json_error(service, photos, data, content_type, stat
     _json_ok(service, photos)  # and the service keeps serving
 
 
+@pytest.mark.parametrize("data", [
+    b"[" * 100_000,                        # parsed on the loop
+    b'{"image": ' + b"[" * 300_000,        # big enough to be parsed in a thread
+], ids=["small", "threaded"])
+def test_deeply_nested_json_is_a_json_error(service, photos, data):
+    response = service.predict(data=data, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert "RecursionError" not in service.log() and "Traceback" not in service.log()
+    _json_ok(service, photos)
+
+
 def test_bad_query_parameter(service, photos):
     response = service.predict(data=photos["astronaut"], params={"confidence": "abc"},
                                headers={"Content-Type": "image/png"})
