@@ -4,8 +4,11 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TOPOLOGY ?= topologies/jiangsu.yaml
 PYTEST_ARGS ?=
+# The seed's programs; `make build` puts a launcher of each console script in bin/.
+SEED_PROGRAMS = cnet-agent cnet-inference-yolo cnet-inference-opencv cnet-gateway-data
+VENV_FROM_ROOT = $(if $(filter /%,$(VENV)),$(VENV),$$root/$(VENV))
 
-.PHONY: setup run stop status test bench lint podman-up podman-down clean
+.PHONY: setup build configs run stop status test bench lint podman-up podman-down clean
 
 $(BIN)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +17,17 @@ $(BIN)/.installed: setup.py
 	touch $@
 
 setup: $(BIN)/.installed
+
+build: setup $(addprefix bin/,$(SEED_PROGRAMS))  ## install CNET in the venv and the seed's programs in bin/
+
+bin/%: $(BIN)/.installed Makefile
+	@mkdir -p bin
+	@printf '%s\n' '#!/bin/sh' '# Made by `make build`: the $* console script of $(VENV).' \
+	  'root=$$(cd "$$(dirname "$$0")/.." && pwd)' 'exec "$(VENV_FROM_ROOT)/bin/$*" "$$@"' > $@
+	@chmod +x $@
+
+configs: setup  ## rewrite configs/config_<node>.yaml from the Jiangsu topology
+	$(BIN)/cnet configs topologies/jiangsu.yaml --out configs
 
 run: setup  ## start the default topology in the background and print its URLs
 	$(BIN)/cnet cluster up $(TOPOLOGY)
@@ -40,4 +54,4 @@ podman-down:
 	bash .ci/podman-down
 
 clean:
-	rm -rf $(VENV) run test-output .pytest_cache *.egg-info
+	rm -rf $(VENV) bin run test-output .pytest_cache *.egg-info

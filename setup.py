@@ -35,6 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cnet=cnet.cli:main",
+            "cnet-agent=cnet.cli:agent_main",
             "cnet-inference-yolo=services.inference.yolo_service:main",
             "cnet-inference-opencv=services.inference.opencv_service:main",
             "cnet-gateway-data=services.gateway.main:main",

@@ -1,5 +1,6 @@
-"""The ``cnet`` command: run an agent or a cluster; the client commands (submit, ls, ..., watch)
-live in ``cli_client``, ``cnet keys`` in ``cli_keys``."""
+"""The ``cnet`` command (run an agent or a cluster) and the seed's ``cnet-agent -config FILE``; the
+client commands (submit, ls, ..., watch) live in ``cli_client``, ``cnet keys`` in ``cli_keys``,
+``cnet configs`` in ``cli_configs``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import asyncio
 import sys
 
-from . import cli_client, cli_keys
+from . import cli_client, cli_configs, cli_keys
 from .config import ConfigError
 
 
@@ -20,15 +21,28 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args) or 0
 
 
+def agent_main(argv: list[str] | None = None) -> int:
+    """``cnet-agent``, the seed's program: ``cnet-agent -config config.yaml``."""
+    parser = argparse.ArgumentParser(prog="cnet-agent", description="run a CNET agent in the foreground")
+    _agent_arguments(parser)
+    return _cmd_agent(parser.parse_args(argv))
+
+
+def _agent_arguments(p: argparse.ArgumentParser) -> None:
+    # "-config" with one dash is the seed's spelling (Go's flag package).
+    p.add_argument("-config", "--config", dest="config", metavar="FILE",
+                   help="agent YAML config (the seed's format)")
+    p.add_argument("--topology", help="a topology file; with --node, run that node")
+    p.add_argument("--node", help="the node of --topology to run")
+    p.add_argument("--state-dir", help="override the topology's state_dir")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnet", description="CNET distributed agent")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("agent", help="run an agent in the foreground")
-    p.add_argument("--config", help="agent YAML config (the seed's format)")
-    p.add_argument("--topology", help="a topology file; with --node, run that node")
-    p.add_argument("--node", help="the node of --topology to run")
-    p.add_argument("--state-dir", help="override the topology's state_dir")
+    _agent_arguments(p)
     p.set_defaults(func=_cmd_agent)
 
     p = sub.add_parser("cluster", help="start, inspect or stop every node of a topology")
@@ -40,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_client.add_commands(sub)
     cli_keys.add_commands(sub)
+    cli_configs.add_commands(sub)
     return parser
 
 
@@ -49,7 +64,7 @@ def _cmd_agent(args) -> int:
     from .logsetup import configure
 
     if bool(args.config) == bool(args.topology) or bool(args.topology) != bool(args.node):
-        print("cnet agent: give --config FILE, or --topology FILE --node ID", file=sys.stderr)
+        print("cnet agent: give -config FILE, or --topology FILE --node ID", file=sys.stderr)
         return 2
     try:
         if args.config:

@@ -33,6 +33,7 @@ class Topology:
     state_dir: Path
     nodes: dict[str, dict]          # node id -> its merged settings
     defaults: dict
+    state_dir_text: str = "run"     # state_dir as written (a relative one is relative to the cwd)
 
     def node_ids(self) -> list[str]:
         return list(self.nodes)
@@ -68,11 +69,21 @@ class Topology:
 
     def agent_config(self, node_id: str) -> Config:
         """The node's config, as if it were written in the seed's format."""
+        raw = self.seed_config(node_id)
+        try:
+            return config_mod.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.path}: node {node_id}: {exc}") from None
+
+    def seed_config(self, node_id: str, state_dir: str | None = None) -> dict:
+        """The node's config in the seed's format, as parsed YAML (not yet validated);
+        ``state_dir`` replaces the node's resolved state directory."""
         if node_id not in self.nodes:
             raise ConfigError(f"--node: {node_id!r} is not in {self.path} "
                               f"(nodes: {', '.join(self.nodes)})")
         node = self.nodes[node_id]
-        raw: dict = {"agent": {"node_id": node_id, "state_dir": str(self.node_state_dir(node_id))}}
+        raw: dict = {"agent": {"node_id": node_id,
+                               "state_dir": state_dir or str(self.node_state_dir(node_id))}}
         for key in _AGENT_KEYS:
             if key in node:
                 raw["agent"][key] = node[key]
@@ -88,10 +99,7 @@ class Topology:
         if peers:
             raw["peers"] = {"enabled": True, "addresses": [
                 self._resolve(p, f"nodes.{node_id}.peers[{i}]") for i, p in enumerate(peers)]}
-        try:
-            return config_mod.from_dict(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{self.path}: node {node_id}: {exc}") from None
+        return raw
 
     def _resolve(self, ref, where: str) -> str:
         if not isinstance(ref, str) or not ref:
@@ -131,8 +139,9 @@ def load(path: str | Path, state_dir: str | Path | None = None) -> Topology:
             raise ConfigError(f"{path}: nodes.{node_id}.port: {port} is also {ports[port]}'s port")
         ports[port] = str(node_id)
         nodes[str(node_id)] = merged
-    base = Path(state_dir or raw.get("state_dir") or "run").expanduser()
-    topo = Topology(path=path, state_dir=base.resolve(), nodes=nodes, defaults=defaults)
+    state_text = str(state_dir or raw.get("state_dir") or "run")
+    topo = Topology(path=path, state_dir=Path(state_text).expanduser().resolve(), nodes=nodes,
+                    defaults=defaults, state_dir_text=state_text)
     for node_id in nodes:
         topo.agent_config(node_id)  # validate every node now, not when it starts
     return topo
