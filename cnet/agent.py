@@ -127,8 +127,12 @@ class Agent:
                               f"{cfg.bus.pub_endpoint(cfg.port)} ({exc})") from None
 
     def _executors(self):
-        return [ProcessExecutor(self.manager), MLModelExecutor(self.manager),
-                OpenCVExecutor(self.manager), DataGatewayExecutor(self.manager),
+        from .executors.ports import PortBook
+
+        ports = PortBook()  # one book for all service executors: ports are machine-wide
+        return [ProcessExecutor(self.manager), MLModelExecutor(self.manager, ports=ports),
+                OpenCVExecutor(self.manager, ports=ports),
+                DataGatewayExecutor(self.manager, ports=ports),
                 ContainerExecutor(self.manager), DataExecutor(self.manager)]
 
     async def stop(self) -> None:

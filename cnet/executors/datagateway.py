@@ -13,7 +13,8 @@ import re
 
 from ..errors import BadRequest
 from .base import require_str
-from .service import LaunchSpec, ServiceExecutor
+from .launcher import LaunchSpec
+from .service import ServiceExecutor
 
 __all__ = ["DataGatewayExecutor", "check_bucket_name"]
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ..errors import BadRequest
 from .base import require_str
-from .service import LaunchSpec, ServiceExecutor, pool_args, validate_pool
+from .launcher import LaunchSpec
+from .service import ServiceExecutor
+from .worker_pool import pool_args, validate_pool
 
 __all__ = ["MLModelExecutor"]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ..errors import BadRequest
-from .service import LaunchSpec, ServiceExecutor, pool_args, validate_pool
+from .launcher import LaunchSpec
+from .service import ServiceExecutor
+from .worker_pool import pool_args, validate_pool
 
 __all__ = ["OpenCVExecutor"]
 
