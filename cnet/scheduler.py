@@ -1,21 +1,19 @@
 """The Scheduler: decide where a workload runs, as a pure function of (request, snapshot).
 
-No I/O. The snapshot holds the candidate nodes (this node, its children with their subtree
-summaries, its peers) as numpy arrays, so one decision over a thousand nodes costs a few vector
-operations; the per-node rejection reasons are only spelled out when someone asks for them.
+No I/O, no numpy. Each hard rule is written once, as a small ``Rule``; the candidate filter, the
+rejection reasons and the ``stays_here`` shortcut all apply the same rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from .errors import BadRequest
 from .resources import KINDS, Resources
 
 STRATEGIES = ("local_first", "least_loaded", "binpack", "spread")
-_SLACK = np.array([1e-9, 0.0, 0.0, 0.0])
+_CPU_SLACK = 1e-9   # as Resources.fits_in: 0.1 + 0.2 cores fit in 0.3 free
 _PLACEMENT_KEYS = {"strategy", "node", "node_selector", "affinity", "anti_affinity"}
 
 
@@ -119,60 +117,167 @@ def _selectors(raw, where: str) -> tuple:
 
 
 class Snapshot:
-    """The candidate nodes of one decision, as arrays (built for each decision that cannot stay
-    on this node; building one costs far less than the delegation it leads to)."""
+    """The candidate nodes of one decision, with the per-node figures every decision reads
+    precomputed as tuples (built for each decision that cannot stay on this node; building one
+    costs far less than the delegation it leads to)."""
 
     def __init__(self, self_id: str, nodes: list[NodeView]):
         self.self_id = self_id
         self.nodes = [n for n in nodes if n.role in ("self", "child", "peer")]
         self.index = {n.node_id: i for i, n in enumerate(self.nodes)}
-        self.free = np.array([[getattr(n.available, k) for k in KINDS] for n in self.nodes],
-                             dtype=np.float64).reshape(-1, 4)
-        below = [n.subtree_free or Resources() for n in self.nodes]
-        # What a request can find at a child or anywhere below it.
-        self.reach = np.maximum(self.free, np.array([[getattr(b, k) for k in KINDS] for b in below],
-                                                    dtype=np.float64).reshape(-1, 4))
-        cap = np.array([[getattr(n.capacity, k) for k in KINDS] for n in self.nodes],
-                       dtype=np.float64).reshape(-1, 4)
-        self.cap = np.where(cap > 0, cap, 1.0)
-        self.alive = np.array([n.status == "alive" for n in self.nodes], dtype=bool)
-        self.is_self = np.array([n.role == "self" for n in self.nodes], dtype=bool)
-        # Never fewer than the distinct names: a view built without a count still ranks.
-        self.load = np.array([max(n.workload_count, len(n.workload_names)) for n in self.nodes],
-                             dtype=np.float64)
-        self.id_rank = np.argsort(np.argsort([n.node_id for n in self.nodes], kind="stable"))
-        self._host_masks: dict = {}
-        self._label_masks: dict = {}
-        self._term_masks: dict = {}
+        # Every filter walks the nodes in id order, so equal keys later rank by id.
+        self.by_id = sorted(range(len(self.nodes)), key=lambda i: self.nodes[i].node_id)
+        # What each node can take, cpu slack added: (cpu + slack, memory, gpu, storage).
+        self.room = [(r.cpu + _CPU_SLACK, r.memory, r.gpu, r.storage)
+                     for r in map(_reach, self.nodes)]
+        # The least gpu and storage any node has room for: a request within both never fails
+        # on them, so the fit test can skip them.
+        self.room_floor = (min((r[2] for r in self.room), default=0),
+                           min((r[3] for r in self.room), default=0))
+        self.selves = [i for i, n in enumerate(self.nodes) if n.role == "self"]
+        self.rank = [_rank_columns(n) for n in self.nodes]
+        self._masks: dict = {}       # rule or term key -> (mask, passing ids in id order)
 
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def host_mask(self, target: str) -> np.ndarray:
-        """Nodes that are ``target`` or (children) have it below them."""
-        mask = self._host_masks.get(target)
-        if mask is None:
-            mask = np.array([_hosts(n, target) for n in self.nodes], dtype=bool)
-            self._host_masks[target] = mask
-        return mask
+    def mask(self, key, holds: Callable[[NodeView], bool]) -> tuple[list[bool], list[int]]:
+        """``holds`` over every node, kept for this snapshot under ``key``."""
+        found = self._masks.get(key)
+        if found is None:
+            mask = [holds(n) for n in self.nodes]
+            found = self._masks[key] = (mask, [i for i in self.by_id if mask[i]])
+        return found
 
-    def label_mask(self, pair: tuple) -> np.ndarray:
-        """Nodes carrying label ``key=value`` themselves, or (children) somewhere below."""
-        mask = self._label_masks.get(pair)
-        if mask is None:
-            key, value = pair
-            mask = np.array([n.labels.get(key) == value or pair in n.subtree_labels
-                             for n in self.nodes], dtype=bool)
-            self._label_masks[pair] = mask
-        return mask
 
-    def term_mask(self, term: Selector) -> np.ndarray:
-        mask = self._term_masks.get(term)
-        if mask is None:
-            mask = np.array([term.matches(n) for n in self.nodes], dtype=bool)
-            self._term_masks[term] = mask
-        return mask
+def _reach(node: NodeView) -> Resources:
+    """What a request can find at a node or, for a child, anywhere below it."""
+    here, below = node.available, node.subtree_free
+    if below is None:
+        return here
+    return Resources(*(max(getattr(here, k), getattr(below, k)) for k in KINDS))
 
+
+def _rank_columns(node: NodeView, gpu: float = 0.0, storage: float = 0.0) -> tuple[float, ...]:
+    """Free and capacity of cpu and memory as floats (a capacity of 0 counts as 1), the gpu and
+    storage share of the fraction left after taking ``gpu`` and ``storage``, then the load."""
+    free, cap = node.available, node.capacity
+    # Never fewer than the distinct names: a view built without a count still ranks.
+    load = float(max(node.workload_count, len(node.workload_names)))
+    return (float(free.cpu), _positive(cap.cpu), float(free.memory), _positive(cap.memory),
+            0.5 * ((float(free.gpu) - gpu) / _positive(cap.gpu)
+                   + (float(free.storage) - storage) / _positive(cap.storage)), load)
+
+
+def _positive(capacity: float) -> float:
+    return float(capacity) if capacity > 0 else 1.0
+
+
+# -- the hard rules ----------------------------------------------------------------------------
+
+class Rule:
+    """One hard constraint, written once: ``keep`` is its test and ``why_not`` its words. The
+    candidate filter, the rejection reasons and ``stays_here`` all go through it."""
+
+    impossible: str | None = None   # the request's error when no known node passes this rule
+    lead: str | None = None         # then also the first rejection reason
+
+    def keep(self, snap: Snapshot, idx: list[int]) -> list[int]:
+        """The nodes of ``idx`` (indices into ``snap``) that pass, in the same order."""
+        raise NotImplementedError
+
+    def why_not(self, node: NodeView) -> str:
+        """Why ``node``, which does not pass, is rejected."""
+        raise NotImplementedError
+
+    def check(self, snap: Snapshot, i: int) -> str | None:
+        """None when node ``i`` passes, else why it is rejected."""
+        return None if self.keep(snap, [i]) else self.why_not(snap.nodes[i])
+
+
+class _NodeRule(Rule):
+    """A rule that looks at the node alone (not the request): tested once per snapshot."""
+
+    key: tuple = ()
+
+    def holds(self, node: NodeView) -> bool:
+        raise NotImplementedError
+
+    def keep(self, snap: Snapshot, idx: list[int]) -> list[int]:
+        mask, every = snap.mask(self.key, self.holds)
+        return every if idx is snap.by_id else [i for i in idx if mask[i]]
+
+
+class Alive(_NodeRule):
+    key = ("alive",)
+
+    def holds(self, node: NodeView) -> bool:
+        return node.status == "alive"
+
+    def why_not(self, node: NodeView) -> str:
+        return f"{node.node_id}: {node.status}"
+
+
+class PinnedTo(_NodeRule):
+    """``placement.node``: the node itself, or a child with it below."""
+
+    def __init__(self, target: str):
+        self.target, self.key = target, ("node", target)
+        self.impossible = (f"placement.node: no node {target!r} is known here "
+                           "(not this node, a neighbour, or reachable through one)")
+        self.lead = f"{target}: not this node nor a known neighbour or descendant"
+
+    def holds(self, node: NodeView) -> bool:
+        return node.node_id == self.target or self.target in node.subtree_nodes
+
+    def why_not(self, node: NodeView) -> str:
+        return f"{node.node_id}: not node {self.target}"
+
+
+class Labelled(_NodeRule):
+    """One ``placement.node_selector`` pair: on the node itself or, for a child, below it."""
+
+    def __init__(self, pair: tuple):
+        self.pair, self.key = pair, ("label", pair)
+        self.impossible = (f"placement.node_selector: no known node carries the label "
+                           f"{pair[0]}={pair[1]}")
+
+    def holds(self, node: NodeView) -> bool:
+        key, value = self.pair
+        return node.labels.get(key) == value or self.pair in node.subtree_labels
+
+    def why_not(self, node: NodeView) -> str:
+        return f"{node.node_id}: label {self.pair[0]}={self.pair[1]} required"
+
+
+class Fits(Rule):
+    """The request fits in what the node (or, for a child, a node below it) has free."""
+
+    def __init__(self, request: Resources):
+        self.request = request
+
+    def keep(self, snap: Snapshot, idx: list[int]) -> list[int]:
+        # Resources.fits_in on precomputed tuples, the first short kind ending the test.
+        need, room = self.request, snap.room
+        cpu, memory, gpu, storage = need.cpu, need.memory, need.gpu, need.storage
+        if gpu <= snap.room_floor[0] and storage <= snap.room_floor[1]:
+            return [i for i in idx if cpu <= (r := room[i])[0] and memory <= r[1]]
+        return [i for i in idx if cpu <= (r := room[i])[0] and memory <= r[1] and gpu <= r[2]
+                and storage <= r[3]]
+
+    def why_not(self, node: NodeView) -> str:
+        short = self.request.shortfalls(_reach(node))
+        return f"{node.node_id}: " + ("; ".join(short) if short else "rejected")
+
+
+def hard_rules(request: Resources, placement: Placement) -> tuple[Rule, ...]:
+    """The rules a node must pass, in the order a rejected node's reason is looked for."""
+    pinned = (PinnedTo(placement.node),) if placement.node is not None else ()
+    return (Alive(), *pinned, *(Labelled(pair) for pair in placement.node_selector),
+            Fits(request))
+
+
+# -- the decision ------------------------------------------------------------------------------
 
 @dataclass
 class Decision:
@@ -182,7 +287,7 @@ class Decision:
     request: Resources
     placement: Placement
     order: list[int]
-    rejected: np.ndarray          # bool mask
+    rules: tuple[Rule, ...]
     pinned_elsewhere: str | None = None
     impossible: str | None = None  # a hard constraint no known node could ever meet
 
@@ -190,94 +295,77 @@ class Decision:
     def candidates(self) -> list[NodeView]:
         return [self.snapshot.nodes[i] for i in self.order]
 
+    @property
+    def rejected(self) -> list[int]:
+        """Indices into the snapshot of the nodes that failed a rule, in snapshot order."""
+        kept = set(self.order)
+        return [i for i in range(len(self.snapshot)) if i not in kept]
+
     def reasons(self) -> list[str]:
-        snap, out = self.snapshot, []
-        if self.pinned_elsewhere:
-            out.append(self.pinned_elsewhere)
-        for i in np.flatnonzero(self.rejected):
-            out.append(self._reason(snap.nodes[i]))
-        return out
-
-    def _reason(self, node: NodeView) -> str:
-        if node.status != "alive":
-            return f"{node.node_id}: {node.status}"
-        if self.placement.node and not _hosts(node, self.placement.node):
-            return f"{node.node_id}: not node {self.placement.node}"
-        for key, value in self.placement.node_selector:
-            if node.labels.get(key) != value and (key, value) not in node.subtree_labels:
-                return f"{node.node_id}: label {key}={value} required"
-        free = node.available
-        if node.subtree_free is not None:
-            free = Resources(*(max(getattr(free, k), getattr(node.subtree_free, k)) for k in KINDS))
-        short = self.request.shortfalls(free)
-        return f"{node.node_id}: " + ("; ".join(short) if short else "rejected")
+        out = [self.pinned_elsewhere] if self.pinned_elsewhere else []
+        return out + [why_rejected(self.rules, self.snapshot, i) or
+                      f"{self.snapshot.nodes[i].node_id}: rejected" for i in self.rejected]
 
 
-def _hosts(node: NodeView, target: str) -> bool:
-    return node.node_id == target or target in node.subtree_nodes
+def why_rejected(rules: tuple[Rule, ...], snap: Snapshot, i: int) -> str | None:
+    """The first of ``rules`` that node ``i`` fails, in words; None when it passes them all."""
+    return next((r for r in (rule.check(snap, i) for rule in rules) if r is not None), None)
 
 
 def stays_here(request: Resources, placement: Placement, node_id: str, labels: dict,
                free: Resources) -> bool:
-    """The common case without building a snapshot: ``local_first`` with no other preference
-    (or pinned to this node) and the request fits here, so this node is the first candidate."""
+    """The common case without building the neighbours' snapshot: ``local_first`` with no other
+    preference (or pinned to this node) and this node passes every hard rule, so it is the first
+    candidate."""
     if placement.affinity or placement.anti_affinity:
         return False
     if placement.strategy != "local_first" and placement.node != node_id:
         return False
-    if placement.node is not None and placement.node != node_id:
-        return False
-    if any(labels.get(key) != value for key, value in placement.node_selector):
-        return False
-    return request.fits_in(free)
+    here = Snapshot(node_id, [NodeView(node_id, "self", available=free, labels=labels)])
+    return all(rule.keep(here, [0]) for rule in hard_rules(request, placement))
 
 
 def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> Decision:
     """Order the snapshot's nodes for ``request`` under ``placement``; no I/O, no side effects."""
-    snap = snapshot
-    need = np.array([getattr(request, k) for k in KINDS], dtype=np.float64)
-    ok = snap.alive.copy()
+    snap, rules = snapshot, hard_rules(request, placement)
     pinned_elsewhere = impossible = None
-    if placement.node is not None:
-        hosts = snap.host_mask(placement.node)
-        if not hosts.any():
-            pinned_elsewhere = f"{placement.node}: not this node nor a known neighbour or descendant"
-            impossible = (f"placement.node: no node {placement.node!r} is known here "
-                          "(not this node, a neighbour, or reachable through one)")
-        ok &= hosts
-    for pair in placement.node_selector:
-        labelled = snap.label_mask(pair)
-        if not labelled.any() and impossible is None:
-            impossible = (f"placement.node_selector: no known node carries the label "
-                          f"{pair[0]}={pair[1]}")
-        ok &= labelled
-    # A child fits if it or a node below it has room (this node has nothing below: reach ==
-    # free). The slack tolerates sums of fractional cores.
-    ok &= (snap.reach + _SLACK >= need).all(axis=1)
-    rejected = ~ok
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
-        return Decision(snap, request, placement, [], rejected, pinned_elsewhere, impossible)
-
-    # Soft constraints first: affinity pulls, anti-affinity pushes.
-    soft = np.zeros(len(idx))
-    for term in placement.affinity:
-        soft -= snap.term_mask(term)[idx]
-    for term in placement.anti_affinity:
-        soft += snap.term_mask(term)[idx]
-    # Fraction of capacity left after placing the request (cpu and memory weigh most).
-    after = (snap.free[idx] - need) / snap.cap[idx]
-    left = after[:, 0] + after[:, 1] + 0.5 * (after[:, 2] + after[:, 3])
-    strategy = placement.strategy
-    if strategy == "binpack":
-        key = left
-    elif strategy == "spread":
-        key = snap.load[idx] - 1e-3 * left
-    else:  # least_loaded, and local_first among the neighbours
-        key = -left
-    if strategy == "local_first":
-        key = key - 1e6 * snap.is_self[idx]
-    # Stable order: soft constraints, then the strategy's key, then node id.
-    order = np.lexsort((snap.id_rank[idx], key, soft))
-    return Decision(snap, request, placement, idx[order].tolist(), rejected, pinned_elsewhere,
+    idx = snap.by_id
+    for rule in rules:
+        if impossible is None and rule.impossible and not rule.keep(snap, snap.by_id):
+            impossible, pinned_elsewhere = rule.impossible, rule.lead
+        idx = rule.keep(snap, idx)
+    if not idx:
+        return Decision(snap, request, placement, [], rules, pinned_elsewhere, impossible)
+    key = _strategy_key(request, placement.strategy, snap, idx)
+    order = sorted(range(len(idx)), key=key.__getitem__)   # stable: equal keys stay in id order
+    if placement.affinity or placement.anti_affinity:
+        # Soft constraints come first: affinity pulls, anti-affinity pushes.
+        soft = [0] * len(idx)
+        for terms, sign in ((placement.affinity, -1), (placement.anti_affinity, 1)):
+            for term in terms:
+                mask = snap.mask(("term", term), term.matches)[0]
+                soft = [s + sign * mask[i] for s, i in zip(soft, idx)]
+        order.sort(key=soft.__getitem__)
+    return Decision(snap, request, placement, [idx[p] for p in order], rules, pinned_elsewhere,
                     impossible)
+
+
+def _strategy_key(request: Resources, strategy: str, snap: Snapshot, idx: list[int]) -> list[float]:
+    """The strategy's sort key for each node of ``idx``, from the fraction of capacity left after
+    placing the request (cpu and memory weigh most)."""
+    nc, nm, ng, ns = (float(getattr(request, k)) for k in KINDS)
+    if ng == 0 and ns == 0:
+        rows = map(snap.rank.__getitem__, idx)
+    else:
+        rows = (_rank_columns(snap.nodes[i], ng, ns) for i in idx)
+    if strategy == "spread":
+        return [load - 1e-3 * ((fc - nc) / kc + (fm - nm) / km + rest)
+                for fc, kc, fm, km, rest, load in rows]
+    # binpack fills the fullest first; least_loaded (and local_first among the neighbours) the
+    # emptiest. Multiplying by -1.0 is an exact negation.
+    sign = 1.0 if strategy == "binpack" else -1.0
+    key = [sign * ((fc - nc) / kc + (fm - nm) / km + rest) for fc, kc, fm, km, rest, _ in rows]
+    if strategy == "local_first":
+        for p in (idx.index(i) for i in snap.selves if i in idx):
+            key[p] = key[p] - 1e6
+    return key

@@ -155,3 +155,114 @@ def test_stays_here_agrees_with_schedule():
                            here.labels, here.available)
         if short:
             assert ids(d)[:1] == ["jiangsu"], case
+
+
+# -- each rule through all three paths: the candidate filter, the reasons, the local shortcut --
+
+def _paths(here, other, request, raw):
+    """(is ``here`` a candidate, its reason or None, stays_here) for one request."""
+    from cnet.scheduler import stays_here
+    placement = Placement.parse(raw)
+    d = schedule(request, placement, Snapshot(here.node_id, [here, other]))
+    mine = [r for r in d.reasons() if r.startswith(f"{here.node_id}:")]
+    short = stays_here(request, placement, here.node_id, here.labels, here.available)
+    return here in d.candidates, (mine[0] if mine else None), short
+
+
+@pytest.mark.parametrize("self_kw,raw,cpu,reason", [
+    ({}, {}, 2, None),
+    ({}, {"node": "jiangsu"}, 2, None),
+    ({}, {"node": "nanjing"}, 2, "jiangsu: not node nanjing"),
+    ({"labels": {"zone": "south"}}, {"node_selector": {"zone": "south"}}, 2, None),
+    ({"labels": {"zone": "south"}}, {"node_selector": {"zone": "north"}}, 2,
+     "jiangsu: label zone=north required"),
+    ({}, {"node_selector": {"zone": "north"}}, 2, "jiangsu: label zone=north required"),
+    ({"cpu": 4}, {}, 5, "jiangsu: cpu 4 free < 5 requested"),
+    ({"cpu": 4, "mem": 1}, {}, 5,
+     "jiangsu: cpu 4 free < 5 requested; memory 1.0 GiB free < 2.0 GiB requested"),
+    ({"cpu": 0.30000000000000004 - 1e-12}, {}, 0.3, None),
+    # Over-committed (free below zero): no request fits, not even one for no cpu.
+    ({"cpu": -1}, {}, 0, "jiangsu: cpu -1 free < 0 requested"),
+])
+def test_each_rule_agrees_across_filter_reason_and_shortcut(self_kw, raw, cpu, reason):
+    here = node("jiangsu", "self", **self_kw)
+    other = node("nanjing", "child", labels={"zone": "north"})
+    candidate, why, short = _paths(here, other, Resources(cpu=cpu, memory=2 * GiB), raw)
+    assert why == reason
+    assert candidate == (reason is None) == short
+
+
+@pytest.mark.parametrize("other_kw,raw,cpu,reason", [
+    ({"status": "lost"}, {}, 2, "suqian: lost"),
+    ({"status": "lost", "cpu": 0}, {}, 2, "suqian: lost"),      # the first rule it fails
+    ({}, {"node": "deep"}, 2, "suqian: not node deep"),
+    ({"subtree_nodes": frozenset({"deep"})}, {"node": "deep"}, 2, None),
+    ({}, {"node_selector": {"gpu": "yes"}}, 2, "suqian: label gpu=yes required"),
+    ({"subtree_labels": frozenset({("gpu", "yes")})}, {"node_selector": {"gpu": "yes"}}, 2, None),
+    ({"cpu": 1}, {}, 4, "suqian: cpu 1 free < 4 requested"),
+    ({"cpu": 1, "subtree_free": Resources(cpu=6, memory=8 * GiB)}, {}, 4, None),
+    ({"cpu": 1, "subtree_free": Resources(cpu=3, memory=8 * GiB)}, {}, 4,
+     "suqian: cpu 3 free < 4 requested"),
+])
+def test_each_rule_agrees_for_a_neighbour(other_kw, raw, cpu, reason):
+    """A neighbour (with what lies below it) passes a rule exactly when it has no reason."""
+    here = node("jiangsu", "self", cpu=0)
+    other = node("suqian", "child", **other_kw)
+    d = schedule(Resources(cpu=cpu, memory=2 * GiB), Placement.parse(raw),
+                 Snapshot("jiangsu", [here, other]))
+    mine = [r for r in d.reasons() if r.startswith("suqian:")]
+    assert mine == ([reason] if reason else [])
+    assert (other in d.candidates) == (reason is None)
+
+
+def test_random_snapshots_keep_the_three_paths_in_agreement():
+    """Every node is a candidate or has exactly one reason; the shortcut matches the filter."""
+    import random
+
+    from cnet.scheduler import hard_rules, stays_here, why_rejected
+    rng = random.Random(11)
+    labels = [{}, {"zone": "north"}, {"zone": "south"}]
+
+    def below():   # what a child reports of its subtree
+        return dict(subtree_nodes=frozenset(rng.sample(["deep", "n2"], rng.randint(0, 1))),
+                    subtree_labels=frozenset(rng.sample([("zone", "west")], rng.randint(0, 1))),
+                    subtree_free=rng.choice([None, Resources(cpu=6, memory=8 * GiB)]))
+
+    for _ in range(300):
+        nodes = [node("n0", "self", cpu=rng.choice([-1, 0, 2, 4]), labels=rng.choice(labels))]
+        for i in range(1, rng.randint(1, 6)):
+            role = rng.choice(["child", "peer"])
+            nodes.append(node(f"n{i}", role, cpu=rng.choice([-1, 0, 0.5, 2, 4, 8]),
+                              mem=rng.choice([0, 1, 4, 16]),
+                              status=rng.choice(["alive", "alive", "lost"]),
+                              labels=rng.choice(labels), **(below() if role == "child" else {})))
+        raw = {"strategy": rng.choice(["local_first", "local_first", "binpack", "spread"])}
+        if rng.random() < 0.4:
+            raw["node"] = rng.choice(["n0", "n1", "deep", "mars"])
+        if rng.random() < 0.4:
+            raw["node_selector"] = {"zone": rng.choice(["north", "south", "west"])}
+        if rng.random() < 0.2:
+            raw["anti_affinity"] = [{"name": "x"}]
+        request = Resources(cpu=rng.choice([0, 1, 3, 7]), memory=rng.choice([0, 2, 12]) * GiB)
+        placement = Placement.parse(raw)
+        snap = Snapshot("n0", nodes)
+        d = schedule(request, placement, snap)
+        rules = hard_rules(request, placement)
+        picked = set(d.order)
+        for i in range(len(snap)):
+            assert (i in picked) == (why_rejected(rules, snap, i) is None), (raw, i)
+        assert len(d.reasons()) == len(snap) - len(picked) + bool(d.pinned_elsewhere)
+        here = nodes[0]
+        short = stays_here(request, placement, "n0", here.labels, here.available)
+        if not placement.anti_affinity and (raw["strategy"] == "local_first"
+                                            or raw.get("node") == "n0"):
+            assert short == (0 in picked), raw
+        if short:
+            assert d.order[0] == 0, raw
+
+
+def test_the_scheduler_does_not_import_numpy():
+    import subprocess
+    import sys
+    code = "import sys, cnet.scheduler; sys.exit('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
