@@ -132,19 +132,39 @@ class Manager:
             self.store.update_workload(wl.id, {"runtime": wl.runtime})
         return wl
 
-    def record_completed(self, wl: Workload, objects: list[dict]) -> None:
-        """Record a workload that is complete on arrival (a data upload) with its data objects.
+    # A data upload is reserved as its bytes arrive (resize), then recorded complete on
+    # arrival (record_data) or dropped (release); until it is recorded it is not listed.
 
-        The caller already holds its reservation under ``wl.id``; the workload row and the
-        ``data_objects`` rows are written in one transaction, then the workload is published.
+    def resize(self, workload_id: str, total: Resources) -> None:
+        """Set an unrecorded workload's reservation to ``total`` in one step (see Register)."""
+        self.register.resize(workload_id, total)
+
+    def release(self, workload_id: str) -> None:
+        """Drop the reservation of a workload that will not be recorded (a failed upload)."""
+        self.register.release(workload_id)
+
+    def record_data(self, workload_id: str, name: str, started_at: float, runtime: dict,
+                    objects: list[dict]) -> Workload:
+        """Record a data upload that arrived complete, with its ``data_objects`` rows.
+
+        Its reservation is trued to the storage its files use (a shrink, never refused); the
+        workload row and the object rows are written in one transaction, then it is published.
         """
-        if wl.id in self.workloads:
-            raise Conflict(f"workload id {wl.id} already exists", code="id_conflict")
+        if workload_id in self.workloads:
+            raise Conflict(f"workload id {workload_id} already exists", code="id_conflict")
+        size = sum(o["size"] for o in objects)
+        wl = Workload(id=workload_id, name=name, type="data", config={},
+                      requirements=Resources(storage=size), node_id=self.node_id,
+                      origin=self.node_id, status=COMPLETED, created_at=started_at,
+                      started_at=started_at, finished_at=time.time(), exit_code=None,
+                      message=f"stored {len(objects)} file(s), {size} bytes", runtime=runtime)
+        self.register.resize(workload_id, wl.requirements)
         with self.store.db.atomic():
             self.store.insert_workload(wl.to_row())
             self.store.insert_objects(objects)
         self.workloads[wl.id] = wl
         self._publish(wl)
+        return wl
 
     @staticmethod
     def same_or_conflict(existing: Workload, sub: Submission) -> Workload:

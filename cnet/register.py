@@ -46,10 +46,7 @@ class Register:
         """Reserve ``request`` for a workload, or raise and change nothing."""
         if workload_id in self._allocations:
             return  # idempotent: a workload holds one reservation
-        short = request.shortfalls(self.available)
-        if short:
-            raise InsufficientResources(f"{self.node_id}: " + "; ".join(short),
-                                        details={"node_id": self.node_id, "reasons": short})
+        self._check_fits(request)
         self._allocations[workload_id] = request
         self._changed()
 
@@ -65,14 +62,26 @@ class Register:
             self._changed()
         return freed
 
-    def grow(self, workload_id: str, extra: Resources) -> None:
-        """Add to an existing reservation (data uploads reserve storage as bytes arrive)."""
-        short = extra.shortfalls(self.available)
+    def resize(self, workload_id: str, total: Resources) -> None:
+        """Set a reservation to ``total`` in one step (a workload without one starts from none).
+
+        What grows must fit in what is available, else InsufficientResources is raised and
+        nothing changes; what shrinks is never refused. There is no moment in between when
+        another workload could take what this one holds.
+        """
+        held = self._allocations.get(workload_id, Resources())
+        growth = Resources(max(total.cpu - held.cpu, 0.0), max(total.memory - held.memory, 0),
+                           max(total.gpu - held.gpu, 0), max(total.storage - held.storage, 0))
+        if not growth.is_zero():
+            self._check_fits(growth)
+        self._allocations[workload_id] = total
+        self._changed()
+
+    def _check_fits(self, request: Resources) -> None:
+        short = request.shortfalls(self.available)
         if short:
             raise InsufficientResources(f"{self.node_id}: " + "; ".join(short),
                                         details={"node_id": self.node_id, "reasons": short})
-        self._allocations[workload_id] = self._allocations.get(workload_id, Resources()) + extra
-        self._changed()
 
     def _changed(self) -> None:
         values = self._allocations.values()
