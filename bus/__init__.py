@@ -11,7 +11,7 @@ from bus.errors import BusError, RemoteError, RequestTimeout, Unreachable
 from bus.liveness import ALIVE, LOST, NeighbourState
 from bus.node import BusNode
 from bus.protocol import PROTOCOL, VERSION, Event, ProtocolError, Reply, Request, Update
-from bus.security import CurveKeys, generate_keys
+from bus.security import CurveKeys, generate_keys, token_matches
 
 __all__ = [
     "ALIVE",
@@ -38,4 +38,5 @@ __all__ = [
     "Watcher",
     "discover_http",
     "generate_keys",
+    "token_matches",
 ]

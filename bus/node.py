@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from bus.protocol import (
     new_corr_id,
     new_epoch,
 )
-from bus.security import CurveKeys, start_authenticator
+from bus.security import CurveKeys, start_authenticator, token_matches
 from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["BusNode"]
@@ -443,7 +442,7 @@ class BusNode:
             return self._refuse(identity, hello, "role_conflict",
                                 f"{hello.node_id} is this node's {existing.role}, "
                                 f"not its {role}")
-        if self._token and not hmac.compare_digest((hello.token or "").encode(), self._token.encode()):
+        if not token_matches(self._token, hello.token):
             return self._refuse(identity, hello, "unauthorized",
                                 "hello lacks this node's token (every node of a cluster with "
                                 "api.token set must have the same one)")

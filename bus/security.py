@@ -9,6 +9,7 @@ connect to servers whose public key is accepted.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from dataclasses import dataclass
@@ -18,9 +19,20 @@ import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-__all__ = ["CurveKeys", "generate_keys", "start_authenticator"]
+__all__ = ["CurveKeys", "generate_keys", "start_authenticator", "token_matches"]
 
 log = logging.getLogger("bus.security")
+
+
+def token_matches(expected: str | None, presented: str | None) -> bool:
+    """Whether ``presented`` is the cluster's shared token (always, when none is configured).
+
+    The one check of the token: the REST API, the bus's client requests and a neighbour's hello
+    all use it. Constant-time, so a wrong guess says nothing about the right one.
+    """
+    if not expected:
+        return True
+    return hmac.compare_digest((presented or "").encode(), expected.encode())
 
 
 def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:

@@ -1,41 +1,50 @@
-"""The agent: wires config, store, register, manager, executors, REST API and the bus together."""
+"""The agent: builds one node's parts from its config and wires them together; nothing else.
+
+What the parts do lives in them: the operations in :mod:`cnet.ops`, run by the REST door
+(:mod:`cnet.api`) and the bus door (:mod:`cnet.rpc`) against a :class:`~cnet.node.Node`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import ipaddress
 import logging
-import os
 import signal
 import time
-from pathlib import Path
+from typing import Callable
 
 import tornado.httpserver
 import tornado.netutil
 from tornado.ioloop import PeriodicCallback
 
-from bus import BusNode, CurveKeys, NeighbourState
+from bus import BusNode, CurveKeys
 
 from . import __version__, neighbours
-from .api import BusInfoHandler, make_app
+from .api import Web, make_app
 from .config import Config, ConfigError
-from .delegation import Delegator
-from .errors import CnetError
 from .events import EventHub
 from .executors.container import ContainerExecutor
 from .executors.data import DataExecutor
 from .executors.datagateway import DataGatewayExecutor
 from .executors.mlmodel import MLModelExecutor
 from .executors.opencv import OpenCVExecutor
+from .executors.ports import PortBook
 from .executors.process import ProcessExecutor
 from .manager import Manager
 from .metrics import AgentMetrics
+from .mirrors import MirrorBook
+from .neighbour_watch import NeighbourWatch
+from .neighbours import LocalView
+from .node import Node
+from .placement import Placer
 from .register import Register
-from .rpc import RpcHandler
+from .remote import NeighbourPort
+from .rpc import BusDoor
+from .state_lock import StateLock
 from .store import Store
 from .uploads import Uploads
+from .workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +52,29 @@ USAGE_INTERVAL = 2.0
 
 
 class Agent:
-    def __init__(self, config: Config):
+    """One node. ``clock`` (monotonic seconds) drives the bus's heartbeats and liveness; tests
+    running agents in one process pass a clock they move by hand."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self.clock = clock
         self.hub = EventHub()
         self.store: Store | None = None
         self.register = Register(config.node_id, config.capacity, config.data_path,
                                  on_change=self._resources_changed)
         self.manager: Manager | None = None
+        self.mirrors: MirrorBook | None = None
         self.metrics: AgentMetrics | None = None
         self.uploads: Uploads | None = None
+        self.node: Node | None = None
+        self.local: LocalView | None = None
         self.started_at = time.time()
         self.bus: BusNode | None = None
-        self.delegator = Delegator(self)
-        self._statuses: dict[str, str] = {}      # neighbour id -> last published status
-        self._subtree_keys: dict[str, tuple] = {}  # child or peer id -> what was last passed up
-        self._pass_up_due = False
+        self.port = NeighbourPort(config)
         self._background: set[asyncio.Task] = set()
         self._server: tornado.httpserver.HTTPServer | None = None
-        self._locks: list[int] = []
+        self._lock = StateLock(config)
+        self.watch: NeighbourWatch | None = None
         self._ticks: list[PeriodicCallback] = []
 
     # -- life cycle ----------------------------------------------------------------------
@@ -69,24 +83,38 @@ class Agent:
         cfg = self.config
         sockets = _bind(cfg.port, cfg.address)
         try:
-            self._prepare_state()
+            self._lock.acquire()
             self.store = Store(cfg.db_path)
             self.manager = Manager(cfg, self.store, self.register, self.hub)
             for executor in self._executors():
                 self.manager.add_executor(executor)
-            self.metrics = AgentMetrics(self.manager, self.register)
-            self.manager.recover()
-            self.uploads = Uploads(cfg, self.manager, self.register)
+            self.mirrors = MirrorBook(cfg.node_id, self.store, self.hub)
+            self.metrics = AgentMetrics([self.manager, self.mirrors], self.register)
+            records = [Workload.from_row(row) for row in self.store.load_workloads()]
+            self.manager.recover(records)
+            self.mirrors.load(records)
+            self.uploads = Uploads(cfg, self.manager)
             self.uploads.sweep()
+            self.local = LocalView(cfg.node_id, cfg.url, cfg.labels, self.register,
+                                   self.manager.live, self.started_at)
+            self.placer = Placer(self.local, self.manager, self.mirrors, self.port,
+                                 default_strategy=cfg.placement_strategy, spawn=self.spawn)
+            self.watch = NeighbourWatch(self.hub, self.mirrors, self.placer,
+                                        has_parent=bool(cfg.parent), spawn=self.spawn)
+            self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
+                             self.port, on_submission=self.metrics.count_submission)
             await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
         except BaseException:
             for sock in sockets:
                 sock.close()
-            self._release_locks()
+            self._lock.release()
             raise
         self.hub.subscribe(self._forward_to_bus)
         body_limit = max(cfg.max_json_body, cfg.upload_limit + (1 << 20))
-        self._server = tornado.httpserver.HTTPServer(make_app(self), max_body_size=body_limit,
+        web = Web(self.node, self.hub, self.metrics, self.uploads, self.bus.describe,
+                  token=cfg.api_token, max_json_body=cfg.max_json_body,
+                  upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout)
+        self._server = tornado.httpserver.HTTPServer(make_app(web), max_body_size=body_limit,
                                                      idle_connection_timeout=120,
                                                      xheaders=False)
         self._server.add_sockets(sockets)
@@ -113,22 +141,21 @@ class Agent:
             cfg.node_id, http=cfg.url,
             router=cfg.bus.router_endpoint(cfg.port), pub=cfg.bus.pub_endpoint(cfg.port),
             parent=cfg.parent, peers=cfg.peers,
-            snapshot=lambda: neighbours.self_snapshot(self),
-            summary=lambda: neighbours.summary(self, self.bus.neighbours()),
-            handler=RpcHandler(self).handle, on_neighbour=self._neighbour_changed,
-            on_event=self._neighbour_event, heartbeat_interval=cfg.bus.heartbeat_interval,
+            snapshot=lambda: neighbours.self_snapshot(self.local),
+            summary=lambda: neighbours.summary(self.local, self.port.neighbours()),
+            handler=BusDoor(self.node, cfg.api_token).handle, on_neighbour=self.watch.changed,
+            on_event=self.watch.event, heartbeat_interval=cfg.bus.heartbeat_interval,
             heartbeat_misses=cfg.bus.heartbeat_misses, request_timeout=cfg.bus.request_timeout,
-            curve=curve, token=cfg.api_token)
+            curve=curve, token=cfg.api_token, clock=self.clock)
+        self.port.bus = self.watch.bus = self.bus
         try:
             await self.bus.start()
         except Exception as exc:  # zmq.ZMQError: address in use, bad endpoint
-            self.bus = None
+            self.bus = self.port.bus = self.watch.bus = None
             raise ConfigError(f"bus: cannot bind {cfg.bus.router_endpoint(cfg.port)} / "
                               f"{cfg.bus.pub_endpoint(cfg.port)} ({exc})") from None
 
     def _executors(self):
-        from .executors.ports import PortBook
-
         ports = PortBook()  # one book for all service executors: ports are machine-wide
         return [ProcessExecutor(self.manager), MLModelExecutor(self.manager, ports=ports),
                 OpenCVExecutor(self.manager, ports=ports),
@@ -154,99 +181,7 @@ class Agent:
             await self.manager.close()
         if self.store is not None:
             self.store.close()
-        self._release_locks()
-
-    def _prepare_state(self) -> None:
-        """Create the node's directories and lock them, so no two agents share a file."""
-        cfg = self.config
-        places = [("agent.state_dir", cfg.state_dir / "agent.lock"),
-                  ("storage.sqlite.db_path", cfg.db_path.with_name(cfg.db_path.name + ".lock")),
-                  ("storage.sqlite.data_path", cfg.data_path / ".cnet.lock"),
-                  ("logging.dir", cfg.log_dir / ".cnet.lock")]
-        seen: set[Path] = set()
-        for key, lock_path in places:
-            if lock_path in seen:
-                continue
-            seen.add(lock_path)
-            try:
-                lock_path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise ConfigError(f"{key}: cannot use {lock_path.parent} ({exc.strerror})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise ConfigError(f"{key}: {lock_path.parent} is in use by another agent "
-                                  f"({owner}); give each node its own directory") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{cfg.node_id} pid {os.getpid()}".encode(), 0)
-            self._locks.append(fd)
-
-    def _release_locks(self) -> None:
-        for fd in self._locks:
-            os.close(fd)
-        self._locks.clear()
-
-    # -- what the API asks of the agent --------------------------------------------------
-
-    async def submit(self, body):
-        """Place a JSON submission (REST or bus); counted in /metrics by type and outcome."""
-        wtype = body.get("type") if isinstance(body, dict) else None
-        wtype = wtype if isinstance(wtype, str) and wtype in self.manager.executors else "unknown"
-        try:
-            wl, created = await self.delegator.submit(body)
-        except CnetError as exc:
-            self.count_submission(wtype, exc.code)
-            raise
-        self.count_submission(wtype, "created" if created else "existing")
-        return wl, created
-
-    def count_submission(self, wtype: str, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.submissions.labels(wtype, result).inc()
-
-    async def list_workloads(self, status: str | None, wtype: str | None,
-                             scope: str = "local") -> list[dict]:
-        if scope == "subtree":
-            return await self.delegator.list_subtree(status, wtype)
-        return [wl.to_dict() for wl in self.manager.list(status, wtype)]
-
-    def node_info(self) -> dict:
-        return {"node_id": self.config.node_id, "role": "self", "status": "alive",
-                "address": self.config.url, "last_seen": 0.0,
-                "uptime": round(time.time() - self.started_at, 1),
-                "labels": self.config.labels, **_vectors(self.register.resources())}
-
-    def nodes_view(self) -> dict:
-        """This node, its parent, children and peers (the seed's view, this node left out of
-        the neighbour lists)."""
-        now = time.monotonic()
-        me = self.node_info()
-        states = self.bus.neighbours() if self.bus is not None else []
-        entries = sorted((neighbours.node_entry(s, now) for s in states), key=lambda e: e["node_id"])
-        parent = next((e for e in entries if e["role"] == "parent"), None)
-        children = [e for e in entries if e["role"] == "child"]
-        me["subtree"] = neighbours.summary(self, states)
-        return {"node_id": self.config.node_id, "self": me, "parent": parent,
-                "children": children, "peers": [e for e in entries if e["role"] == "peer"],
-                "nodes": [me, *entries]}
-
-    async def health(self) -> dict:
-        executors = {}
-        for executor in self.manager.executors.values():
-            state = await executor.health()
-            if state is not None:
-                executors[executor.type] = state
-        live = sum(1 for wl in self.manager.workloads.values() if wl.live)
-        return {"status": "healthy", "node_id": self.config.node_id, "version": __version__,
-                "uptime": round(time.time() - self.started_at, 1), "address": self.config.url,
-                "workloads": {"total": len(self.manager.workloads), "live": live},
-                "executors": executors}
-
-    def extra_routes(self) -> list:
-        return [(r"/api/bus", BusInfoHandler, {"agent": self})]
+        self._lock.release()
 
     # -- events between the register, the hub and the bus --------------------------------
 
@@ -272,65 +207,11 @@ class Agent:
             self.bus.publish_event("workload_deleted", {"id": event["id"],
                                                         "node_id": event["node_id"]})
 
-    def _neighbour_changed(self, state: NeighbourState) -> None:
-        self._pass_up(state)
-        entry = neighbours.node_entry(state, time.monotonic())
-        self.hub.publish({"type": "node", "node": entry})
-        if state.snapshot:
-            self.hub.publish({"type": "resources", "node_id": state.node_id, "seq": state.seq,
-                              "resources": {k: entry[k] for k in
-                                            ("capacity", "allocated", "available", "usage")}})
-        before = self._statuses.get(state.node_id)
-        if before == state.status:
-            return
-        self._statuses[state.node_id] = state.status
-        log.info("neighbour %s (%s) is %s", state.node_id, state.role, state.status)
-        if self.bus is not None:
-            self.bus.publish_event("node", {"node_id": state.node_id, "role": state.role,
-                                            "status": state.status, "address": entry["address"]})
-        if state.status == "lost":
-            self.manager.mark_lost(state.node_id)
-        elif self.manager.mirrors_via(state.node_id):
-            self.spawn(self.delegator.refresh(state.node_id))
-
-    def _pass_up(self, state: NeighbourState) -> None:
-        """A change anywhere below a child goes up the tree at once, not with the next beat.
-
-        So does a peer joining or leaving (the parent schedules through this node's peers).
-        A change passed on is published to the parent, which passes on only its children's
-        changes: it travels upwards once per level and cannot circle. Changes in one loop turn
-        go out together.
-        """
-        key = neighbours.subtree_key(state)
-        if key is None or self._subtree_keys.get(state.node_id) == key:
-            return
-        self._subtree_keys[state.node_id] = key
-        if self.bus is not None and self.config.parent and not self._pass_up_due:
-            self._pass_up_due = True
-            asyncio.get_running_loop().call_soon(self._publish_passed_up)
-
-    def _publish_passed_up(self) -> None:
-        self._pass_up_due = False
-        if self.bus is not None:
-            self.bus.publish()
-
-    def _neighbour_event(self, state: NeighbourState, event) -> None:
-        if event.kind == "workload":
-            self.manager.update_mirror(event.data, via=state.node_id)
-        elif event.kind == "workload_deleted":
-            wl = self.manager.workloads.get(event.data.get("id", ""))
-            if wl is not None and wl.runtime.get("via") == state.node_id:
-                self.manager.remove_mirror(wl.id)
-
     def spawn(self, coro) -> None:
         """Run ``coro`` in the background; it is kept until done."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _vectors(resources: dict) -> dict:
-    return {k: resources[k] for k in ("capacity", "allocated", "available", "usage")}
 
 
 def _bind(port: int, address: str):

@@ -1,29 +1,64 @@
-"""The REST API (the seed's endpoints), the WebSocket event stream, /metrics and the UI."""
+"""The REST front door (the seed's endpoints), the WebSocket event stream, /metrics and the UI.
+
+A REST handler takes its operation's arguments from the path, the query and the body, and runs
+it (:mod:`cnet.ops`): parse, run, reply. Bad input gets the same error as over the bus.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import tornado.web
 import tornado.websocket
 
-from .errors import BadRequest, CnetError, PayloadTooLarge, Unauthorized
-from .workload import STATUSES
+from .errors import BadRequest, CnetError, PayloadTooLarge
+from .ops import (
+    Caller,
+    Delete,
+    Get,
+    Health,
+    List,
+    Logs,
+    Nodes,
+    Operation,
+    ResourcesOp,
+    Stop,
+    Submit,
+    check_token,
+)
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from .events import EventHub
+    from .metrics import AgentMetrics
+    from .node import Node
+    from .uploads import Uploads
 
 log = logging.getLogger(__name__)
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
-_ID = r"([A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+_ID = r"([^/]+)"   # any path segment: the operation says what a workload id may be
+
+
+@dataclass(frozen=True)
+class Web:
+    """What the HTTP side needs besides the operations' node."""
+
+    node: "Node"
+    hub: "EventHub"
+    metrics: "AgentMetrics"
+    uploads: "Uploads | None"
+    bus_endpoints: Callable[[], dict]     # where this node's bus listens (GET /api/bus)
+    token: str | None = None
+    max_json_body: int = 1 << 20
+    upload_limit: int = 1 << 30
+    upload_idle_timeout: float = 60.0
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -32,8 +67,8 @@ class BaseHandler(tornado.web.RequestHandler):
     public = False  # True: no token needed (health, bus discovery)
     route = "other"
 
-    def initialize(self, agent: "Agent") -> None:
-        self.agent = agent
+    def initialize(self, web: Web) -> None:
+        self.web = web
         self._started = time.perf_counter()
 
     def set_default_headers(self) -> None:
@@ -41,16 +76,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def prepare(self):
-        token = self.agent.config.api_token
-        if token and not self.public:
-            if not hmac.compare_digest(self._presented_token().encode(), token.encode()):
-                raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+        if not self.public:
+            check_token(self.web.token, _bearer(self.request))
 
-    def _presented_token(self) -> str:
-        header = self.request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            return header[7:].strip()
-        return ""
+    async def run(self, kind: type[Operation], args: dict[str, Any] | None = None) -> dict:
+        """Parse and run one operation for a client of this node."""
+        return await kind.parse(args or {}).run(self.web.node, Caller())
 
     def reply(self, body, status: int = 200) -> None:
         self.set_status(status)
@@ -64,18 +95,13 @@ class BaseHandler(tornado.web.RequestHandler):
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+        except RecursionError:
+            raise BadRequest("malformed JSON: nested too deeply", code="invalid_json") from None
 
-    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise BadRequest(f"{name}: must be a whole number", code="invalid_argument") from None
-        if not low <= value <= high:
-            raise BadRequest(f"{name}: must be between {low} and {high}", code="invalid_argument")
-        return value
+    def query(self, *names: str) -> dict[str, str]:
+        """The named query arguments that are present."""
+        found = {name: self.get_query_argument(name, None) for name in names}
+        return {name: value for name, value in found.items() if value is not None}
 
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, CnetError):
@@ -97,9 +123,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps({"error": body}))
 
     def on_finish(self) -> None:
-        self.agent.metrics.requests.labels(self.request.method, self.route,
-                                           str(self.get_status())).observe(
+        self.web.metrics.requests.labels(self.request.method, self.route,
+                                         str(self.get_status())).observe(
             time.perf_counter() - self._started)
+
+
+def _bearer(request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.startswith("Bearer ") else ""
 
 
 _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -127,7 +158,7 @@ class WorkloadsHandler(BaseHandler):
             raise BadRequest("Content-Length: not a number", code="invalid_header") from None
         if ctype.startswith("multipart/form-data"):
             return self._begin_upload(ctype, declared)
-        limit = self.agent.config.max_json_body
+        limit = self.web.max_json_body
         if declared > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte "
                                   "limit for JSON submissions")
@@ -137,13 +168,13 @@ class WorkloadsHandler(BaseHandler):
         return None
 
     async def _begin_upload(self, ctype: str, declared: int) -> None:
-        uploads = self.agent.uploads
+        uploads = self.web.uploads
         if uploads is None:
             raise BadRequest("data uploads are not available on this agent", code="unsupported")
-        self.request.connection.set_max_body_size(self.agent.config.upload_limit + (1 << 20))
+        self.request.connection.set_max_body_size(self.web.upload_limit + (1 << 20))
         self._upload = await uploads.begin(ctype, declared)
         self._last_chunk = time.monotonic()
-        self._watchdog = asyncio.ensure_future(self._watch_idle(self.agent.config.upload_idle_timeout))
+        self._watchdog = asyncio.ensure_future(self._watch_idle(self.web.upload_idle_timeout))
 
     async def _watch_idle(self, timeout: float) -> None:
         """A client that stays connected but stops sending must not hold its reservation."""
@@ -171,7 +202,7 @@ class WorkloadsHandler(BaseHandler):
         if self._too_large:
             return
         self._body += chunk
-        if len(self._body) > self.agent.config.max_json_body:
+        if len(self._body) > self.web.max_json_body:
             self._too_large = True
             self._body = bytearray()
 
@@ -192,77 +223,63 @@ class WorkloadsHandler(BaseHandler):
             try:
                 wl = await self._upload.finish()
             except CnetError as exc:
-                self.agent.count_submission("data", exc.code)
+                self.web.node.on_submission("data", exc.code)
                 raise
             self._upload = None
-            self.agent.count_submission("data", "created")
+            self.web.node.on_submission("data", "created")
             self.reply(wl.to_dict(), 201)
             return
         if self._too_large:
-            raise PayloadTooLarge(f"request body exceeds the {self.agent.config.max_json_body}-byte "
+            raise PayloadTooLarge(f"request body exceeds the {self.web.max_json_body}-byte "
                                   "limit for JSON submissions")
-        wl, created = await self.agent.submit(self.json_body(bytes(self._body)))
-        self.reply(wl.to_dict(), 201 if created else 200)
+        result = await self.run(Submit, {"workload": self.json_body(bytes(self._body))})
+        self.reply(result["workload"], 201 if result["created"] else 200)
 
     async def get(self):
-        status = self.get_query_argument("status", None)
-        if status is not None and status not in STATUSES:
-            raise BadRequest(f"status: must be one of {', '.join(STATUSES)}", code="invalid_argument")
-        wtype = self.get_query_argument("type", None)
-        if wtype is not None and wtype not in self.agent.manager.executors:
-            raise BadRequest(f"type: unknown workload type {wtype!r}", code="invalid_argument")
-        scope = self.get_query_argument("scope", "local")
-        if scope not in ("local", "subtree"):
-            raise BadRequest("scope: local or subtree", code="invalid_argument")
-        items = await self.agent.list_workloads(status, wtype, scope)
-        self.reply({"node_id": self.agent.config.node_id, "scope": scope, "workloads": items,
-                    "count": len(items)})
+        self.reply(await self.run(List, self.query("status", "type", "scope")))
 
 
 class WorkloadHandler(BaseHandler):
     route = "/api/workloads/{id}"
 
-    def get(self, workload_id: str):
-        self.reply(self.agent.delegator.get(workload_id))
+    async def get(self, workload_id: str):
+        self.reply(await self.run(Get, {"id": workload_id}))
 
     async def delete(self, workload_id: str):
-        await self.agent.delegator.delete(workload_id)
-        self.reply({"id": workload_id, "deleted": True})
+        self.reply(await self.run(Delete, {"id": workload_id}))
 
 
 class WorkloadStopHandler(BaseHandler):
     route = "/api/workloads/{id}/stop"
 
     async def post(self, workload_id: str):
-        wl = await self.agent.delegator.stop(workload_id)
-        self.reply(wl.to_dict())
+        self.reply(await self.run(Stop, {"id": workload_id}))
 
 
 class WorkloadLogsHandler(BaseHandler):
     route = "/api/workloads/{id}/logs"
 
     async def get(self, workload_id: str):
-        tail = self.int_arg("tail", 100, 0, 10_000)
-        text = await self.agent.delegator.logs(workload_id, tail)
+        result = await self.run(Logs, {"id": workload_id, **self.query("tail")})
         if self.get_query_argument("format", "json") == "text":
             self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish(text)
+            self.finish(result["logs"])
             return
-        self.reply({"id": workload_id, "tail": tail, "logs": text})
+        self.reply(result)
 
 
 class ResourcesHandler(BaseHandler):
     route = "/api/resources"
 
-    def get(self):
-        self.reply(self.agent.register.resources())
+    async def get(self):
+        self.reply(await self.run(ResourcesOp))
 
 
 class NodesHandler(BaseHandler):
     route = "/api/nodes"
 
-    def get(self):
-        self.reply(self.agent.nodes_view())
+    async def get(self):
+        self.reply(await self.run(Nodes))
 
 
 class HealthHandler(BaseHandler):
@@ -270,7 +287,7 @@ class HealthHandler(BaseHandler):
     public = True
 
     async def get(self):
-        self.reply(await self.agent.health())
+        self.reply(await self.run(Health))
 
 
 class BusInfoHandler(BaseHandler):
@@ -280,7 +297,7 @@ class BusInfoHandler(BaseHandler):
     public = True
 
     def get(self):
-        doc = self.agent.bus.describe()
+        doc = self.web.bus_endpoints()
         host = self.request.host.rsplit(":", 1)[0]
         for key in ("router", "pub"):
             for wildcard in ("0.0.0.0", "[::]", "*"):
@@ -294,7 +311,7 @@ class MetricsHandler(BaseHandler):
 
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(self.agent.metrics.render())
+        self.finish(self.web.metrics.render())
 
 
 class NotFoundHandler(BaseHandler):
@@ -305,30 +322,26 @@ class NotFoundHandler(BaseHandler):
 class EventsSocket(tornado.websocket.WebSocketHandler):
     """``/api/events``: every workload, resource and node change, as JSON messages."""
 
-    def initialize(self, agent: "Agent") -> None:
-        self.agent = agent
+    def initialize(self, web: Web) -> None:
+        self.web = web
         self._unsubscribe = None
 
     def prepare(self):
-        token = self.agent.config.api_token
-        if token:
-            presented = self.get_query_argument("token", "")
-            header = self.request.headers.get("Authorization", "")
-            if header.startswith("Bearer "):
-                presented = header[7:].strip()
-            if not hmac.compare_digest(presented.encode(), token.encode()):
-                self.set_status(401)
-                self.set_header("Content-Type", "application/json; charset=utf-8")
-                self.finish(json.dumps({"error": {"code": "unauthorized",
-                                                  "message": "missing or wrong token"}}))
+        try:
+            check_token(self.web.token, _bearer(self.request) or self.get_query_argument("token", ""))
+        except CnetError as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(json.dumps({"error": exc.to_dict()}))
 
     def check_origin(self, origin: str) -> bool:
         return True  # the token, not the origin, guards the stream
 
     def open(self):
-        self.write_message(json.dumps({"type": "hello", "node_id": self.agent.config.node_id,
-                                       "resources": self.agent.register.resources()}))
-        self._unsubscribe = self.agent.hub.subscribe(self._send)
+        node = self.web.node
+        self.write_message(json.dumps({"type": "hello", "node_id": node.node_id,
+                                       "resources": node.register.resources()}))
+        self._unsubscribe = self.web.hub.subscribe(self._send)
 
     def _send(self, event: dict) -> None:
         try:
@@ -345,8 +358,8 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
             self._unsubscribe = None
 
 
-def make_app(agent: "Agent") -> tornado.web.Application:
-    args = {"agent": agent}
+def make_app(web: Web) -> tornado.web.Application:
+    args = {"web": web}
     routes = [
         (r"/api/workloads/?", WorkloadsHandler, args),
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
@@ -357,7 +370,7 @@ def make_app(agent: "Agent") -> tornado.web.Application:
         (r"/api/health", HealthHandler, args),
         (r"/api/events", EventsSocket, args),
         (r"/metrics", MetricsHandler, args),
-        *agent.extra_routes(),
+        (r"/api/bus", BusInfoHandler, args),
         (r"/api/.*", NotFoundHandler, args),
     ]
     if UI_DIR.is_dir():

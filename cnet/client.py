@@ -32,6 +32,8 @@ from bus import (
     discover_http,
 )
 
+from . import ops
+
 __all__ = ["CLIENT_KEY_NAME", "Client", "ClientError", "SyncClient", "event_dict"]
 
 CLIENT_KEY_NAME = "client"          # the key pair a client loads from its curve_dir
@@ -144,7 +146,8 @@ class Client:
         return f"is the agent at {self.url} up?"
 
     async def call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Any client operation of the agent (``cnet/rpc.py``); the result or :class:`ClientError`."""
+        """Any client operation of the agent by name (:data:`cnet.ops.OPS`); the result or
+        :class:`ClientError`."""
         bus = await self._client()
         try:
             return await bus.call(op, args or {}, token=self.token)
@@ -171,42 +174,42 @@ class Client:
 
     # -- operations ----------------------------------------------------------------------
 
+    async def run(self, op: ops.Operation) -> dict[str, Any]:
+        """Run one operation (:mod:`cnet.ops`) on the agent: what the agent's ``run`` returns."""
+        return await self.call(op.name, op.args())
+
     async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Submit a workload: ``{"workload": {...}, "created": bool}`` (False: it already existed)."""
-        return await self.call("submit", {"workload": spec})
+        return await self.run(ops.Submit(workload=spec))
 
     async def list(self, status: str | None = None, type: str | None = None,
                    scope: str = "local") -> dict[str, Any]:
-        """``{"node_id", "workloads": [...], "count"}``; ``scope="subtree"`` adds the nodes below."""
-        args: dict[str, Any] = {"scope": scope}
-        if status is not None:
-            args["status"] = status
-        if type is not None:
-            args["type"] = type
-        return await self.call("list", args)
+        """``{"node_id", "scope", "workloads": [...], "count"}``; ``scope="subtree"`` adds the
+        nodes below."""
+        return await self.run(ops.List(status=status, type=type, scope=scope))
 
     async def get(self, workload_id: str) -> dict[str, Any]:
-        return await self.call("get", {"id": workload_id})
+        return await self.run(ops.Get(id=workload_id))
 
     async def stop(self, workload_id: str) -> dict[str, Any]:
-        return await self.call("stop", {"id": workload_id})
+        return await self.run(ops.Stop(id=workload_id))
 
     async def delete(self, workload_id: str) -> dict[str, Any]:
         """Stop (if running) and delete: ``{"id", "deleted": True}``."""
-        return await self.call("delete", {"id": workload_id})
+        return await self.run(ops.Delete(id=workload_id))
 
     async def logs(self, workload_id: str, tail: int = 100) -> str:
         """The last ``tail`` lines of the workload's log, as text."""
-        return str((await self.call("logs", {"id": workload_id, "tail": tail})).get("logs", ""))
+        return str((await self.run(ops.Logs(id=workload_id, tail=tail))).get("logs", ""))
 
     async def nodes(self) -> dict[str, Any]:
-        return await self.call("nodes")
+        return await self.run(ops.Nodes())
 
     async def resources(self) -> dict[str, Any]:
-        return await self.call("resources")
+        return await self.run(ops.ResourcesOp())
 
     async def health(self) -> dict[str, Any]:
-        return await self.call("health")
+        return await self.run(ops.Health())
 
     # -- live events ---------------------------------------------------------------------
 
@@ -243,7 +246,7 @@ class Client:
 
     async def _still_there(self) -> None:
         try:
-            await self.call("health")
+            await self.health()
         except ClientError as exc:
             if exc.status:      # it answered, if only with an error (e.g. 401): it is there
                 return

@@ -18,7 +18,6 @@ from .workload import (
     ENDED,
     FAILED,
     LIVE,
-    LOST,
     PENDING,
     RUNNING,
     STOPPED,
@@ -27,12 +26,6 @@ from .workload import (
     Workload,
     parse_submission,
 )
-
-# Keys of Workload.to_dict() that are fields, not runtime facts.
-_WORKLOAD_FIELDS = frozenset({
-    "id", "name", "type", "status", "node_id", "origin", "process_pid", "endpoint", "exit_code",
-    "message", "restart_count", "created_at", "started_at", "finished_at", "config",
-    "requirements", "placement", "labels", "via"})
 
 if TYPE_CHECKING:
     from .config import Config
@@ -72,12 +65,6 @@ class Manager:
         return [wl for wl in self.workloads.values()
                 if (status is None or wl.status == status) and (wtype is None or wl.type == wtype)]
 
-    def count_by_state(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for wl in self.workloads.values():
-            counts[(wl.status, wl.type)] = counts.get((wl.status, wl.type), 0) + 1
-        return counts
-
     async def logs(self, workload_id: str, tail: int) -> str:
         wl = self.get(workload_id)
         return await self.executors[wl.type].logs(wl, tail)
@@ -86,7 +73,10 @@ class Manager:
 
     def validate(self, body) -> Submission:
         """Check a request completely (common fields and the type's config) without effects."""
-        sub = parse_submission(body, self.executors.keys())
+        return self.validate_config(parse_submission(body, self.executors.keys()))
+
+    def validate_config(self, sub: Submission) -> Submission:
+        """Check a submission's config with its type's executor; the config as it will run."""
         config = self.executors[sub.type].validate(sub.config)
         return Submission(**{**sub.__dict__, "config": config})
 
@@ -252,14 +242,17 @@ class Manager:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Reload every workload after a restart; re-adopt the live ones, rebuild allocations."""
+    def recover(self, records: list[Workload]) -> None:
+        """Take this node's workloads after a restart (``records``: all the store held, mirrors
+        of workloads elsewhere included and left out); re-adopt the live ones, rebuild
+        allocations."""
         adopted = failed = 0
-        for row in self.store.load_workloads():
-            wl = Workload.from_row(row)
+        for wl in records:
+            if wl.node_id != self.node_id:
+                continue
             self.workloads[wl.id] = wl
             executor = self.executors.get(wl.type)
-            if executor is None or self.is_mirror(wl):
+            if executor is None:
                 continue
             if wl.status in LIVE:
                 self.live[wl.id] = wl
@@ -283,77 +276,6 @@ class Manager:
         if adopted or failed:
             log.info("recovered workloads: %d re-adopted, %d failed while the agent was down",
                      adopted, failed)
-
-    # -- mirrors of workloads delegated to other nodes --------------------------------------
-
-    def is_mirror(self, wl: Workload) -> bool:
-        return wl.node_id != self.node_id
-
-    def add_mirror(self, remote: dict, via: str) -> Workload:
-        """Record a workload that runs elsewhere (reached through neighbour ``via``)."""
-        wl = Workload(id=remote["id"], name=remote["name"], type=remote["type"],
-                      config=remote.get("config") or {},
-                      requirements=Resources.from_dict(remote.get("requirements")),
-                      placement=remote.get("placement") or {}, labels=remote.get("labels") or {},
-                      node_id=remote["node_id"], origin=remote.get("origin") or self.node_id,
-                      created_at=remote.get("created_at") or time.time())
-        self._apply_remote(wl, remote)
-        wl.runtime["via"] = via
-        self.workloads[wl.id] = wl
-        self.store.insert_workload(wl.to_row())
-        self._publish(wl)
-        return wl
-
-    def update_mirror(self, remote: dict, via: str | None = None) -> Workload | None:
-        """Apply a status report about a mirrored workload (only from the neighbour it goes through)."""
-        wl = self.workloads.get(remote.get("id", ""))
-        if wl is None or not self.is_mirror(wl) or (via is not None and wl.runtime.get("via") != via):
-            return None
-        self._apply_remote(wl, remote)
-        self.store.update_workload(wl.id, {
-            "status": wl.status, "node_id": wl.node_id, "runtime": wl.runtime,
-            "exit_code": wl.exit_code, "message": wl.message, "restart_count": wl.restart_count,
-            "started_at": wl.started_at, "finished_at": wl.finished_at})
-        self._publish(wl)
-        return wl
-
-    def mirrors_via(self, via: str) -> list[Workload]:
-        return [wl for wl in self.workloads.values()
-                if self.is_mirror(wl) and wl.runtime.get("via") == via]
-
-    def mark_lost(self, via: str) -> None:
-        """The neighbour a mirror goes through is lost: say so, keep what we knew."""
-        for wl in self.mirrors_via(via):
-            if wl.status != LOST:
-                wl.runtime["remote_status"] = wl.status
-                wl.status = LOST
-                wl.message = f"node {via} is lost; last known status {wl.runtime['remote_status']}"
-                self.store.update_workload(wl.id, {"status": LOST, "runtime": wl.runtime,
-                                                   "message": wl.message})
-                self._publish(wl)
-
-    def remove_mirror(self, workload_id: str) -> None:
-        wl = self.workloads.get(workload_id)
-        if wl is not None and self.is_mirror(wl):
-            del self.workloads[workload_id]
-            self.store.delete_workload(workload_id)
-            self.hub.publish({"type": "workload_deleted", "id": workload_id, "node_id": self.node_id})
-
-    @staticmethod
-    def _apply_remote(wl: Workload, remote: dict) -> None:
-        wl.status = remote.get("status", wl.status)
-        wl.node_id = remote.get("node_id", wl.node_id)
-        wl.exit_code = remote.get("exit_code")
-        wl.message = remote.get("message")
-        wl.restart_count = remote.get("restart_count") or 0
-        wl.started_at = remote.get("started_at")
-        wl.finished_at = remote.get("finished_at")
-        via = wl.runtime.get("via")
-        wl.runtime = {k: v for k, v in remote.items() if k not in _WORKLOAD_FIELDS}
-        wl.runtime["pid"] = remote.get("process_pid")
-        wl.runtime["endpoint"] = remote.get("endpoint")
-        if via is not None:
-            wl.runtime["via"] = via
 
     # -- transitions ---------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -10,12 +10,18 @@ from prometheus_client.core import GaugeMetricFamily
 from .resources import KINDS
 
 if TYPE_CHECKING:
-    from .manager import Manager
     from .register import Register
+    from .workload import Workload
+
+
+class Book(Protocol):
+    """Where workload records are kept (the Manager's own, the mirror book)."""
+
+    def list(self) -> list["Workload"]: ...
 
 
 class AgentMetrics:
-    def __init__(self, manager: "Manager", register: "Register"):
+    def __init__(self, books: Iterable[Book], register: "Register"):
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Histogram(
             "cnet_http_request_duration_seconds", "REST request latency",
@@ -24,7 +30,10 @@ class AgentMetrics:
         self.submissions = Counter(
             "cnet_workload_submissions_total", "Workload submissions by type and result",
             ["type", "result"], registry=self.registry)
-        self.registry.register(_StateCollector(manager, register))
+        self.registry.register(_StateCollector(list(books), register))
+
+    def count_submission(self, wtype: str, result: str) -> None:
+        self.submissions.labels(wtype, result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -33,13 +42,17 @@ class AgentMetrics:
 class _StateCollector:
     """Reads live state at scrape time, so gauges can never drift from the truth."""
 
-    def __init__(self, manager: "Manager", register: "Register"):
-        self.manager, self.register = manager, register
+    def __init__(self, books: list[Book], register: "Register"):
+        self.books, self.register = books, register
 
     def collect(self):
         states = GaugeMetricFamily("cnet_workloads", "Workloads by state and type",
                                    labels=["state", "type"])
-        for (state, wtype), count in sorted(self.manager.count_by_state().items()):
+        counts: dict[tuple[str, str], int] = {}
+        for book in self.books:
+            for wl in book.list():
+                counts[(wl.status, wl.type)] = counts.get((wl.status, wl.type), 0) + 1
+        for (state, wtype), count in sorted(counts.items()):
             states.add_metric([state, wtype], count)
         yield states
         for name, vector in (("capacity", self.register.capacity),

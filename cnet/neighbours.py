@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .resources import Resources
 from .scheduler import NodeView, Snapshot
@@ -18,32 +19,45 @@ from .scheduler import NodeView, Snapshot
 if TYPE_CHECKING:
     from bus import NeighbourState
 
-    from .agent import Agent
+    from .register import Register
+    from .workload import Workload
 
 _FREE_KINDS = ("cpu", "memory", "gpu", "storage")
 
 
-def self_snapshot(agent: "Agent") -> dict:
+@dataclass(frozen=True)
+class LocalView:
+    """What this node knows of itself that its neighbours are told."""
+
+    node_id: str
+    address: str
+    labels: dict
+    register: "Register"
+    live: Mapping[str, "Workload"]    # the Manager's live workloads (the same mapping, current)
+    started_at: float
+
+
+def self_snapshot(local: LocalView) -> dict:
     """This node's full resource snapshot (sent in every heartbeat and broadcast)."""
-    resources = agent.register.resources()
-    live = agent.manager.live.values()
+    resources = local.register.resources()
+    live = local.live.values()
     return {
-        "node_id": agent.config.node_id,
-        "address": agent.config.url,
-        "labels": agent.config.labels,
-        "seq": agent.register.seq,
+        "node_id": local.node_id,
+        "address": local.address,
+        "labels": local.labels,
+        "seq": local.register.seq,
         "capacity": resources["capacity"],
         "allocated": resources["allocated"],
         "available": resources["available"],
         "usage": resources["usage"],
-        "workloads": {"count": len(agent.manager.live),
+        "workloads": {"count": len(local.live),
                       "names": sorted({wl.name for wl in live})[:512],
                       "labels": sorted({f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]},
-        "uptime": round(time.time() - agent.started_at, 1),
+        "uptime": round(time.time() - local.started_at, 1),
     }
 
 
-def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
+def summary(local: LocalView, neighbours: Iterable["NeighbourState"]) -> dict:
     """The subtree below and including this node, for the parent's scheduler and dashboard.
 
     ``max_free`` covers this node and every node below it; ``reach_free``, ``reach_node_ids``
@@ -52,11 +66,11 @@ def summary(agent: "Agent", neighbours: Iterable["NeighbourState"]) -> dict:
     any change below shows in the summary (and the parent passes it on at once, see
     ``subtree_key``).
     """
-    free = agent.register.available.to_dict()
-    allocated = agent.register.allocated.to_dict()
-    live = len(agent.manager.live)
-    node_ids = [agent.config.node_id]
-    labels = {f"{k}={v}" for k, v in agent.config.labels.items()}
+    free = local.register.available.to_dict()
+    allocated = local.register.allocated.to_dict()
+    live = len(local.live)
+    node_ids = [local.node_id]
+    labels = {f"{k}={v}" for k, v in local.labels.items()}
     max_free = dict(free)
     reach = dict(free)
     reach_ids: set[str] = set()
@@ -138,13 +152,13 @@ def _labels(pairs: Iterable[str]) -> frozenset:
     return frozenset(tuple(p.split("=", 1)) for p in pairs if "=" in p)
 
 
-def scheduler_snapshot(agent: "Agent", neighbours: Iterable["NeighbourState"],
+def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
                        exclude: Iterable[str] = ()) -> Snapshot:
     """Candidates for the scheduler: this node, alive-or-lost children and peers (not parents)."""
-    me = self_snapshot(agent)
-    nodes = [NodeView(node_id=agent.config.node_id, role="self", status="alive",
-                      available=agent.register.available, capacity=agent.register.capacity,
-                      labels=dict(agent.config.labels),
+    me = self_snapshot(local)
+    nodes = [NodeView(node_id=local.node_id, role="self", status="alive",
+                      available=local.register.available, capacity=local.register.capacity,
+                      labels=dict(local.labels),
                       workload_names=frozenset(me["workloads"]["names"]),
                       workload_count=me["workloads"]["count"],
                       workload_labels=_labels(me["workloads"]["labels"]))]
@@ -170,5 +184,5 @@ def scheduler_snapshot(agent: "Agent", neighbours: Iterable["NeighbourState"],
                                     if n != state.node_id),
             subtree_free=Resources.from_dict(reach) if reach else None,
             subtree_labels=_labels([*subtree.get("labels", []), *subtree.get("reach_labels", [])])))
-    return Snapshot(agent.config.node_id, nodes)
+    return Snapshot(local.node_id, nodes)
 

@@ -15,6 +15,8 @@ STOPPED, COMPLETED, FAILED, LOST = "stopped", "completed", "failed", "lost"
 LIVE = frozenset({PENDING, RUNNING, STOPPING})
 ENDED = frozenset({STOPPED, COMPLETED, FAILED})
 STATUSES = (PENDING, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, LOST)
+# The seed's workload types, each run by the executor of that name.
+TYPES = ("process", "container", "mlmodel", "opencv", "data", "datagateway")
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import CnetError
 from .health_probe import probe_health
@@ -18,7 +18,6 @@ from .proc import WORKLOAD_ENV, ProcessHandle, describe_exit
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from .supervisor import Service
 
 __all__ = ["BIN_DIR_ENV", "KILL_GRACE", "LaunchSpec", "ServiceStartFailed", "find_program",
            "launch"]
@@ -27,6 +26,15 @@ BIN_DIR_ENV = "CNET_SERVICE_BIN_DIR"  # a directory searched first for the servi
 KILL_GRACE = 2.0                     # SIGTERM -> SIGKILL delay when the agent kills a service
 READY_POLL = 0.1                     # seconds between /health probes while a service starts
 LOG_TAIL_LINES = 20
+
+
+class Where(Protocol):
+    """Where a service runs and logs (a supervised service has these fields)."""
+
+    workload_id: str
+    host: str
+    port: int
+    log_path: Path
 
 
 class ServiceStartFailed(CnetError):
@@ -62,7 +70,7 @@ def find_program(name: str) -> str | None:
     return shutil.which(name)
 
 
-async def launch(spec: LaunchSpec, svc: "Service", cfg: "ServiceConfig") -> ProcessHandle:
+async def launch(spec: LaunchSpec, svc: "Where", cfg: "ServiceConfig") -> ProcessHandle:
     """Spawn ``svc``'s program and wait until it is healthy; on failure kill it and raise
     ServiceStartFailed."""
     program = find_program(spec.program)
@@ -88,7 +96,7 @@ async def launch(spec: LaunchSpec, svc: "Service", cfg: "ServiceConfig") -> Proc
     return handle
 
 
-async def _wait_ready(svc: "Service", handle: ProcessHandle, program: str, offset: int,
+async def _wait_ready(svc: "Where", handle: ProcessHandle, program: str, offset: int,
                       cfg: "ServiceConfig") -> None:
     deadline = time.monotonic() + cfg.start_timeout
     while True:

@@ -1,4 +1,7 @@
-"""Placement across the cluster: run a workload here, or delegate it to a child or a peer.
+"""The placement service: every submission, from a client or a neighbour, is placed here.
+
+It validates the submission, answers a retry of a known id with the workload it already made
+(idempotency), and runs it here if it fits (per strategy) or delegates it to a child or a peer.
 
 The scheduler orders the candidates from the register's view; this node admits with its own
 register, and a neighbour admits with its own (its view is authoritative). A rejection moves on
@@ -16,17 +19,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from bus import RemoteError, RequestTimeout, Unreachable
 
-from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
-from .neighbours import scheduler_snapshot
+from .errors import BadRequest, CnetError, InsufficientResources
+from .neighbours import LocalView, scheduler_snapshot
+from .remote import remote_error
 from .scheduler import Placement, schedule, stays_here
-from .workload import FAILED, PENDING, Workload
+from .workload import FAILED, PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from .manager import Manager
+    from .mirrors import MirrorBook
+    from .remote import NeighbourPort
+
+__all__ = ["HOP_LIMIT", "Placer"]
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +46,23 @@ class _NoAnswer(Exception):
     """A neighbour did not answer a delegation, twice: it may or may not have started it."""
 
 
-def remote_error(exc: RemoteError) -> CnetError:
-    """An error reply from a neighbour, as the CnetError it was over there."""
-    details = dict(exc.details)
-    status = details.pop("status", 502)
-    return CnetError(exc.message, code=exc.code, status=status, details=details)
-
-
-class Delegator:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
-        self.node_id = agent.config.node_id
+class Placer:
+    def __init__(self, local: LocalView, manager: "Manager", mirrors: "MirrorBook",
+                 port: "NeighbourPort", *, default_strategy: str,
+                 spawn: Callable[[Coroutine[Any, Any, None]], None]):
+        self.local = local
+        self.node_id = local.node_id
+        self.manager = manager
+        self.mirrors = mirrors
+        self.port = port
+        self.default_strategy = default_strategy
+        self.spawn = spawn
         # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
         self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
 
-    @property
-    def manager(self):
-        return self.agent.manager
-
-    def _delegate_timeout(self) -> float:
-        cfg = self.agent.config
-        # A service workload answers only once its service is healthy.
-        return max(cfg.bus.request_timeout, cfg.services.start_timeout + 5.0)
+    def known(self, workload_id: str) -> Workload | None:
+        """The workload with this id if this node has it: its own, or a mirror."""
+        return self.manager.workloads.get(workload_id) or self.mirrors.get(workload_id)
 
     async def submit(self, body, *, hops: int = 0, visited: tuple[str, ...] = (),
                      upstream: str | None = None, origin: str | None = None) -> tuple[Workload, bool]:
@@ -67,17 +70,17 @@ class Delegator:
         if self.node_id in visited:
             raise CnetError(f"{self.node_id}: already visited by this workload (loop)", code="loop",
                             status=409)
-        sub = self.manager.validate(body)
-        existing = self.manager.workloads.get(sub.id)
+        sub = parse_submission(body, self.manager.executors.keys())
+        placement = Placement.parse(sub.placement, self.default_strategy)
+        sub = self.manager.validate_config(sub)
+        existing = self.known(sub.id)
         if existing is not None:
             return self.manager.same_or_conflict(existing, sub), False
         if sub.id in self._placing:   # a retry while the first try is still under way: one answer
             wl = await asyncio.shield(self._placing[sub.id][0])
             return self.manager.same_or_conflict(wl, sub), False
-        placement = Placement.parse(sub.placement, self.agent.config.placement_strategy)
-        register = self.agent.register
-        if stays_here(sub.requirements, placement, self.node_id, self.agent.config.labels,
-                      register.available):
+        if stays_here(sub.requirements, placement, self.node_id, self.local.labels,
+                      self.local.register.available):
             return await self.manager.admit(sub, origin=origin), True
         outcome = asyncio.get_running_loop().create_future()
         self._placing[sub.id] = (outcome, self._pending_record(sub, self.node_id, origin))
@@ -96,22 +99,18 @@ class Delegator:
         finally:
             del self._placing[sub.id]
 
-    def get(self, workload_id: str) -> dict:
-        """A workload known here, or one this node is placing on a neighbour right now (pending)."""
+    def placing(self, workload_id: str) -> Workload | None:
+        """What a workload this node is placing on a neighbour right now looks like (pending)."""
         entry = self._placing.get(workload_id)
-        if entry is not None and workload_id not in self.manager.workloads:
-            return entry[1].to_dict()
-        return self.manager.get(workload_id).to_dict()
+        return entry[1] if entry is not None else None
 
     async def _place(self, sub, body, placement: Placement, hops: int, visited: tuple[str, ...],
                      upstream: str | None, origin: str | None) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
-        bus = self.agent.bus
-        neighbours = bus.neighbours() if bus is not None else []
         exclude = set(visited) | ({upstream} if upstream else set())
         decision = schedule(sub.requirements, placement,
-                            scheduler_snapshot(self.agent, neighbours, exclude=exclude))
+                            scheduler_snapshot(self.local, self.port.neighbours(), exclude=exclude))
         if decision.impossible and hops == 0:
             # Only where it was submitted: further down, the view leaves out the nodes behind us.
             raise BadRequest(decision.impossible, code="impossible_placement")
@@ -135,8 +134,7 @@ class Delegator:
             if result is not None:
                 if result["node_id"] == self.node_id:  # cannot happen: we are visited
                     raise CnetError("a neighbour placed the workload back here", code="loop")
-                existing = self.manager.workloads.get(result["id"])
-                return existing or self.manager.add_mirror(result, via=candidate.node_id)
+                return self.known(result["id"]) or self.mirrors.add(result, via=candidate.node_id)
         reasons = tried + decision.reasons()
         raise InsufficientResources("no node can take this workload: " + "; ".join(reasons),
                                     details={"reasons": reasons})
@@ -146,10 +144,9 @@ class Delegator:
         """Ask one neighbour to admit the workload; None (and a reason in ``tried``) if not."""
         for attempt in (1, 2):
             try:
-                return await self.agent.bus.call(node_id, "delegate",
-                                                 {"workload": spec, "origin": origin},
-                                                 hops=hops, visited=list(visited),
-                                                 timeout=self._delegate_timeout())
+                return await self.port.call(node_id, "delegate",
+                                            {"workload": spec, "origin": origin}, hops=hops,
+                                            visited=visited, timeout=self.port.delegate_timeout)
             except RequestTimeout:
                 # Retry once: the id makes it idempotent, so it never starts twice.
                 if attempt == 2:
@@ -179,10 +176,10 @@ class Delegator:
         pending mirror and ask ``via`` until it says how the workload is doing."""
         record = self._pending_record(sub, via, origin)
         record.message = f"{via} has not answered the delegation yet"
-        wl = self.manager.add_mirror({**record.to_dict(), "_unconfirmed": True}, via=via)
+        wl = self.mirrors.add({**record.to_dict(), "_unconfirmed": True}, via=via)
         log.warning("workload %s: %s did not answer the delegation in time; waiting for it",
                     wl.id, via)
-        self.agent.spawn(self._settle(wl.id, via))
+        self.spawn(self._settle(wl.id, via))
         return wl
 
     async def _settle(self, workload_id: str, via: str) -> None:
@@ -190,11 +187,11 @@ class Delegator:
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, SETTLE_RETRY_MAX)
-            wl = self.manager.workloads.get(workload_id)
+            wl = self.mirrors.get(workload_id)
             if wl is None or wl.status != PENDING or not wl.runtime.get("_unconfirmed"):
                 return  # settled: by an event from via, a refresh, or a delete
             try:
-                self.manager.update_mirror(await self.forward(wl, "get", {}))
+                self.mirrors.update(await self.port.forward(wl, "get", {}))
             except CnetError as exc:
                 if exc.code == "not_found":
                     self._never_started(wl)
@@ -203,86 +200,21 @@ class Delegator:
 
     def _never_started(self, wl: Workload) -> None:
         via = wl.runtime.get("via")
-        self.manager.update_mirror({**wl.to_dict(), "status": FAILED, "finished_at": time.time(),
+        self.mirrors.update({**wl.to_dict(), "status": FAILED, "finished_at": time.time(),
                                     "message": f"{via} did not answer the delegation in time "
                                                "and has no such workload: it never started"})
 
-    # -- operations on a workload wherever it runs ---------------------------------------
-
-    async def forward(self, wl: Workload, op: str, args: dict) -> dict:
-        via = wl.runtime.get("via")
-        if not via or self.agent.bus is None:
-            raise Unavailable(f"workload {wl.id} runs on {wl.node_id}, which this node cannot reach")
-        try:
-            return await self.agent.bus.call(via, op, {"id": wl.id, **args},
-                                             timeout=self._forward_timeout(op))
-        except RemoteError as exc:
-            raise remote_error(exc) from None
-        except (RequestTimeout, Unreachable) as exc:
-            raise Unavailable(f"workload {wl.id} runs on {wl.node_id} through {via}: {exc.message}",
-                              code="node_unreachable") from None
-
-    def _forward_timeout(self, op: str) -> float:
-        cfg = self.agent.config
-        if op in ("stop", "delete"):
-            return max(cfg.bus.request_timeout, cfg.stop_grace + 35.0)
-        return cfg.bus.request_timeout
-
-    async def stop(self, workload_id: str) -> Workload:
-        wl = self.manager.get(workload_id)
-        if not self.manager.is_mirror(wl):
-            return await self.manager.stop(workload_id)
-        result = await self.forward(wl, "stop", {})
-        return self.manager.update_mirror(result) or wl
-
-    async def delete(self, workload_id: str) -> None:
-        wl = self.manager.get(workload_id)
-        if not self.manager.is_mirror(wl):
-            await self.manager.delete(workload_id)
-            return
-        try:
-            await self.forward(wl, "delete", {})
-        except CnetError as exc:
-            if exc.code != "not_found":  # already gone over there: drop the mirror
-                raise
-        self.manager.remove_mirror(workload_id)
-
-    async def logs(self, workload_id: str, tail: int) -> str:
-        wl = self.manager.get(workload_id)
-        if not self.manager.is_mirror(wl):
-            return await self.manager.logs(workload_id, tail)
-        return (await self.forward(wl, "logs", {"tail": tail}))["logs"]
+    # -- mirrors through a neighbour that is back ----------------------------------------
 
     async def refresh(self, via: str) -> None:
         """A neighbour is back: ask it how our mirrors through it are doing."""
-        for wl in self.manager.mirrors_via(via):
+        for wl in self.mirrors.via(via):
             try:
-                self.manager.update_mirror(await self.forward(wl, "get", {}))
+                self.mirrors.update(await self.port.forward(wl, "get", {}))
             except CnetError as exc:
                 if exc.code == "not_found" and wl.runtime.get("_unconfirmed"):
                     self._never_started(wl)
                 elif exc.code == "not_found":
-                    self.manager.remove_mirror(wl.id)
+                    self.mirrors.remove(wl.id)
                 else:
                     log.info("refreshing mirror %s through %s: %s", wl.id, via, exc.message)
-
-    async def list_subtree(self, status: str | None, wtype: str | None) -> list[dict]:
-        """Workloads of this node and of every node below it (and this node's mirrors)."""
-        mine = {wl.id: wl.to_dict() for wl in self.manager.list(status, wtype)}
-        bus = self.agent.bus
-        children = [n for n in (bus.neighbours() if bus else [])
-                    if n.role == "child" and n.status == "alive"]
-        replies = await asyncio.gather(*(bus.call(c.node_id, "list", {
-            "status": status, "type": wtype, "scope": "subtree"}) for c in children),
-            return_exceptions=True)
-        for child, reply in zip(children, replies):
-            if isinstance(reply, BaseException):
-                log.info("listing %s's subtree: %s", child.node_id, reply)
-                continue
-            for item in reply.get("workloads", []):
-                known = mine.get(item["id"])
-                # The record of the node that runs it (no "via") wins over any mirror of it.
-                if known is None or ("via" in known and "via" not in item):
-                    mine[item["id"]] = item
-        return list(mine.values())
-

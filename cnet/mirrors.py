@@ -1,0 +1,117 @@
+"""The mirror book: this node's records of workloads it placed on other nodes.
+
+A mirror says where the workload runs (``node_id``) and through which neighbour it is reached
+(``runtime["via"]``); only that neighbour's reports change it. Mirrors are persisted in the same
+store as local workloads and published on the same hub, so the REST API, the dashboard and the
+bus show them like any other workload.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .resources import Resources
+from .workload import LOST, Workload
+
+if TYPE_CHECKING:
+    from .events import EventHub
+    from .store import Store
+
+__all__ = ["MirrorBook"]
+
+# Keys of Workload.to_dict() that are fields, not runtime facts.
+_WORKLOAD_FIELDS = frozenset({
+    "id", "name", "type", "status", "node_id", "origin", "process_pid", "endpoint", "exit_code",
+    "message", "restart_count", "created_at", "started_at", "finished_at", "config",
+    "requirements", "placement", "labels", "via"})
+
+
+class MirrorBook:
+    def __init__(self, node_id: str, store: "Store", hub: "EventHub"):
+        self.node_id = node_id
+        self.store = store
+        self.hub = hub
+        self.records: dict[str, Workload] = {}
+
+    def load(self, records: list[Workload]) -> None:
+        """Take the mirrors among the workloads the store held at start."""
+        for wl in records:
+            if wl.node_id != self.node_id:
+                self.records[wl.id] = wl
+
+    def get(self, workload_id: str) -> Workload | None:
+        return self.records.get(workload_id)
+
+    def list(self, status: str | None = None, wtype: str | None = None) -> list[Workload]:
+        return [wl for wl in self.records.values()
+                if (status is None or wl.status == status) and (wtype is None or wl.type == wtype)]
+
+    def via(self, neighbour: str) -> list[Workload]:
+        """The mirrors reached through ``neighbour``."""
+        return [wl for wl in self.records.values() if wl.runtime.get("via") == neighbour]
+
+    def add(self, remote: dict, via: str) -> Workload:
+        """Record a workload that runs elsewhere (reached through neighbour ``via``)."""
+        wl = Workload(id=remote["id"], name=remote["name"], type=remote["type"],
+                      config=remote.get("config") or {},
+                      requirements=Resources.from_dict(remote.get("requirements")),
+                      placement=remote.get("placement") or {}, labels=remote.get("labels") or {},
+                      node_id=remote["node_id"], origin=remote.get("origin") or self.node_id,
+                      created_at=remote.get("created_at") or time.time())
+        _apply_remote(wl, remote)
+        wl.runtime["via"] = via
+        self.records[wl.id] = wl
+        self.store.insert_workload(wl.to_row())
+        self._publish(wl)
+        return wl
+
+    def update(self, remote: dict, via: str | None = None) -> Workload | None:
+        """Apply a report about a mirrored workload (from the neighbour it goes through, when
+        ``via`` is given); None if it is not a mirror of ours."""
+        wl = self.records.get(remote.get("id", ""))
+        if wl is None or (via is not None and wl.runtime.get("via") != via):
+            return None
+        _apply_remote(wl, remote)
+        self.store.update_workload(wl.id, {
+            "status": wl.status, "node_id": wl.node_id, "runtime": wl.runtime,
+            "exit_code": wl.exit_code, "message": wl.message, "restart_count": wl.restart_count,
+            "started_at": wl.started_at, "finished_at": wl.finished_at})
+        self._publish(wl)
+        return wl
+
+    def mark_lost(self, via: str) -> None:
+        """The neighbour the mirrors go through is lost: say so, keep what we knew."""
+        for wl in self.via(via):
+            if wl.status != LOST:
+                wl.runtime["remote_status"] = wl.status
+                wl.status = LOST
+                wl.message = f"node {via} is lost; last known status {wl.runtime['remote_status']}"
+                self.store.update_workload(wl.id, {"status": LOST, "runtime": wl.runtime,
+                                                   "message": wl.message})
+                self._publish(wl)
+
+    def remove(self, workload_id: str) -> None:
+        if self.records.pop(workload_id, None) is not None:
+            self.store.delete_workload(workload_id)
+            self.hub.publish({"type": "workload_deleted", "id": workload_id,
+                              "node_id": self.node_id})
+
+    def _publish(self, wl: Workload) -> None:
+        self.hub.publish({"type": "workload", "workload": wl.to_dict()})
+
+
+def _apply_remote(wl: Workload, remote: dict) -> None:
+    wl.status = remote.get("status", wl.status)
+    wl.node_id = remote.get("node_id", wl.node_id)
+    wl.exit_code = remote.get("exit_code")
+    wl.message = remote.get("message")
+    wl.restart_count = remote.get("restart_count") or 0
+    wl.started_at = remote.get("started_at")
+    wl.finished_at = remote.get("finished_at")
+    via = wl.runtime.get("via")
+    wl.runtime = {k: v for k, v in remote.items() if k not in _WORKLOAD_FIELDS}
+    wl.runtime["pid"] = remote.get("process_pid")
+    wl.runtime["endpoint"] = remote.get("endpoint")
+    if via is not None:
+        wl.runtime["via"] = via

@@ -1,0 +1,17 @@
+"""Every operation of an agent, defined once: REST handlers, bus requests and the client use these.
+
+``OPS`` maps an operation's name (what the bus and the client send) to its class; see
+:mod:`cnet.ops.base` for what an operation is.
+"""
+
+from __future__ import annotations
+
+from .base import Caller, Operation, check_token
+from .cluster import Health, Nodes, ResourcesOp
+from .workloads import Delegate, Delete, Get, List, Logs, Stop, Submit
+
+__all__ = ["OPS", "Caller", "Delegate", "Delete", "Get", "Health", "List", "Logs", "Nodes",
+           "Operation", "ResourcesOp", "Stop", "Submit", "check_token"]
+
+OPS: dict[str, type[Operation]] = {op.name: op for op in (
+    Submit, Delegate, List, Get, Stop, Delete, Logs, Nodes, ResourcesOp, Health)}

@@ -1,0 +1,86 @@
+"""What every operation is: a typed request parsed from plain arguments, run against a Node.
+
+An operation is a frozen dataclass. ``parse(args)`` builds it from the plain dict both front
+doors hand over (REST from the path, query and body; the bus from a request's ``args``) and
+raises the one :class:`~cnet.errors.CnetError` for each kind of bad input; ``args()`` turns it
+back into that dict, which is what :mod:`cnet.client` sends. ``run(node, caller)`` does it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from bus import token_matches
+
+from ..errors import BadRequest, NotFound, Unauthorized
+from ..workload import ID_RE
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+__all__ = ["Caller", "Operation", "check_token", "whole_number", "workload_id"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a client (``node_id`` None), or a neighbour with the hops and nodes visited."""
+
+    node_id: str | None = None
+    hops: int = 0
+    visited: tuple[str, ...] = ()
+
+
+class Operation:
+    """One operation of an agent. Subclasses are frozen dataclasses of their fields."""
+
+    name: ClassVar[str]
+    public: ClassVar[bool] = False        # answered without the API token (health)
+    from_nodes: ClassVar[bool] = False    # only a neighbour may ask (delegate)
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        """The typed request, or BadRequest/NotFound naming what is wrong. Default: no fields."""
+        return cls()
+
+    def args(self) -> dict[str, Any]:
+        """The plain arguments that ``parse`` reads back into this request."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def check_token(expected: str | None, presented: str | None) -> None:
+    """Let a client in only with the API token (when one is configured): both doors ask this."""
+    if not token_matches(expected, presented):
+        raise Unauthorized("missing or wrong token (REST: an Authorization: Bearer <token> "
+                           "header; bus: the request's token)")
+
+
+def workload_id(args: dict[str, Any]) -> str:
+    """The ``id`` argument: a workload id, or NotFound (no workload can have another form)."""
+    value = args.get("id")
+    if value is None:
+        raise BadRequest("id: required", code="invalid_argument")
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise NotFound(f"workload {str(value)[:80]!r} not found")
+    return value
+
+
+def whole_number(args: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    """An integer argument within ``low..high``; a query string's digits count as one."""
+    raw = args.get(name)
+    if raw is None:
+        return default
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            value = None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"{name}: must be a whole number", code="invalid_argument")
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: must be between {low} and {high}", code="invalid_argument")
+    return value

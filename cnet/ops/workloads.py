@@ -1,0 +1,204 @@
+"""The workload operations: submit, delegate, list, get, stop, delete, logs.
+
+Each works on a workload wherever it runs: on this node, or (through its mirror) on the node
+it was placed on, which the operation is forwarded to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from ..errors import BadRequest, CnetError
+from ..workload import STATUSES, TYPES
+from .base import Caller, Operation, whole_number, workload_id
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from ..workload import Workload
+
+__all__ = ["Delegate", "Delete", "Get", "List", "Logs", "Stop", "Submit"]
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("local", "subtree")
+MAX_TAIL = 10_000
+
+
+@dataclass(frozen=True)
+class Submit(Operation):
+    """Place a workload: ``{"workload": {...}, "created": bool}`` (False: it already existed)."""
+
+    name = "submit"
+    workload: Any = None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(workload=args.get("workload"))
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        body = self.workload
+        wtype = body.get("type") if isinstance(body, dict) else None
+        wtype = wtype if isinstance(wtype, str) and wtype in node.manager.executors else "unknown"
+        try:
+            wl, created = await node.placer.submit(body)
+        except CnetError as exc:
+            node.on_submission(wtype, exc.code)
+            raise
+        node.on_submission(wtype, "created" if created else "existing")
+        return {"workload": wl.to_dict(), "created": created}
+
+
+@dataclass(frozen=True)
+class Delegate(Operation):
+    """A neighbour asks this node to place a workload (hops and visited nodes in the envelope)."""
+
+    name = "delegate"
+    from_nodes = True
+    workload: Any = None
+    origin: str | None = None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        origin = args.get("origin")
+        if origin is not None and not isinstance(origin, str):
+            raise BadRequest("origin: a node id", code="invalid_argument")
+        return cls(workload=args.get("workload"), origin=origin)
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        wl, _created = await node.placer.submit(self.workload, hops=caller.hops,
+                                                visited=caller.visited, upstream=caller.node_id,
+                                                origin=self.origin)
+        return wl.to_dict()
+
+
+@dataclass(frozen=True)
+class List(Operation):
+    """``{"node_id", "scope", "workloads": [...], "count"}``; ``subtree`` adds the nodes below."""
+
+    name = "list"
+    status: str | None = None
+    type: str | None = None
+    scope: str = "local"
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        status, wtype = args.get("status"), args.get("type")
+        scope = args.get("scope") or "local"
+        if status is not None and status not in STATUSES:
+            raise BadRequest(f"status: must be one of {', '.join(STATUSES)}", code="invalid_argument")
+        if wtype is not None and wtype not in TYPES:
+            raise BadRequest(f"type: unknown workload type {str(wtype)[:80]!r}",
+                             code="invalid_argument")
+        if scope not in SCOPES:
+            raise BadRequest("scope: local or subtree", code="invalid_argument")
+        return cls(status=status, type=wtype, scope=scope)
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        mine = {wl.id: wl.to_dict() for wl in _listed(node, self.status, self.type)}
+        if self.scope == "subtree":
+            await self._add_subtree(node, mine)
+        items = list(mine.values())
+        return {"node_id": node.node_id, "scope": self.scope, "workloads": items,
+                "count": len(items)}
+
+    async def _add_subtree(self, node: "Node", mine: dict[str, dict]) -> None:
+        """Add the workloads of every node below this one (children ask their children)."""
+        children = [n for n in node.port.neighbours() if n.role == "child" and n.status == "alive"]
+        replies = await asyncio.gather(*(node.port.call(c.node_id, self.name, self.args())
+                                         for c in children), return_exceptions=True)
+        for child, reply in zip(children, replies):
+            if isinstance(reply, BaseException):
+                log.info("listing %s's subtree: %s", child.node_id, reply)
+                continue
+            for item in reply.get("workloads", []):
+                known = mine.get(item["id"])
+                # The record of the node that runs it (no "via") wins over any mirror of it.
+                if known is None or ("via" in known and "via" not in item):
+                    mine[item["id"]] = item
+
+
+def _listed(node: "Node", status: str | None, wtype: str | None) -> list["Workload"]:
+    """This node's workloads and its mirrors, oldest first."""
+    found = node.manager.list(status, wtype) + node.mirrors.list(status, wtype)
+    return sorted(found, key=lambda wl: wl.created_at)
+
+
+@dataclass(frozen=True)
+class _OneWorkload(Operation):
+    """An operation on one workload, named by ``id``."""
+
+    id: str = ""
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(id=workload_id(args))
+
+
+@dataclass(frozen=True)
+class Get(_OneWorkload):
+    """One workload, or the pending record of one this node is placing right now."""
+
+    name = "get"
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        placing = node.placer.placing(self.id)
+        if placing is not None and node.placer.known(self.id) is None:
+            return placing.to_dict()
+        return node.find(self.id).to_dict()
+
+
+@dataclass(frozen=True)
+class Stop(_OneWorkload):
+    """Stop a workload (a no-op for one that has ended); the workload as it is then."""
+
+    name = "stop"
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        wl = node.find(self.id)
+        if not node.is_mirror(wl):
+            return (await node.manager.stop(self.id)).to_dict()
+        result = await node.port.forward(wl, self.name, {})
+        return (node.mirrors.update(result) or wl).to_dict()
+
+
+@dataclass(frozen=True)
+class Delete(_OneWorkload):
+    """Stop (if running) and delete: ``{"id", "deleted": True}``."""
+
+    name = "delete"
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        wl = node.find(self.id)
+        if not node.is_mirror(wl):
+            await node.manager.delete(self.id)
+        else:
+            try:
+                await node.port.forward(wl, self.name, {})
+            except CnetError as exc:
+                if exc.code != "not_found":  # already gone over there: drop the mirror
+                    raise
+            node.mirrors.remove(self.id)
+        return {"id": self.id, "deleted": True}
+
+
+@dataclass(frozen=True)
+class Logs(_OneWorkload):
+    """The last ``tail`` lines of a workload's log: ``{"id", "tail", "logs"}``."""
+
+    name = "logs"
+    tail: int = 100
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(id=workload_id(args), tail=whole_number(args, "tail", 100, 0, MAX_TAIL))
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        wl = node.find(self.id)
+        if node.is_mirror(wl):
+            text = (await node.port.forward(wl, self.name, {"tail": self.tail}))["logs"]
+        else:
+            text = await node.manager.logs(self.id, self.tail)
+        return {"id": self.id, "tail": self.tail, "logs": text}

@@ -1,0 +1,111 @@
+"""REST and the bus are two doors onto the same operations: the same bad input gets the same
+error through either (status, code and message), and changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnet.client import ClientError, SyncClient
+from cnet.ops import OPS, List, Logs, Submit
+
+from .harness import process_spec
+
+TOKEN = "doors-token"
+
+# (what is wrong, bus operation, bus args, REST method, REST path, REST JSON body)
+CASES = [
+    ("unknown status", "list", {"status": "sleeping"}, "GET", "/api/workloads?status=sleeping", None),
+    ("unknown type", "list", {"type": "vm"}, "GET", "/api/workloads?type=vm", None),
+    ("unknown scope", "list", {"scope": "world"}, "GET", "/api/workloads?scope=world", None),
+    ("tail below 0", "logs", {"id": "abc", "tail": -1}, "GET", "/api/workloads/abc/logs?tail=-1", None),
+    ("tail not a number", "logs", {"id": "abc", "tail": "ten"}, "GET",
+     "/api/workloads/abc/logs?tail=ten", None),
+    ("tail too large", "logs", {"id": "abc", "tail": 10_001}, "GET",
+     "/api/workloads/abc/logs?tail=10001", None),
+    ("unknown id (get)", "get", {"id": "nope"}, "GET", "/api/workloads/nope", None),
+    ("unknown id (stop)", "stop", {"id": "nope"}, "POST", "/api/workloads/nope/stop", None),
+    ("unknown id (delete)", "delete", {"id": "nope"}, "DELETE", "/api/workloads/nope", None),
+    ("unknown id (logs)", "logs", {"id": "nope"}, "GET", "/api/workloads/nope/logs", None),
+    ("malformed id", "get", {"id": "not an id!"}, "GET", "/api/workloads/not%20an%20id!", None),
+    ("body not an object", "submit", {"workload": [1, 2]}, "POST", "/api/workloads", [1, 2]),
+    ("no name", "submit", {"workload": {"type": "process"}}, "POST", "/api/workloads",
+     {"type": "process"}),
+    ("unknown workload type", "submit", {"workload": {"name": "x", "type": "vm"}}, "POST",
+     "/api/workloads", {"name": "x", "type": "vm"}),
+    ("unknown field", "submit", {"workload": {**process_spec(), "colour": "red"}}, "POST",
+     "/api/workloads", {**process_spec(), "colour": "red"}),
+    ("bad strategy", "submit",
+     {"workload": {**process_spec(), "placement": {"strategy": "random"}}}, "POST",
+     "/api/workloads", {**process_spec(), "placement": {"strategy": "random"}}),
+    ("negative cpu", "submit", {"workload": process_spec(cpu=-1)}, "POST", "/api/workloads",
+     process_spec(cpu=-1)),
+    ("more than the tree has", "submit", {"workload": process_spec(cpu=1000)}, "POST",
+     "/api/workloads", process_spec(cpu=1000)),
+    ("no command", "submit", {"workload": {"name": "x", "type": "process", "config": {}}},
+     "POST", "/api/workloads", {"name": "x", "type": "process", "config": {}}),
+]
+
+
+@pytest.fixture(scope="module")
+def doors(tmp_path_factory):
+    from .harness import AgentProcess
+    agent = AgentProcess(tmp_path_factory.mktemp("doors"), config={"api": {"token": TOKEN}})
+    agent.start()
+    client = SyncClient(agent.url, token=TOKEN, timeout=10)
+    try:
+        yield agent, client
+    finally:
+        client.close()
+        agent.cleanup()
+
+
+def _bus_error(client: SyncClient, op: str, args: dict) -> tuple[int, str, str]:
+    with pytest.raises(ClientError) as caught:
+        client._run(client.client.call(op, args))
+    return caught.value.status, caught.value.code, caught.value.message
+
+
+def _rest_error(agent, method: str, path: str, body) -> tuple[int, str, str]:
+    resp = agent.api(method, path, json=body) if body is not None else agent.api(method, path)
+    error = resp.json()["error"]
+    return resp.status_code, error["code"], error["message"]
+
+
+@pytest.mark.parametrize("what,op,args,method,path,body", CASES, ids=[c[0] for c in CASES])
+def test_the_same_bad_input_gets_the_same_error_through_both_doors(doors, what, op, args,
+                                                                  method, path, body):
+    agent, client = doors
+    before = agent.api("GET", "/api/workloads").json()["workloads"], agent.resources()["allocated"]
+    bus = _bus_error(client, op, args)
+    rest = _rest_error(agent, method, path, body)
+    assert 400 <= rest[0] < 600
+    assert bus == rest
+    after = agent.api("GET", "/api/workloads").json()["workloads"], agent.resources()["allocated"]
+    assert after == before          # nothing rejected changes anything
+
+
+def test_a_missing_token_is_the_same_refusal_through_both_doors(doors):
+    agent, _ = doors
+    with SyncClient(agent.url, timeout=10) as anonymous:
+        bus = _bus_error(anonymous, "list", {})
+        assert anonymous.health()["status"] == "healthy"     # health is public on the bus too
+    resp = agent.api("GET", "/api/workloads", headers={"Authorization": "Bearer wrong"})
+    rest = resp.status_code, resp.json()["error"]["code"], resp.json()["error"]["message"]
+    assert bus == rest
+    assert rest[:2] == (401, "unauthorized")
+
+
+def test_a_node_only_operation_is_unknown_to_a_client(doors):
+    _, client = doors
+    assert _bus_error(client, "delegate", {"workload": process_spec()})[:2] == (400, "unknown_op")
+    assert _bus_error(client, "shutdown", {})[:2] == (400, "unknown_op")
+
+
+def test_the_client_builds_what_the_operation_parses():
+    """One definition of each operation's name and fields: what the client sends parses back
+    into the same request."""
+    for op in (List(status="running", type="process", scope="subtree"), Logs(id="abc", tail=5),
+               Submit(workload=process_spec())):
+        assert OPS[op.name].parse(op.args()) == op
+    assert set(OPS) == {"submit", "delegate", "list", "get", "stop", "delete", "logs", "nodes",
+                        "resources", "health"}
