@@ -6,6 +6,10 @@ each peer, and one SUB connected to the PUB of every neighbour it has shaken han
 tick task sends heartbeats, runs link liveness and marks silent neighbours lost. The agent sees
 only callbacks (``snapshot``, ``summary``, ``handler``, ``on_neighbour``, ``on_event``) and the
 methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and ``describe``.
+
+It is longer than our other files because it is the one place that touches the node's sockets
+(STYLE.md #3); what can be decided without them lives beside it: ``admission`` (hellos),
+``liveness`` (neighbour states), ``link`` (a DEALER's life), ``dispatch`` (requests).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import zmq
 import zmq.asyncio
 
+from bus.admission import refusal
 from bus.discovery import Discover, Endpoints, discover_http
 from bus.dispatch import Dispatcher, Handler, Sender, error_reply
 from bus.errors import BusError, RemoteError, Unreachable
@@ -49,14 +54,13 @@ from bus.protocol import (
     new_corr_id,
     new_epoch,
 )
-from bus.security import CurveKeys, start_authenticator, token_matches
+from bus.security import CurveKeys, start_authenticator
 from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
 
 __all__ = ["BusNode"]
 
 log = logging.getLogger("bus.node")
 
-MAX_NEIGHBOURS = 4096      # hellos beyond this many distinct node ids are refused
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
 
 
@@ -422,33 +426,11 @@ class BusNode:
         if hello.role == "client":
             send_now(self._router, [identity, *encode(self._welcome("server"))])
             return
-        if hello.protocol != PROTOCOL:
-            return self._refuse(identity, hello, "version_mismatch",
-                                f"protocol {hello.protocol} not supported; this node speaks {PROTOCOL}")
-        if hello.node_id == self.node_id:
-            return self._refuse(identity, hello, "duplicate_node",
-                                f"node id {hello.node_id!r} is this node's own id")
+        refused = refusal(hello, own_id=self.node_id, neighbours=self._neighbours,
+                          now=self._clock(), token=self._token, curve=self._curve)
+        if refused is not None:
+            return self._refuse(identity, hello, *refused)
         role = "child" if hello.role == "child" else "peer"
-        existing = self._neighbours.get(hello.node_id)
-        if existing is None and len(self._neighbours) >= MAX_NEIGHBOURS:
-            return self._refuse(identity, hello, "too_many_neighbours",
-                                f"this node already tracks {MAX_NEIGHBOURS} neighbours")
-        if self._neighbours.is_live_elsewhere(hello.node_id, hello.epoch):
-            return self._refuse(identity, hello, "duplicate_node",
-                                f"node id {hello.node_id!r} is already joined and alive "
-                                f"(another incarnation, last heard "
-                                f"{existing.age(self._clock()) if existing else 0:.1f} s ago)")
-        if existing is not None and existing.role != role and existing.status != LOST:
-            return self._refuse(identity, hello, "role_conflict",
-                                f"{hello.node_id} is this node's {existing.role}, "
-                                f"not its {role}")
-        if not token_matches(self._token, hello.token):
-            return self._refuse(identity, hello, "unauthorized",
-                                "hello lacks this node's token (every node of a cluster with "
-                                "api.token set must have the same one)")
-        if self._curve is not None and not self._curve.trusts(hello.curve_key):
-            return self._refuse(identity, hello, "untrusted_key",
-                                "hello names a curve key that is not accepted here")
         old = self._identity_of.get(hello.node_id)
         if old is not None and old != identity:
             self._routes.pop(old, None)
