@@ -237,7 +237,8 @@ class Manager:
         if message is not None:
             wl.message = fields["message"] = message
         if fields:
-            self.store.update_workload(wl.id, fields)
+            wl.version += 1
+            self.store.update_workload(wl.id, {**fields, "version": wl.version})
             self._publish(wl)
 
     # -- recovery ------------------------------------------------------------------------
@@ -296,8 +297,9 @@ class Manager:
             self.live[wl.id] = wl
         else:
             self.live.pop(wl.id, None)
-        self.store.update_workload(wl.id, {"status": status, **fields}, transition=status,
-                                   message=fields.get("message"))
+        wl.version += 1
+        self.store.update_workload(wl.id, {"status": status, **fields, "version": wl.version},
+                                   transition=status, message=fields.get("message"))
         self._publish(wl)
 
     def _publish(self, wl: Workload) -> None:

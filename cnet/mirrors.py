@@ -1,9 +1,12 @@
 """The mirror book: this node's records of workloads it placed on other nodes.
 
 A mirror says where the workload runs (``node_id``) and through which neighbour it is reached
-(``runtime["via"]``); only that neighbour's reports change it. Mirrors are persisted in the same
-store as local workloads and published on the same hub, so the REST API, the dashboard and the
-bus show them like any other workload.
+(``runtime["via"]``); only that neighbour's reports change it, and only a report newer than what
+the mirror holds (by the ``version`` the running node gives each change), whichever channel
+brings it: a delegation's reply, a published event, an answer to ``get``. A report that arrives
+while the workload's placement is still in flight is kept until the mirror exists. Mirrors are
+persisted in the same store as local workloads and published on the same hub, so the REST API,
+the dashboard and the bus show them like any other workload.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ if TYPE_CHECKING:
     from .events import EventHub
     from .store import Store
 
-__all__ = ["MirrorBook"]
+__all__ = ["MirrorBook", "is_newer"]
 
 # Keys of Workload.to_dict() that are fields, not runtime facts.
 _WORKLOAD_FIELDS = frozenset({
     "id", "name", "type", "status", "node_id", "origin", "process_pid", "endpoint", "exit_code",
     "message", "restart_count", "created_at", "started_at", "finished_at", "config",
-    "requirements", "placement", "labels", "via"})
+    "requirements", "placement", "labels", "via", "version"})
+MAX_EARLY = 10_000    # reports kept for placements in flight, at most
 
 
 class MirrorBook:
@@ -33,6 +37,8 @@ class MirrorBook:
         self.store = store
         self.hub = hub
         self.records: dict[str, Workload] = {}
+        self._expected: set[str] = set()              # ids being placed on a neighbour now
+        self._early: dict[str, tuple[dict, str | None]] = {}   # id -> (newest report, via)
 
     def load(self, records: list[Workload]) -> None:
         """Take the mirrors among the workloads the store held at start."""
@@ -51,8 +57,21 @@ class MirrorBook:
         """The mirrors reached through ``neighbour``."""
         return [wl for wl in self.records.values() if wl.runtime.get("via") == neighbour]
 
+    def expect(self, workload_id: str) -> None:
+        """Its placement on a neighbour starts: keep reports about it until it is added."""
+        self._expected.add(workload_id)
+
+    def settled(self, workload_id: str) -> None:
+        """Its placement ended (added as a mirror, or not placed at all)."""
+        self._expected.discard(workload_id)
+        self._early.pop(workload_id, None)
+
     def add(self, remote: dict, via: str) -> Workload:
-        """Record a workload that runs elsewhere (reached through neighbour ``via``)."""
+        """Record a workload that runs elsewhere (reached through neighbour ``via``); a report
+        that came in earlier and is newer than ``remote`` wins."""
+        early, early_via = self._early.pop(remote["id"], (None, None))
+        if early is not None and early_via in (None, via) and is_newer(early, remote):
+            remote = {**remote, **early}
         wl = Workload(id=remote["id"], name=remote["name"], type=remote["type"],
                       config=remote.get("config") or {},
                       requirements=Resources.from_dict(remote.get("requirements")),
@@ -69,14 +88,18 @@ class MirrorBook:
     def update(self, remote: dict, via: str | None = None) -> Workload | None:
         """Apply a report about a mirrored workload (from the neighbour it goes through, when
         ``via`` is given); None if it is not a mirror of ours."""
-        wl = self.records.get(remote.get("id", ""))
-        if wl is None or (via is not None and wl.runtime.get("via") != via):
+        workload_id = remote.get("id", "")
+        wl = self.records.get(workload_id)
+        if wl is None:
+            self._keep_early(workload_id, remote, via)
+            return None
+        if (via is not None and wl.runtime.get("via") != via) or not _applies(remote, wl):
             return None
         _apply_remote(wl, remote)
         self.store.update_workload(wl.id, {
             "status": wl.status, "node_id": wl.node_id, "runtime": wl.runtime,
             "exit_code": wl.exit_code, "message": wl.message, "restart_count": wl.restart_count,
-            "started_at": wl.started_at, "finished_at": wl.finished_at})
+            "started_at": wl.started_at, "finished_at": wl.finished_at, "version": wl.version})
         self._publish(wl)
         return wl
 
@@ -97,8 +120,38 @@ class MirrorBook:
             self.hub.publish({"type": "workload_deleted", "id": workload_id,
                               "node_id": self.node_id})
 
+    def _keep_early(self, workload_id: str, remote: dict, via: str | None) -> None:
+        if workload_id not in self._expected or len(self._early) >= MAX_EARLY:
+            return
+        kept = self._early.get(workload_id)
+        if kept is None or is_newer(remote, kept[0]):
+            self._early[workload_id] = (remote, via)
+
     def _publish(self, wl: Workload) -> None:
         self.hub.publish({"type": "workload", "workload": wl.to_dict()})
+
+
+def _version(report: dict) -> int | None:
+    version = report.get("version")
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def is_newer(report: dict, than: dict) -> bool:
+    """Whether ``report`` is a later state of the workload than ``than`` (unversioned: yes)."""
+    mine, theirs = _version(report), _version(than)
+    return mine is None or theirs is None or mine > theirs
+
+
+def _applies(remote: dict, wl: Workload) -> bool:
+    """The version rule: a report changes a mirror only if it is newer. A mirror marked lost
+    here takes the same version back (the node is heard again and nothing changed meanwhile),
+    and a neighbour's own "lost" overlay of the same version is taken too."""
+    version = _version(remote)
+    if version is None:
+        return True     # a node that does not version its records
+    if wl.status == LOST or remote.get("status") == LOST:
+        return version >= wl.version
+    return version > wl.version
 
 
 def _apply_remote(wl: Workload, remote: dict) -> None:
@@ -109,6 +162,8 @@ def _apply_remote(wl: Workload, remote: dict) -> None:
     wl.restart_count = remote.get("restart_count") or 0
     wl.started_at = remote.get("started_at")
     wl.finished_at = remote.get("finished_at")
+    if (version := _version(remote)) is not None:
+        wl.version = version
     via = wl.runtime.get("via")
     wl.runtime = {k: v for k, v in remote.items() if k not in _WORKLOAD_FIELDS}
     wl.runtime["pid"] = remote.get("process_pid")

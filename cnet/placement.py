@@ -84,6 +84,7 @@ class Placer:
             return await self.manager.admit(sub, origin=origin), True
         outcome = asyncio.get_running_loop().create_future()
         self._placing[sub.id] = (outcome, self._pending_record(sub, self.node_id, origin))
+        self.mirrors.expect(sub.id)
         try:
             wl = await self._place(sub, body, placement, hops, visited, upstream, origin)
         except BaseException as exc:
@@ -98,6 +99,7 @@ class Placer:
             return wl, True
         finally:
             del self._placing[sub.id]
+            self.mirrors.settled(sub.id)
 
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""
@@ -200,9 +202,10 @@ class Placer:
 
     def _never_started(self, wl: Workload) -> None:
         via = wl.runtime.get("via")
-        self.mirrors.update({**wl.to_dict(), "status": FAILED, "finished_at": time.time(),
-                                    "message": f"{via} did not answer the delegation in time "
-                                               "and has no such workload: it never started"})
+        self.mirrors.update({**wl.to_dict(), "version": wl.version + 1, "status": FAILED,
+                             "finished_at": time.time(),
+                             "message": f"{via} did not answer the delegation in time "
+                                        "and has no such workload: it never started"})
 
     # -- mirrors through a neighbour that is back ----------------------------------------
 

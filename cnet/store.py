@@ -57,6 +57,7 @@ class WorkloadRow(_Base):
     created_at = pw.FloatField()
     started_at = pw.FloatField(null=True)
     finished_at = pw.FloatField(null=True)
+    version = pw.IntegerField(default=0)         # +1 on every change, by the node running it
 
     class Meta:
         table_name = "workloads"
@@ -109,6 +110,13 @@ class Store:
         self._sql: dict[tuple, str] = {}
         self.db.connect()
         self.db.create_tables(MODELS)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a database made by an earlier version lacks."""
+        have = {column.name for column in self.db.get_columns("workloads")}
+        if "version" not in have:
+            self.db.execute_sql("ALTER TABLE workloads ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         if not self.db.is_closed():

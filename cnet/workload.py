@@ -42,6 +42,7 @@ class Workload:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    version: int = 0              # set by the node that runs it: +1 on every change
 
     @property
     def live(self) -> bool:
@@ -68,6 +69,7 @@ class Workload:
             "requirements": self.requirements.to_dict(),
             "placement": self.placement,
             "labels": self.labels,
+            "version": self.version,
         }
         # Executor facts meant for users (container_id, data_key, files, ...); keys starting
         # with "_" are the executor's private bookkeeping.
@@ -85,7 +87,8 @@ class Workload:
                 "node_id": self.node_id, "origin": self.origin, "spec": self.spec(),
                 "runtime": self.runtime, "exit_code": self.exit_code, "message": self.message,
                 "restart_count": self.restart_count, "created_at": self.created_at,
-                "started_at": self.started_at, "finished_at": self.finished_at}
+                "started_at": self.started_at, "finished_at": self.finished_at,
+                "version": self.version}
 
     @classmethod
     def from_row(cls, row: dict) -> "Workload":
@@ -97,7 +100,7 @@ class Workload:
                    runtime=row["runtime"] or {}, exit_code=row["exit_code"],
                    message=row["message"], restart_count=row["restart_count"],
                    created_at=row["created_at"], started_at=row["started_at"],
-                   finished_at=row["finished_at"])
+                   finished_at=row["finished_at"], version=row.get("version") or 0)
 
 
 @dataclass(frozen=True)
