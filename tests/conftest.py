@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import TYPE_CHECKING, AsyncContextManager
+
 import pytest
 
+from .bus.conftest import pytest_pyfunc_call  # noqa: F401  (async def tests, here as in tests/bus)
 from .harness import AgentProcess, deep_merge, link_cluster, wait_linked
+
+if TYPE_CHECKING:
+    from .inprocess import Cluster
 
 
 @pytest.fixture
@@ -45,3 +52,18 @@ def make_cluster(make_agent):
 @pytest.fixture
 def agent(make_agent):
     return make_agent()
+
+
+@pytest.fixture
+def inprocess_cluster(tmp_path):
+    """Factory of in-process clusters (tests/inprocess.py), for ``async def`` tests:
+    ``async with inprocess_cluster({"a": {}, "b": {"parent": "a"}}, config={...}) as cluster``
+    runs one real Agent per node in the test's event loop, on a clock the test moves."""
+    from .inprocess import running  # here: only tests that use it import the agent
+
+    count = itertools.count()
+
+    def make(topology: dict, **kwargs) -> AsyncContextManager[Cluster]:
+        return running(tmp_path / f"cluster-{next(count)}", topology, **kwargs)
+
+    return make
