@@ -100,9 +100,11 @@ class Agent:
             self.placer = Placer(self.local, self.manager, self.mirrors, self.port,
                                  default_strategy=cfg.placement_strategy, spawn=self.spawn)
             self.watch = NeighbourWatch(self.hub, self.mirrors, self.placer,
-                                        has_parent=bool(cfg.parent), spawn=self.spawn)
+                                        has_parent=bool(cfg.parent), spawn=self.spawn,
+                                        clock=self.clock)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
-                             self.port, on_submission=self.metrics.count_submission)
+                             self.port, on_submission=self.metrics.count_submission,
+                             clock=self.clock)
             await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
         except BaseException:
             for sock in sockets:

@@ -29,12 +29,14 @@ _VECTORS = ("capacity", "allocated", "available", "usage")
 
 class NeighbourWatch:
     def __init__(self, hub: "EventHub", mirrors: "MirrorBook", placer: "Placer", *,
-                 has_parent: bool, spawn: Callable[[Coroutine[Any, Any, None]], None]):
+                 has_parent: bool, spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 clock: Callable[[], float] = time.monotonic):
         self.hub = hub
         self.mirrors = mirrors
         self.placer = placer
         self.has_parent = has_parent
         self.spawn = spawn
+        self.clock = clock
         self.bus: "BusNode | None" = None
         self._statuses: dict[str, str] = {}        # neighbour id -> last published status
         self._subtree_keys: dict[str, tuple] = {}  # child or peer id -> what was last passed up
@@ -42,7 +44,7 @@ class NeighbourWatch:
 
     def changed(self, state: "NeighbourState") -> None:
         self._pass_up(state)
-        entry = neighbours.node_entry(state, time.monotonic())
+        entry = neighbours.node_entry(state, self.clock())
         self.hub.publish({"type": "node", "node": entry})
         if state.snapshot:
             self.hub.publish({"type": "resources", "node_id": state.node_id, "seq": state.seq,

@@ -6,6 +6,7 @@ can be run, and tested, against any node assembled from real parts.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -32,6 +33,7 @@ class Node:
     placer: "Placer"              # where a submission runs
     port: "NeighbourPort"         # the neighbours and what this node asks of them
     on_submission: Callable[[str, str], None] = lambda wtype, result: None  # (type, outcome)
+    clock: Callable[[], float] = time.monotonic   # the bus's clock: neighbour ages are on it
 
     @property
     def node_id(self) -> str:

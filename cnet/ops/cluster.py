@@ -41,7 +41,7 @@ class Nodes(Operation):
               "address": local.address, "last_seen": 0.0,
               "uptime": round(time.time() - local.started_at, 1), "labels": local.labels,
               **{k: resources[k] for k in _VECTORS}}
-        now = time.monotonic()
+        now = node.clock()
         states = node.port.neighbours()
         entries = sorted((neighbours.node_entry(s, now) for s in states), key=lambda e: e["node_id"])
         me["subtree"] = neighbours.summary(local, states)
