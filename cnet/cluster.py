@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from .executors.logfile import tail
+from .state_lock import AgentPid, find_agent
 from .topology import Topology
 
 
@@ -27,18 +29,15 @@ class Cluster:
 
     # -- paths and probes ----------------------------------------------------------------
 
-    def _pid_file(self, node_id: str) -> Path:
-        return self.topo.node_state_dir(node_id) / "agent.pid"
-
     def _log_file(self, node_id: str) -> Path:
         return self.topo.node_state_dir(node_id) / "agent.out"
 
+    def find(self, node_id: str) -> AgentPid:
+        """The node's live agent, however it was started; a stale pid file is removed."""
+        return find_agent(self.topo.node_state_dir(node_id))
+
     def pid(self, node_id: str) -> int | None:
-        try:
-            pid = int(self._pid_file(node_id).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if _alive(pid) else None
+        return self.find(node_id).pid
 
     def _get(self, node_id: str, path: str, timeout: float = 2.0):
         req = urllib.request.Request(self.topo.url(node_id) + path)
@@ -78,18 +77,18 @@ class Cluster:
     # -- commands ------------------------------------------------------------------------
 
     def up(self, topology_path: Path, timeout: float = 60.0) -> None:
-        started: list[str] = []
+        started: dict[str, subprocess.Popen] = {}
         for node_id in self.topo.node_ids():
-            if self.pid(node_id) and self.healthy(node_id):
-                self._say(f"{node_id}: already running (pid {self.pid(node_id)})")
+            pid = self.pid(node_id)
+            if pid:
+                self._say(f"{node_id}: already running (pid {pid})")
                 continue
-            self._spawn(node_id, topology_path)
-            started.append(node_id)
+            started[node_id] = self._spawn(node_id, topology_path)
         deadline = time.monotonic() + timeout
         pending = set(self.topo.node_ids())
         while pending and time.monotonic() < deadline:
             for node_id in sorted(pending):
-                if node_id in started and self.pid(node_id) is None:
+                if node_id in started and started[node_id].poll() is not None:
                     self._fail(node_id, started, "exited during start-up")
                 if self.healthy(node_id) and all(s == "alive" for s in self.links(node_id).values()):
                     pending.discard(node_id)
@@ -106,50 +105,61 @@ class Cluster:
             self._say(f"{node_id}: {self.topo.url(node_id)}/  (pid {self.pid(node_id)}, "
                       f"state {self.topo.node_state_dir(node_id)})")
 
-    def _spawn(self, node_id: str, topology_path: Path) -> None:
+    def _spawn(self, node_id: str, topology_path: Path) -> subprocess.Popen:
+        """Start the node's agent; it writes its own pid file once it holds its state dir."""
         state = self.topo.node_state_dir(node_id)
         state.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "cnet", "agent", "--topology", str(topology_path.resolve()),
                 "--node", node_id, "--state-dir", str(self.topo.state_dir)]
         with open(self._log_file(node_id), "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self._pid_file(node_id).write_text(f"{proc.pid}\n")
 
-    def _fail(self, node_id: str, started: list[str], why: str) -> None:
+    def _fail(self, node_id: str, started: dict[str, subprocess.Popen], why: str) -> None:
         log_tail = tail(self._log_file(node_id), 20)
-        self.down(only=started, quiet=True)
+        self.down(only=list(started), quiet=True)
+        # Any still starting holds no lock yet, so down() could not find it.
+        self._terminate({n: p.pid for n, p in started.items() if p.poll() is None}, quiet=True)
         raise ClusterError(f"{node_id} {why}; the last lines of {self._log_file(node_id)}:\n"
                            f"{log_tail}")
 
     def down(self, only: list[str] | None = None, quiet: bool = False, timeout: float = 20.0) -> None:
-        nodes = only if only is not None else self.topo.node_ids()
-        for node_id in nodes:
-            if self.pid(node_id) and self.healthy(node_id):
+        """Stop the workloads, then the agent, of every node found running, whoever started it."""
+        running = {}
+        for node_id in only if only is not None else self.topo.node_ids():
+            found = self.find(node_id)
+            if found.pid is not None:
+                running[node_id] = found.pid
+            elif not quiet:
+                self._say(f"{node_id}: not running{_stale_note(found)}")
+        for node_id in running:
+            if self.healthy(node_id):
                 self._stop_workloads(node_id)
-        waiting = {}
-        for node_id in nodes:
-            pid = self.pid(node_id)
-            if pid is None:
-                self._pid_file(node_id).unlink(missing_ok=True)  # stale: it died by itself
-                if not quiet:
-                    self._say(f"{node_id}: not running")
-                continue
-            os.kill(pid, signal.SIGTERM)
-            waiting[node_id] = pid
+        self._terminate(running, quiet, timeout)
+
+    def _terminate(self, pids: dict[str, int], quiet: bool, timeout: float = 20.0) -> None:
+        """SIGTERM each node's agent, SIGKILL one that outlives ``timeout``."""
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        waiting = dict(pids)
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             for node_id, pid in list(waiting.items()):
                 if not _alive(pid):
                     del waiting[node_id]
-                    self._pid_file(node_id).unlink(missing_ok=True)
                     if not quiet:
                         self._say(f"{node_id}: stopped")
             time.sleep(0.05)
         for node_id, pid in waiting.items():
-            os.kill(pid, signal.SIGKILL)
-            self._pid_file(node_id).unlink(missing_ok=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             self._say(f"{node_id}: killed (did not stop within {timeout:g}s)")
+        deadline = time.monotonic() + 5.0
+        while any(_alive(pid) for pid in waiting.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for node_id in pids:
+            self.find(node_id)   # removes the pid file of one that could not clean up after itself
 
     def _stop_workloads(self, node_id: str) -> None:
         """Stop what runs on the node, so nothing is left behind as an orphan."""
@@ -167,8 +177,12 @@ class Cluster:
     def status(self) -> bool:
         all_up = True
         rows = [("NODE", "URL", "PID", "STATE", "LINKS")]
+        notes = []
         for node_id in self.topo.node_ids():
-            pid = self.pid(node_id)
+            found = self.find(node_id)
+            pid = found.pid
+            if found.stale is not None:
+                notes.append(f"{node_id}: not running{_stale_note(found)}")
             up = pid is not None and self.healthy(node_id)
             all_up &= up
             links = self.links(node_id) if up else {}
@@ -177,10 +191,18 @@ class Cluster:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             self._say("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        for note in notes:
+            self._say(note)
         return all_up
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+def _stale_note(found: AgentPid) -> str:
+    if found.stale is None:
+        return ""
+    return f" (removed a stale pid file{f' of pid {found.stale}' if found.stale else ''})"
 
 
 def _alive(pid: int) -> bool:

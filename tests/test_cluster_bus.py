@@ -4,6 +4,7 @@ of logic alone run in-process, in test_inprocess.py)."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
@@ -307,6 +308,7 @@ def test_launcher_up_status_down(jiangsu_file, tmp_path):
         assert f"{node_id}: stopped" in down.stdout, down.stdout
     for pid in agent_pids + workload_pids:
         assert gone(pid), f"pid {pid} survived `cluster down`: {psutil.Process(pid).cmdline()}"
+    assert not any((tmp_path / "run" / n / "agent.pid").exists() for n in urls)   # clean exits
     after = cnet("cluster", "status", str(path), check=False)
     assert after.returncode != 0 and after.stdout.count(" down ") == 4
 
@@ -323,3 +325,67 @@ def test_launcher_fails_with_the_log_tail_of_a_node_that_does_not_come_up(jiangs
     for node_id in topo["nodes"]:
         pid_file = tmp_path / "run" / node_id / "agent.pid"
         assert not pid_file.exists(), f"{node_id} left running"
+
+
+@pytest.fixture
+def by_hand(jiangsu_file, tmp_path):
+    """Start one node of the topology as a user would, ``cnet agent --topology FILE --node ID``;
+    every agent it started is gone afterwards."""
+    path, topo = jiangsu_file
+    procs: list[subprocess.Popen] = []
+
+    def start(node_id: str) -> subprocess.Popen:
+        with open(tmp_path / f"{node_id}.out", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "cnet", "agent", "--topology", str(path),
+                                     "--node", node_id], cwd=REPO, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{topo['nodes'][node_id]['port']}/api/health"
+        wait_for(lambda: proc.poll() is None and requests.get(url, timeout=1).ok, timeout=30,
+                 message=f"{node_id} started by hand")
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_launcher_finds_and_stops_an_agent_started_by_hand(by_hand, tmp_path, jiangsu_file):
+    path, _ = jiangsu_file
+    proc = by_hand("suqian")
+    pid_file = tmp_path / "run" / "suqian" / "agent.pid"
+    assert pid_file.read_text().split() == [str(proc.pid)]   # the agent's own pid, not a launcher's
+
+    status = cnet("cluster", "status", str(path), check=False)
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()[1:]}
+    assert status.returncode == 1   # the other three are down
+    assert lines["suqian"].split()[2:4] == [str(proc.pid), "up"], status.stdout
+    assert " down " in lines["nanjing"]
+
+    down = cnet("cluster", "down", str(path))
+    assert "suqian: stopped" in down.stdout and "nanjing: not running" in down.stdout, down.stdout
+    assert proc.wait(timeout=30) == 0   # a clean exit, which took its pid file with it
+    assert not pid_file.exists()
+
+
+def test_a_stale_pid_file_is_reported_as_stopped_and_removed(by_hand, tmp_path, jiangsu_file):
+    path, _ = jiangsu_file
+    proc = by_hand("suqian")
+    proc.kill()   # kill -9: no chance to remove its pid file
+    proc.wait(timeout=10)
+    pid_file = tmp_path / "run" / "suqian" / "agent.pid"
+    assert pid_file.read_text().split() == [str(proc.pid)]
+
+    status = cnet("cluster", "status", str(path), check=False)
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()[1:]}
+    assert status.returncode == 1 and " down " in lines["suqian"], status.stdout
+    assert f"suqian: not running (removed a stale pid file of pid {proc.pid})" in status.stdout
+    assert not pid_file.exists()
+
+    # A pid that is alive but does not hold the node's lock (a reused pid) is stale just the same.
+    pid_file.write_text(f"{os.getpid()}\n")
+    down = cnet("cluster", "down", str(path))
+    assert f"suqian: not running (removed a stale pid file of pid {os.getpid()})" in down.stdout
+    assert not pid_file.exists() and not gone(os.getpid())
