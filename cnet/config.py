@@ -6,12 +6,15 @@ Every problem is reported as one ``ConfigError`` line that names the key, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import psutil
 import yaml
@@ -23,6 +26,9 @@ _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IG
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
           "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4, "PI": 1024**5}
 STRATEGIES = ("local_first", "least_loaded", "binpack", "spread")
+WILDCARDS = ("0.0.0.0", "::", "")  # bind addresses that mean every interface
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 
 
 class ConfigError(Exception):
@@ -61,8 +67,10 @@ class ServiceConfig:
 @dataclass
 class Config:
     node_id: str
-    address: str = "127.0.0.1"
+    address: str = "127.0.0.1"    # where the agent (and a service without service_host) binds
     port: int = 8080
+    advertise_address: str | None = None  # agent.advertise_address as configured
+    advertise: str = "127.0.0.1"  # what other machines use to reach this node and its services
     capacity: Resources = field(default_factory=Resources)
     labels: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
@@ -84,9 +92,15 @@ class Config:
     services: ServiceConfig = field(default_factory=ServiceConfig)
 
     @property
-    def url(self) -> str:
-        host = self.address if self.address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    def public_url(self) -> str:
+        """This agent's URL as other machines reach it: the advertised address, the HTTP port."""
+        host = f"[{self.advertise}]" if ":" in self.advertise else self.advertise
         return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The URL the agent names itself by (snapshots, nodes, the bus hello): ``public_url``."""
+        return self.public_url
 
 
 def load(path: str | os.PathLike) -> Config:
@@ -124,6 +138,8 @@ def from_dict(raw) -> Config:
     cfg = Config(node_id=node_id)
     cfg.address = _str(agent, "address", "agent.address", "127.0.0.1")
     cfg.port = _port(agent.get("port", 8080), "agent.port")
+    cfg.advertise_address = _advertise_address(agent.get("advertise_address"),
+                                               "agent.advertise_address")
     labels = agent.get("labels", {}) or {}
     if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
         raise ConfigError("agent.labels: must be a mapping of string keys to values")
@@ -177,9 +193,80 @@ def from_dict(raw) -> Config:
         raise ConfigError(f"{where}.engine_url: must be a string")
     cfg.container_engine_url = url
 
+    cfg.advertise = advertised_host(cfg.address, cfg.advertise_address,
+                                    [*([cfg.parent] if cfg.parent else []), *cfg.peers])
     cfg.bus = _bus(*sec("bus"), node_id, cfg.address)
     cfg.services = _services(*sec("services"))
     return cfg
+
+
+def route_source(host: str, port: int) -> str | None:
+    """The local address this machine sends from to reach ``host:port``, or None.
+
+    A UDP socket's ``connect()`` only picks the route: no packet is sent.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        return None
+    for family, kind, proto, _name, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.connect(sockaddr)
+                return sock.getsockname()[0]
+        except OSError:
+            continue
+    return None
+
+
+def advertised_host(address: str, explicit: str | None, neighbours: Sequence[str], *,
+                    probe: Callable[[str, int], str | None] = route_source,
+                    hostname: Callable[[], str] = socket.gethostname) -> str:
+    """What other machines use to reach this node: ``explicit`` (agent.advertise_address);
+    else ``address`` unless it is a wildcard; else the address of the interface that reaches
+    the first neighbour (``host:port``: parent, then peers) reached other than over loopback;
+    else the host name.
+    """
+    if explicit:
+        return explicit
+    if address not in WILDCARDS:
+        return address
+    for hostport in neighbours:
+        host, _, port = hostport.rpartition(":")
+        found = probe(host.strip("[]"), int(port))
+        if found and found not in WILDCARDS and not is_loopback(found):
+            return found
+    return hostname()
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback IP address (or "localhost")."""
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _advertise_address(value, where: str) -> str | None:
+    """A host name or IP address other machines can reach (no scheme, port or wildcard)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be a host name or IP address")
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME_RE.match(host):
+            raise ConfigError(f"{where}: {value!r} is not a host name or IP address "
+                              "(give it without scheme or port)") from None
+        return host
+    if ip.is_unspecified:
+        raise ConfigError(f"{where}: {value!r} is a wildcard; give an address other machines "
+                          "can reach")
+    return host
 
 
 def _bus(raw: dict, where: str, node_id: str, address: str) -> BusConfig:

@@ -125,3 +125,15 @@ def test_seed_data_and_gateway_walkthrough_with_real_curl(gw_agent, tmp_path):
     listing = curl(f"http://127.0.0.1:{port}/s3/cnet?list-type=2&prefix={data_key}")
     assert f"<Key>{data_key}/gw_test.txt</Key>" in listing
     assert curl(f"http://127.0.0.1:{port}/s3/cnet/{data_key}/gw_test.txt") == "seed gateway test\n"
+
+
+def test_gateway_of_a_wildcard_agent_answers_at_the_advertised_address(make_agent):
+    agent = make_agent(config=deep_merge(FAST_SERVICES, {
+        "agent": {"address": "0.0.0.0", "advertise_address": "127.0.0.2"},
+        "services": {"port_range": list(free_port_range(11))}}))
+    wl = agent.submit({"name": "gw", "type": "datagateway", "config": {}})  # no service_host
+    assert wl["status"] == "running"
+    assert wl["endpoint"] == f"http://127.0.0.2:{wl['port']}"
+    assert requests.get(wl["endpoint"] + "/health", timeout=10).status_code == 200
+    assert _keys(wl["endpoint"]) == []
+    assert agent.api("GET", "/api/nodes").json()["self"]["address"] == f"http://127.0.0.2:{agent.port}"

@@ -72,8 +72,9 @@ class ServiceExecutor(Executor):
             raise BadRequest(f"config: unknown field(s) for {self.type}: {', '.join(unknown)}",
                              code="invalid_field")
         out = self.validate_options(config)
-        host = require_str(config, "service_host", required=False, default="127.0.0.1")
-        if any(c.isspace() or c == "\x00" for c in host):
+        # Left out, it stays out: the node that runs the service picks its own bind address.
+        host = require_str(config, "service_host", required=False)
+        if host is not None and any(c.isspace() or c == "\x00" for c in host):
             raise BadRequest("config.service_host: must be a host name or address",
                              code="invalid_field")
         port = config.get("service_port")
@@ -81,7 +82,8 @@ class ServiceExecutor(Executor):
                                  or not 1 <= port <= 65535):
             raise BadRequest("config.service_port: must be a whole number, 1..65535",
                              code="invalid_field")
-        out["service_host"] = host
+        if host is not None:
+            out["service_host"] = host
         if port is not None:
             out["service_port"] = port
         return out
@@ -93,7 +95,7 @@ class ServiceExecutor(Executor):
             raise Unavailable(f"{program} is not installed (looked in {BIN_DIR_ENV}, "
                               f"{os.path.dirname(sys.executable)} and PATH)",
                               code="service_not_installed")
-        self._check_bind(config["service_host"], config.get("service_port"))
+        self._check_bind(self._bind_host(config), config.get("service_port"))
 
     def _check_bind(self, host: str, port: int | None) -> None:
         problem = port_problem(host, port or 0)
@@ -114,7 +116,7 @@ class ServiceExecutor(Executor):
 
     async def start(self, workload: Workload) -> dict:
         cfg = self.host.config.services
-        host = workload.config.get("service_host", "127.0.0.1")
+        host = self._bind_host(workload.config)
         explicit = workload.config.get("service_port")
         for attempt in range(1, START_ATTEMPTS + 1):
             if explicit is not None:
@@ -149,11 +151,17 @@ class ServiceExecutor(Executor):
     async def _launch(self, svc: Service) -> ProcessHandle:
         return await launch(self.launch_spec(svc.config), svc, self.host.config.services)
 
+    def _bind_host(self, config: dict) -> str:
+        """Where the service listens: its ``service_host``, else where the agent listens (a
+        loopback agent's services stay on loopback; a wildcard agent's are reachable)."""
+        return config.get("service_host") or self.host.config.address
+
     def _endpoint(self, svc: Service) -> str:
-        host = svc.host
-        if host in WILDCARDS:
-            agent_host = self.host.config.address
-            host = agent_host if agent_host not in WILDCARDS else WILDCARDS[host]
+        """The URL handed out: an explicit ``service_host`` as it is, a wildcard one or none
+        at all as this node's advertised address."""
+        host = svc.config.get("service_host")
+        if host is None or host in WILDCARDS:
+            host = self.host.config.advertise
         return f"http://{url_host(host)}:{svc.port}"
 
     # -- the seed's ServiceExecutor ------------------------------------------------------
@@ -192,7 +200,7 @@ class ServiceExecutor(Executor):
         handle = ProcessHandle.adopt(runtime["pid"], runtime.get("_start_time"))
         if handle is None:
             return f"service process {runtime['pid']} ended while the agent was down"
-        svc = self._new_service(workload, workload.config.get("service_host", "127.0.0.1"), port)
+        svc = self._new_service(workload, self._bind_host(workload.config), port)
         if runtime.get("log_path"):
             svc.log_path = Path(runtime["log_path"])
         self.ports.claim(port, workload.id)

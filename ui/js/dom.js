@@ -45,7 +45,11 @@ export function setText(el, text) {
   if (el.textContent !== value) el.textContent = value;
 }
 
-/** A link only for http(s) URLs; anything else (javascript:, data:) is shown as plain text. */
+const isLoopback = (host) => host === 'localhost' || /^127\./.test(host) || host === '[::1]';
+
+/** A link only for http(s) URLs; anything else (javascript:, data:) is shown as plain text, and
+ * so is a loopback URL when this page was not opened on loopback (it would name the viewer's
+ * own machine, not the node's). */
 export function safeLink(url, text = url) {
   if (typeof url !== 'string' || !url) return document.createTextNode('—');
   let parsed;
@@ -55,5 +59,8 @@ export function safeLink(url, text = url) {
     return document.createTextNode(url);
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return document.createTextNode(url);
+  if (isLoopback(parsed.hostname) && !isLoopback(window.location.hostname)) {
+    return h('span', {title: 'a loopback address: reachable only on that machine'}, text);
+  }
   return h('a', {href: parsed.href, target: '_blank', rel: 'noopener noreferrer'}, text);
 }
