@@ -7,7 +7,7 @@ on_neighbour, on_event) and calls its methods (publish, publish_event, request, 
 from bus.client import BusClient, Watcher
 from bus.discovery import DiscoveryError, Endpoints, discover_http
 from bus.dispatch import Handler, Sender
-from bus.errors import BusError, RemoteError, RequestTimeout, Unreachable
+from bus.errors import BusError, LostInFlight, RemoteError, RequestTimeout, Unreachable
 from bus.liveness import ALIVE, LOST, NeighbourState
 from bus.node import BusNode
 from bus.protocol import PROTOCOL, VERSION, Event, ProtocolError, Reply, Request, Update
@@ -16,6 +16,7 @@ from bus.security import CurveKeys, generate_keys, token_matches
 __all__ = [
     "ALIVE",
     "LOST",
+    "LostInFlight",
     "PROTOCOL",
     "VERSION",
     "BusClient",

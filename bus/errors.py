@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BusError", "RemoteError", "RequestTimeout", "Unreachable"]
+__all__ = ["BusError", "LostInFlight", "RemoteError", "RequestTimeout", "Unreachable"]
 
 
 class BusError(Exception):
@@ -29,6 +29,13 @@ class Unreachable(BusError):
     """The target node is not a joined neighbour, or its link is down."""
 
     code = "unreachable"
+
+
+class LostInFlight(Unreachable):
+    """The request went out, then its target was lost or joined again as a new session before
+    answering: it may or may not have been received."""
+
+    code = "lost_in_flight"
 
 
 class RemoteError(BusError):

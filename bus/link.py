@@ -130,7 +130,11 @@ class Link:
         if self._joined and now - self.last_heard > window:
             self.restart(f"no heartbeat reply for {now - self.last_heard:.1f} s")
         elif not self._joined and now - self._hello_at > window:
-            self.restart(f"no welcome within {window:.1f} s", delay=self._backoff())
+            where = self.endpoints.router if self.endpoints else self.describe()
+            hint = ("is it up, and is this node's Curve key among those it accepts?"
+                    if self._curve is not None else "is it up?")
+            self.restart(f"no welcome within {window:.1f} s from {where}: {hint}",
+                         delay=self._backoff())
 
     def _backoff(self) -> float:
         """Delay before the next attempt: doubles with each failure in a row, up to retry_max."""

@@ -33,6 +33,7 @@ class NeighbourState:
     summary: dict[str, Any] | None = None
     sent_at: float = 0.0              # its wall clock when it sent that snapshot
     interval: float = 1.0             # its heartbeat interval
+    joins: int = 0                    # handshakes completed with it (each one a new session)
 
     def age(self, now: float) -> float:
         """Seconds since it was last heard from."""
@@ -75,22 +76,29 @@ class Neighbours:
             state.seq, state.snapshot, state.summary, state.sent_at = -1, {}, None, 0.0
         state.role, state.epoch, state.http, state.router, state.pub = role, epoch, http, router, pub
         state.interval, state.status, state.last_seen = interval, ALIVE, now
+        state.joins += 1
         return state
 
     def heard(self, node_id: str, now: float, epoch: int | None = None) -> bool:
-        """A valid message came from ``node_id``; True when that brings it back to alive.
+        """A valid message came from an alive ``node_id``: True when it counts as a sign of life.
 
-        A message from another incarnation than the handshake's is not proof of life: that
-        incarnation must hello first (the duplicate-id check depends on it).
+        Only a handshake (``joined``) makes a lost neighbour alive again: a message that was
+        queued during a cut, or a heartbeat on a link the other side has given up on, proves
+        nothing about both directions. A message from another incarnation than the
+        handshake's is no proof either: that incarnation must hello first (the duplicate-id
+        check depends on it).
         """
         state = self._by_id.get(node_id)
-        if state is None or (epoch is not None and state.epoch and epoch != state.epoch):
+        if state is None or state.status != ALIVE:
+            return False
+        if epoch is not None and state.epoch and epoch != state.epoch:
             return False
         state.last_seen = now
-        if state.status != ALIVE:
-            state.status = ALIVE
-            return True
-        return False
+        return True
+
+    def is_lost(self, node_id: str) -> bool:
+        state = self._by_id.get(node_id)
+        return state is not None and state.status == LOST
 
     def snapshot(self, node_id: str, epoch: int, seq: int, snapshot: dict[str, Any],
                  summary: dict[str, Any] | None, sent_at: float) -> bool:

@@ -54,6 +54,7 @@ from bus.protocol import (
     new_corr_id,
     new_epoch,
 )
+from bus.refusals import RefusalLog
 from bus.security import CurveKeys, start_authenticator
 from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
 
@@ -134,6 +135,7 @@ class BusNode:
         self.router_endpoint = ""
         self.pub_endpoint = ""
         self._router_drops = DropLog(log, f"{node_id} ROUTER")
+        self._refusals = RefusalLog(log, clock)
         self._sub_drops = DropLog(log, f"{node_id} SUB")
 
     # ----------------------------------------------------------------- lifecycle
@@ -142,7 +144,7 @@ class BusNode:
         """Bind, connect the links and start the tick; endpoints are known when it returns."""
         self._context = zmq.asyncio.Context()
         if self._curve is not None:
-            self._auth = start_authenticator(self._context, self._curve)
+            self._auth = start_authenticator(self._context, self._curve, owner=self.node_id)
         self._router = new_socket(self._context, zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._pub = new_socket(self._context, zmq.PUB)
@@ -258,7 +260,7 @@ class BusNode:
         req.validate()
         send = self._route(node_id)
         frames = encode(req)
-        future = self._pending.expect(req.corr_id)
+        future = self._pending.expect(req.corr_id, node_id)
         if not send(frames):
             self._pending.discard(req.corr_id)
             raise Unreachable(f"cannot send {op!r} to {node_id}: link down or queue full")
@@ -305,6 +307,7 @@ class BusNode:
             link.tick(now)
         for state in self._neighbours.expire(now):
             log.warning("%s %s lost: silent for %.1f s", state.role, state.node_id, state.age(now))
+            self._pending.fail_to(state.node_id, "was lost")
             self._fire(state)
 
     async def _tick_loop(self) -> None:
@@ -349,11 +352,11 @@ class BusNode:
     # ----------------------------------------------------------------- receiving
 
     def _heard(self, node_id: str, epoch: int | None = None) -> NeighbourState | None:
+        """The neighbour's state if it is alive (the message counts as a sign of life)."""
         state = self._neighbours.get(node_id)
         if state is not None and self._neighbours.heard(node_id, self._clock(), epoch):
-            log.info("%s %s is alive again", state.role, node_id)
-            self._fire(state)
-        return state
+            return state
+        return None
 
     def _take_snapshot(self, msg: Heartbeat | Update) -> None:
         state = self._heard(msg.node_id, msg.epoch)
@@ -399,7 +402,8 @@ class BusNode:
         elif isinstance(msg, Reply):
             self._pending.resolve(msg)
         elif isinstance(msg, Heartbeat):
-            if self._routes.get(identity) != msg.node_id:
+            if self._routes.get(identity) != msg.node_id or self._neighbours.is_lost(msg.node_id):
+                # Unknown here, or given up on: only a new handshake makes it alive again.
                 send_now(self._router, [identity, *encode(Refuse(
                     node_id=self.node_id, code="hello_required", reason="say hello first"))])
                 return
@@ -411,6 +415,7 @@ class BusNode:
                 del self._identity_of[node_id]
                 if self._neighbours.lose(node_id):
                     log.info("%s said bye (%s)", node_id, msg.reason or "no reason")
+                    self._pending.fail_to(node_id, "was lost")
                     state = self._neighbours.get(node_id)
                     if state is not None:
                         self._fire(state)
@@ -418,7 +423,9 @@ class BusNode:
             self._router_drops.drop(f"unexpected {msg.TYPE.decode()} on ROUTER")
 
     def _refuse(self, identity: bytes, hello: Hello, code: str, reason: str) -> None:
-        log.error("%s refused hello from %s (%s): %s", self.node_id, hello.node_id, hello.role, reason)
+        self._refusals.refused(self.node_id, f"hello from {hello.node_id} ({hello.role})",
+                               f"{reason} ({code})", address=hello.router or hello.http or "?",
+                               key=hello.curve_key)
         send_now(self._router, [identity, *encode(Refuse(node_id=self.node_id, code=code,
                                                          reason=reason))])
 
@@ -438,6 +445,7 @@ class BusNode:
         self._identity_of[hello.node_id] = identity
         # A child beats at its own interval; a peer is also heard through our link's replies.
         interval = hello.interval if role == "child" else max(hello.interval, self.interval)
+        self._pending.fail_to(hello.node_id, "joined again (a new session)")
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval)
@@ -489,6 +497,7 @@ class BusNode:
             log.error("%s link at %s leads to this node itself; ignoring it", link.kind, link.address)
             return
         self._link_of[welcome.node_id] = link
+        self._pending.fail_to(welcome.node_id, "joined again (a new session)")
         state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
@@ -506,9 +515,14 @@ class BusNode:
         state = self._neighbours.get(node_id)
         if state is not None and self._neighbours.lose(node_id):
             log.warning("%s %s lost: %s", link.kind, node_id, reason)
+            self._pending.fail_to(node_id, "was lost")
             self._fire(state)
 
     def _on_link_message(self, link: Link, msg: Message) -> None:
+        if link.node_id is not None and self._neighbours.is_lost(link.node_id):
+            # We gave up on it while this link still stood: shake hands again first.
+            link.restart(f"{link.node_id} was marked lost; a new handshake")
+            return
         if isinstance(msg, Heartbeat):
             if msg.node_id == link.node_id:
                 self._take_snapshot(msg)

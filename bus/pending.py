@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bus.errors import RequestTimeout
+from bus.errors import LostInFlight, RequestTimeout
 from bus.protocol import Reply
 
 __all__ = ["PendingReplies"]
@@ -15,23 +15,40 @@ class PendingReplies:
 
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._target: dict[str, str] = {}      # corr_id -> the node it was sent to
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def expect(self, corr_id: str) -> asyncio.Future[Reply]:
+    def expect(self, corr_id: str, target: str | None = None) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[corr_id] = future
+        if target is not None:
+            self._target[corr_id] = target
         return future
 
     def discard(self, corr_id: str) -> None:
         """Forget ``corr_id`` (its request could not be sent)."""
+        self._target.pop(corr_id, None)
         future = self._waiting.pop(corr_id, None)
         if future is not None:
             future.cancel()
 
+    def fail_to(self, target: str, why: str) -> int:
+        """Fail at once every request waiting on ``target`` (lost, or a new session of it):
+        its answer, if any comes, would be to a conversation that no longer exists."""
+        failed = 0
+        for corr_id in [c for c, node in self._target.items() if node == target]:
+            del self._target[corr_id]
+            future = self._waiting.pop(corr_id, None)
+            if future is not None and not future.done():
+                future.set_exception(LostInFlight(f"{target} {why} before answering"))
+                failed += 1
+        return failed
+
     def resolve(self, reply: Reply) -> bool:
         """Hand ``reply`` to its waiter; False when nobody waits for it (late or forged)."""
+        self._target.pop(reply.corr_id, None)
         future = self._waiting.pop(reply.corr_id, None)
         if future is None or future.done():
             return False
@@ -47,9 +64,11 @@ class PendingReplies:
             raise RequestTimeout(f"no reply to {what} within {timeout:g} s") from None
         finally:
             self._waiting.pop(corr_id, None)
+            self._target.pop(corr_id, None)
 
     def fail_all(self, exc: BaseException) -> None:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(exc)
         self._waiting.clear()
+        self._target.clear()

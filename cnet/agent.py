@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import signal
 import time
@@ -22,7 +21,7 @@ from bus import BusNode, CurveKeys
 
 from . import __version__, neighbours
 from .api import Web, make_app
-from .config import Config, ConfigError
+from .config import Config, ConfigError, is_loopback
 from .events import EventHub
 from .executors.container import ContainerExecutor
 from .executors.data import DataExecutor
@@ -38,6 +37,7 @@ from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
 from .placement import Placer
+from .reconcile import Reconciler
 from .register import Register
 from .remote import NeighbourPort
 from .rpc import BusDoor
@@ -99,7 +99,8 @@ class Agent:
                                    self.manager.live, self.started_at)
             self.placer = Placer(self.local, self.manager, self.mirrors, self.port,
                                  default_strategy=cfg.placement_strategy, spawn=self.spawn)
-            self.watch = NeighbourWatch(self.hub, self.mirrors, self.placer,
+            self.watch = NeighbourWatch(self.hub, self.mirrors,
+                                        Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
                                         clock=self.clock)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
@@ -124,7 +125,7 @@ class Agent:
         self._ticks.append(PeriodicCallback(self._sample_usage, USAGE_INTERVAL * 1000))
         for tick in self._ticks:
             tick.start()
-        if not cfg.api_token and not _is_loopback(cfg.address):
+        if not cfg.api_token and not is_loopback(cfg.address):
             log.warning("SECURITY: the API listens on %s without a token: anyone who can reach "
                         "this port can run commands here. Set api.token or CNET_API_TOKEN.",
                         cfg.address)
@@ -148,7 +149,9 @@ class Agent:
             handler=BusDoor(self.node, cfg.api_token).handle, on_neighbour=self.watch.changed,
             on_event=self.watch.event, heartbeat_interval=cfg.bus.heartbeat_interval,
             heartbeat_misses=cfg.bus.heartbeat_misses, request_timeout=cfg.bus.request_timeout,
-            curve=curve, token=cfg.api_token, clock=self.clock)
+            curve=curve, token=cfg.api_token, clock=self.clock,
+            # A bus bound to every interface is reached at the advertised address.
+            advertise_host=cfg.advertise if cfg.bus.host in ("0.0.0.0", "::", "*", "") else None)
         self.port.bus = self.watch.bus = self.bus
         try:
             await self.bus.start()
@@ -224,15 +227,6 @@ def _bind(port: int, address: str):
             raise ConfigError(f"agent.port: {address}:{port} is already in use") from None
         raise ConfigError(f"agent.address: cannot listen on {address}:{port} "
                           f"({exc.strerror or exc})") from None
-
-
-def _is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve(config: Config) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import tornado.web
 import tornado.websocket
 
-from .errors import BadRequest, CnetError, PayloadTooLarge
+from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
 from .ops import (
     Caller,
     Delete,
@@ -106,7 +105,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, CnetError):
             if not self._finished:
-                self.send_error(e.status, exc_info=sys.exc_info())
+                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
             return
         super()._handle_request_exception(e)
 
@@ -203,8 +202,11 @@ class WorkloadsHandler(BaseHandler):
             return
         self._body += chunk
         if len(self._body) > self.web.max_json_body:
+            # Answer now (a chunked body has no length to refuse it by up front): the rest
+            # of the body is then skipped and the connection closed.
             self._too_large = True
             self._body = bytearray()
+            self._handle_request_exception(self._too_large_error())
 
     def on_finish(self) -> None:
         if self._watchdog is not None:
@@ -230,10 +232,13 @@ class WorkloadsHandler(BaseHandler):
             self.reply(wl.to_dict(), 201)
             return
         if self._too_large:
-            raise PayloadTooLarge(f"request body exceeds the {self.web.max_json_body}-byte "
-                                  "limit for JSON submissions")
+            raise self._too_large_error()
         result = await self.run(Submit, {"workload": self.json_body(bytes(self._body))})
         self.reply(result["workload"], 201 if result["created"] else 200)
+
+    def _too_large_error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds the {self.web.max_json_body}-byte "
+                               "limit for JSON submissions")
 
     async def get(self):
         self.reply(await self.run(List, self.query("status", "type", "scope")))
@@ -316,7 +321,8 @@ class MetricsHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self):
-        raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)
+        super().prepare()    # with a token, an unknown path says nothing to whoever lacks it
+        raise NotFound(f"no such endpoint: {self.request.path[:200]}")
 
 
 class EventsSocket(tornado.websocket.WebSocketHandler):

@@ -17,6 +17,7 @@ from .workload import (
     COMPLETED,
     ENDED,
     FAILED,
+    FROM,
     LIVE,
     PENDING,
     RUNNING,
@@ -80,8 +81,16 @@ class Manager:
         config = self.executors[sub.type].validate(sub.config)
         return Submission(**{**sub.__dict__, "config": config})
 
-    async def admit(self, sub: Submission, origin: str | None = None) -> Workload:
-        """Reserve and start a validated submission on this node (raises if it does not fit)."""
+    async def admit(self, sub: Submission, origin: str | None = None,
+                    ready_within: float | None = None, upstream: str | None = None) -> Workload:
+        """Reserve and start a validated submission on this node (raises if it does not fit).
+
+        ``upstream`` is the neighbour that delegated it here, if one did. With ``ready_within``
+        (seconds), a start that takes longer (a service that is slow to
+        become healthy) is answered with the workload still ``pending``: it moves to
+        ``running``, or to ``failed`` with its reservation released, when the start ends.
+        Without it, a failed start leaves nothing: no record, no reservation.
+        """
         if sub.id in self.workloads:
             raise Conflict(f"workload id {sub.id} already exists", code="id_conflict")
         try:
@@ -91,36 +100,64 @@ class Manager:
             raise
         wl = Workload(id=sub.id, name=sub.name, type=sub.type, config=sub.config,
                       requirements=sub.requirements, placement=sub.placement, labels=sub.labels,
-                      node_id=self.node_id, origin=origin or self.node_id)
+                      node_id=self.node_id, origin=origin or self.node_id,
+                      runtime={FROM: upstream} if upstream else {})
         # Listed before the reservation, so the broadcast it triggers already counts it.
         self.workloads[wl.id] = self.live[wl.id] = wl
         try:
             self.register.allocate(sub.id, sub.requirements)
         except BaseException:
             del self.workloads[wl.id], self.live[wl.id]
+            self.register.release(sub.id)   # whatever failed, no reservation stays behind
             raise
         started = asyncio.get_running_loop().create_future()
         self._starting[wl.id] = started
+        start: asyncio.Future | None = None
         try:
             self.store.insert_workload(wl.to_row())
-            runtime = await self.executors[wl.type].start(wl)
+            start = asyncio.ensure_future(self.executors[wl.type].start(wl))
+            if ready_within is not None:
+                await asyncio.wait({start}, timeout=ready_within)
+                if not start.done():
+                    start.add_done_callback(lambda task: self._started_late(wl, task, started))
+                    return wl
+            runtime = await start
         except BaseException:
+            if start is not None and not start.done():
+                start.cancel()
             # Nothing accepted, nothing kept: no record, no reservation.
             self.workloads.pop(wl.id, None)
             self.live.pop(wl.id, None)
             self.register.release(wl.id)
             self.store.delete_workload(wl.id)
-            raise
-        finally:
             self._starting.pop(wl.id, None)
             started.set_result(None)
+            raise
+        self._starting.pop(wl.id, None)
+        started.set_result(None)
+        self._running(wl, runtime)
+        return wl
+
+    def _running(self, wl: Workload, runtime: dict) -> None:
         wl.runtime.update(runtime)
         if wl.status == PENDING:  # it may already have ended while starting
             wl.started_at = time.time()
             self._transition(wl, RUNNING, runtime=wl.runtime, started_at=wl.started_at)
         else:
             self.store.update_workload(wl.id, {"runtime": wl.runtime})
-        return wl
+
+    def _started_late(self, wl: Workload, start: asyncio.Future, started: asyncio.Future) -> None:
+        """A start that outlived its caller's wait ended: the workload runs, or it failed."""
+        self._starting.pop(wl.id, None)
+        started.set_result(None)
+        if start.cancelled():
+            self._finish(wl, FAILED, None, "its start was cancelled (the agent is stopping)")
+        elif (exc := start.exception()) is not None:
+            reason = exc.message if isinstance(exc, CnetError) else f"{type(exc).__name__}: {exc}"
+            log.warning("workload %s failed to start: %s", wl.id, reason)
+            self._finish(wl, FAILED, None, f"failed to start: {reason}")
+        else:
+            self._running(wl, start.result())
 
     # A data upload is reserved as its bytes arrive (resize), then recorded complete on
     # arrival (record_data) or dropped (release); until it is recorded it is not listed.

@@ -15,13 +15,13 @@ import time
 from typing import TYPE_CHECKING
 
 from .resources import Resources
-from .workload import LOST, Workload
+from .workload import FAILED, FROM, LOST, Workload
 
 if TYPE_CHECKING:
     from .events import EventHub
     from .store import Store
 
-__all__ = ["MirrorBook", "is_newer"]
+__all__ = ["NEVER_STARTED", "MirrorBook", "is_newer"]
 
 # Keys of Workload.to_dict() that are fields, not runtime facts.
 _WORKLOAD_FIELDS = frozenset({
@@ -29,6 +29,7 @@ _WORKLOAD_FIELDS = frozenset({
     "message", "restart_count", "created_at", "started_at", "finished_at", "config",
     "requirements", "placement", "labels", "via", "version"})
 MAX_EARLY = 10_000    # reports kept for placements in flight, at most
+NEVER_STARTED = "_never_started"   # runtime mark: submitting the same id again places it anew
 
 
 class MirrorBook:
@@ -66,9 +67,10 @@ class MirrorBook:
         self._expected.discard(workload_id)
         self._early.pop(workload_id, None)
 
-    def add(self, remote: dict, via: str) -> Workload:
-        """Record a workload that runs elsewhere (reached through neighbour ``via``); a report
-        that came in earlier and is newer than ``remote`` wins."""
+    def add(self, remote: dict, via: str, upstream: str | None = None) -> Workload:
+        """Record a workload that runs elsewhere (reached through neighbour ``via``; delegated
+        here by neighbour ``upstream``, if any); a report that came in earlier and is newer
+        than ``remote`` wins."""
         early, early_via = self._early.pop(remote["id"], (None, None))
         if early is not None and early_via in (None, via) and is_newer(early, remote):
             remote = {**remote, **early}
@@ -80,6 +82,8 @@ class MirrorBook:
                       created_at=remote.get("created_at") or time.time())
         _apply_remote(wl, remote)
         wl.runtime["via"] = via
+        if upstream is not None:
+            wl.runtime[FROM] = upstream
         self.records[wl.id] = wl
         self.store.insert_workload(wl.to_row())
         self._publish(wl)
@@ -113,6 +117,14 @@ class MirrorBook:
                 self.store.update_workload(wl.id, {"status": LOST, "runtime": wl.runtime,
                                                    "message": wl.message})
                 self._publish(wl)
+
+    def never_started(self, wl: Workload) -> None:
+        """The neighbour it was delegated to has no such workload, and never confirmed it."""
+        via = wl.runtime.get("via")
+        self.update({**wl.to_dict(), "version": wl.version + 1, "status": FAILED,
+                     "finished_at": time.time(), NEVER_STARTED: True,
+                     "message": f"{via} did not answer the delegation in time "
+                                "and has no such workload: it never started"})
 
     def remove(self, workload_id: str) -> None:
         if self.records.pop(workload_id, None) is not None:
@@ -164,9 +176,8 @@ def _apply_remote(wl: Workload, remote: dict) -> None:
     wl.finished_at = remote.get("finished_at")
     if (version := _version(remote)) is not None:
         wl.version = version
-    via = wl.runtime.get("via")
+    kept = {k: wl.runtime[k] for k in ("via", FROM) if k in wl.runtime}
     wl.runtime = {k: v for k, v in remote.items() if k not in _WORKLOAD_FIELDS}
     wl.runtime["pid"] = remote.get("process_pid")
     wl.runtime["endpoint"] = remote.get("endpoint")
-    if via is not None:
-        wl.runtime["via"] = via
+    wl.runtime.update(kept)

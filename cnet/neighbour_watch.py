@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from .events import EventHub
     from .mirrors import MirrorBook
-    from .placement import Placer
+    from .reconcile import Reconciler
 
 __all__ = ["NeighbourWatch"]
 
@@ -28,17 +28,18 @@ _VECTORS = ("capacity", "allocated", "available", "usage")
 
 
 class NeighbourWatch:
-    def __init__(self, hub: "EventHub", mirrors: "MirrorBook", placer: "Placer", *,
+    def __init__(self, hub: "EventHub", mirrors: "MirrorBook", reconciler: "Reconciler", *,
                  has_parent: bool, spawn: Callable[[Coroutine[Any, Any, None]], None],
                  clock: Callable[[], float] = time.monotonic):
         self.hub = hub
         self.mirrors = mirrors
-        self.placer = placer
+        self.reconciler = reconciler
         self.has_parent = has_parent
         self.spawn = spawn
         self.clock = clock
         self.bus: "BusNode | None" = None
         self._statuses: dict[str, str] = {}        # neighbour id -> last published status
+        self._joins: dict[str, int] = {}           # neighbour id -> handshakes seen
         self._subtree_keys: dict[str, tuple] = {}  # child or peer id -> what was last passed up
         self._pass_up_due = False
 
@@ -49,6 +50,10 @@ class NeighbourWatch:
         if state.snapshot:
             self.hub.publish({"type": "resources", "node_id": state.node_id, "seq": state.seq,
                               "resources": {k: entry[k] for k in _VECTORS}})
+        rejoined = state.status == "alive" and self._joins.get(state.node_id) != state.joins
+        self._joins[state.node_id] = state.joins
+        if rejoined:   # joined, or back: a handshake both ways just completed
+            self.spawn(self.reconciler.reconcile(state.node_id))
         if self._statuses.get(state.node_id) == state.status:
             return
         self._statuses[state.node_id] = state.status
@@ -58,8 +63,6 @@ class NeighbourWatch:
                                             "status": state.status, "address": entry["address"]})
         if state.status == "lost":
             self.mirrors.mark_lost(state.node_id)
-        elif self.mirrors.via(state.node_id):
-            self.spawn(self.placer.refresh(state.node_id))
 
     def event(self, state: "NeighbourState", event: "Event") -> None:
         """A workload event from a neighbour: it changes only mirrors that go through it."""

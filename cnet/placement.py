@@ -21,13 +21,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
-from bus import RemoteError, RequestTimeout, Unreachable
+from bus import LostInFlight, RemoteError, RequestTimeout, Unreachable
 
-from .errors import BadRequest, CnetError, InsufficientResources
+from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
+from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
 from .scheduler import Placement, schedule, stays_here
-from .workload import FAILED, PENDING, Workload, parse_submission
+from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -39,6 +40,8 @@ __all__ = ["HOP_LIMIT", "Placer"]
 log = logging.getLogger(__name__)
 
 HOP_LIMIT = 8
+ANSWER_MARGIN = 0.25      # seconds kept back from a deadline for the answer to travel
+MIN_WAIT = 0.1            # never ask a neighbour with less time than this to answer
 SETTLE_RETRY_MAX = 30.0   # seconds between asks about a delegation that timed out
 
 
@@ -65,8 +68,13 @@ class Placer:
         return self.manager.workloads.get(workload_id) or self.mirrors.get(workload_id)
 
     async def submit(self, body, *, hops: int = 0, visited: tuple[str, ...] = (),
-                     upstream: str | None = None, origin: str | None = None) -> tuple[Workload, bool]:
-        """Place a workload: here if it fits (per strategy), else on the best neighbour."""
+                     upstream: str | None = None, origin: str | None = None,
+                     deadline: float | None = None) -> tuple[Workload, bool]:
+        """Place a workload: here if it fits (per strategy), else on the best neighbour.
+
+        ``deadline`` (wall-clock seconds) is when whoever delegated it here stops waiting: the
+        answer comes before it, with the workload still ``pending`` if its start takes longer.
+        """
         if self.node_id in visited:
             raise CnetError(f"{self.node_id}: already visited by this workload (loop)", code="loop",
                             status=409)
@@ -74,6 +82,10 @@ class Placer:
         placement = Placement.parse(sub.placement, self.default_strategy)
         sub = self.manager.validate_config(sub)
         existing = self.known(sub.id)
+        if existing is not None and existing.runtime.get(NEVER_STARTED):
+            self.manager.same_or_conflict(existing, sub)   # the same spec, or a conflict
+            self.mirrors.remove(sub.id)                    # it never ran: place it anew
+            existing = None
         if existing is not None:
             return self.manager.same_or_conflict(existing, sub), False
         if sub.id in self._placing:   # a retry while the first try is still under way: one answer
@@ -81,12 +93,13 @@ class Placer:
             return self.manager.same_or_conflict(wl, sub), False
         if stays_here(sub.requirements, placement, self.node_id, self.local.labels,
                       self.local.register.available):
-            return await self.manager.admit(sub, origin=origin), True
+            return await self.manager.admit(sub, origin=origin, upstream=upstream,
+                                            ready_within=_ready_within(deadline)), True
         outcome = asyncio.get_running_loop().create_future()
         self._placing[sub.id] = (outcome, self._pending_record(sub, self.node_id, origin))
         self.mirrors.expect(sub.id)
         try:
-            wl = await self._place(sub, body, placement, hops, visited, upstream, origin)
+            wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 outcome.set_exception(exc)
@@ -107,7 +120,7 @@ class Placer:
         return entry[1] if entry is not None else None
 
     async def _place(self, sub, body, placement: Placement, hops: int, visited: tuple[str, ...],
-                     upstream: str | None, origin: str | None) -> Workload:
+                     upstream: str | None, origin: str | None, deadline: float | None) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
         exclude = set(visited) | ({upstream} if upstream else set())
@@ -121,7 +134,8 @@ class Placer:
         for candidate in decision.candidates:
             if candidate.role == "self":
                 try:
-                    return await self.manager.admit(sub, origin=origin)
+                    return await self.manager.admit(sub, origin=origin, upstream=upstream,
+                                                    ready_within=_ready_within(deadline))
                 except InsufficientResources as exc:
                     tried.append(exc.message)
                     continue
@@ -130,29 +144,46 @@ class Placer:
                 continue
             try:
                 result = await self._delegate(candidate.node_id, spec, hops + 1, visited,
-                                              origin or self.node_id, tried)
+                                              origin or self.node_id, tried, deadline)
             except _NoAnswer:
-                return self._await_answer(sub, candidate.node_id, origin)
+                return self._await_answer(sub, candidate.node_id, origin, upstream)
             if result is not None:
                 if result["node_id"] == self.node_id:  # cannot happen: we are visited
                     raise CnetError("a neighbour placed the workload back here", code="loop")
-                return self.known(result["id"]) or self.mirrors.add(result, via=candidate.node_id)
+                return self.known(result["id"]) or self.mirrors.add(result, via=candidate.node_id,
+                                                                    upstream=upstream)
         reasons = tried + decision.reasons()
         raise InsufficientResources("no node can take this workload: " + "; ".join(reasons),
                                     details={"reasons": reasons})
 
     async def _delegate(self, node_id: str, spec: dict, hops: int, visited: tuple[str, ...],
-                        origin: str, tried: list[str]) -> dict | None:
-        """Ask one neighbour to admit the workload; None (and a reason in ``tried``) if not."""
+                        origin: str, tried: list[str], deadline: float | None) -> dict | None:
+        """Ask one neighbour to admit the workload; None (and a reason in ``tried``) if not.
+
+        Each try waits at most ``bus.request_timeout`` (less when our own caller's deadline
+        is nearer) and carries its deadline, so an ask that arrives too late is refused there.
+        """
         for attempt in (1, 2):
+            timeout = self.port.request_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.time() - ANSWER_MARGIN)
+                if timeout < MIN_WAIT:
+                    raise _NoAnswer(node_id)
             try:
                 return await self.port.call(node_id, "delegate",
-                                            {"workload": spec, "origin": origin}, hops=hops,
-                                            visited=visited, timeout=self.port.delegate_timeout)
+                                            {"workload": spec, "origin": origin,
+                                             "deadline": time.time() + timeout},
+                                            hops=hops, visited=visited, timeout=timeout)
             except RequestTimeout:
                 # Retry once: the id makes it idempotent, so it never starts twice.
                 if attempt == 2:
                     raise _NoAnswer(node_id) from None
+            except LostInFlight as exc:
+                # It went out, so it may have arrived: not another node, and no guess either.
+                # If it did start there, the reconcile when the node is back lists it here.
+                raise Unavailable(f"{exc.message} (placing workload {spec.get('id')}); if it "
+                                  f"started there it will be listed here once {node_id} is back",
+                                  code="node_lost", details={"node_id": node_id}) from None
             except Unreachable as exc:
                 if attempt == 2:   # lost meanwhile, but the first try went out and may have arrived
                     raise _NoAnswer(node_id) from None
@@ -162,7 +193,8 @@ class Placer:
                 if exc.code == "insufficient_resources":
                     tried.extend(exc.details.get("reasons") or [f"{node_id}: {exc.message}"])
                     return None
-                if 400 <= int(exc.details.get("status", 502)) < 500 and exc.code != "loop":
+                if 400 <= int(exc.details.get("status", 502)) < 500 and exc.code not in (
+                        "loop", "deadline_passed"):
                     raise remote_error(exc) from None  # the workload itself is bad
                 tried.append(f"{node_id}: {exc.code}: {exc.message}")
                 return None
@@ -173,12 +205,13 @@ class Placer:
                         requirements=sub.requirements, placement=sub.placement,
                         labels=sub.labels, node_id=node_id, origin=origin or self.node_id)
 
-    def _await_answer(self, sub, via: str, origin: str | None) -> Workload:
+    def _await_answer(self, sub, via: str, origin: str | None, upstream: str | None) -> Workload:
         """``via`` did not answer: never try another node (it may have started it); keep a
         pending mirror and ask ``via`` until it says how the workload is doing."""
         record = self._pending_record(sub, via, origin)
         record.message = f"{via} has not answered the delegation yet"
-        wl = self.mirrors.add({**record.to_dict(), "_unconfirmed": True}, via=via)
+        wl = self.mirrors.add({**record.to_dict(), "_unconfirmed": True}, via=via,
+                              upstream=upstream)
         log.warning("workload %s: %s did not answer the delegation in time; waiting for it",
                     wl.id, via)
         self.spawn(self._settle(wl.id, via))
@@ -196,28 +229,14 @@ class Placer:
                 self.mirrors.update(await self.port.forward(wl, "get", {}))
             except CnetError as exc:
                 if exc.code == "not_found":
-                    self._never_started(wl)
+                    self.mirrors.never_started(wl)
                     return
                 log.info("workload %s: asking %s again later (%s)", workload_id, via, exc.message)
 
-    def _never_started(self, wl: Workload) -> None:
-        via = wl.runtime.get("via")
-        self.mirrors.update({**wl.to_dict(), "version": wl.version + 1, "status": FAILED,
-                             "finished_at": time.time(),
-                             "message": f"{via} did not answer the delegation in time "
-                                        "and has no such workload: it never started"})
 
-    # -- mirrors through a neighbour that is back ----------------------------------------
-
-    async def refresh(self, via: str) -> None:
-        """A neighbour is back: ask it how our mirrors through it are doing."""
-        for wl in self.mirrors.via(via):
-            try:
-                self.mirrors.update(await self.port.forward(wl, "get", {}))
-            except CnetError as exc:
-                if exc.code == "not_found" and wl.runtime.get("_unconfirmed"):
-                    self._never_started(wl)
-                elif exc.code == "not_found":
-                    self.mirrors.remove(wl.id)
-                else:
-                    log.info("refreshing mirror %s through %s: %s", wl.id, via, exc.message)
+def _ready_within(deadline: float | None) -> float | None:
+    """How long a start may take before the answer goes out with the workload pending."""
+    if deadline is None:
+        return None   # asked by a client here: answer once it runs (or failed, leaving nothing)
+    remaining = deadline - time.time()
+    return max(MIN_WAIT / 2, remaining - min(1.0, remaining / 4))

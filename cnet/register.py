@@ -7,6 +7,7 @@ the agent turns that callback into a broadcast and a WebSocket event.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -17,6 +18,8 @@ import psutil
 
 from .errors import InsufficientResources
 from .resources import Resources
+
+log = logging.getLogger(__name__)
 
 
 class Register:
@@ -89,7 +92,10 @@ class Register:
             cpu=math.fsum(r.cpu for r in values), memory=sum(r.memory for r in values),
             gpu=sum(r.gpu for r in values), storage=sum(r.storage for r in values))
         self.seq += 1
-        self.on_change()
+        try:
+            self.on_change()
+        except Exception:   # a failed broadcast must never undo, or leak, a reservation
+            log.exception("%s: telling others about a resource change failed", self.node_id)
 
     # -- measured usage ------------------------------------------------------------------
 

@@ -34,8 +34,6 @@ class NeighbourPort:
     def __init__(self, config: "Config", bus: "BusNode | None" = None):
         self.request_timeout = config.bus.request_timeout
         self.stop_timeout = max(config.bus.request_timeout, config.stop_grace + 35.0)
-        # A service workload answers only once its service is healthy.
-        self.delegate_timeout = max(config.bus.request_timeout, config.services.start_timeout + 5.0)
         self.bus = bus
 
     def neighbours(self) -> list["NeighbourState"]:

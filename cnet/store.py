@@ -106,10 +106,10 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
-        self.db.bind(MODELS)
         self._sql: dict[tuple, str] = {}
         self.db.connect()
-        self.db.create_tables(MODELS)
+        with self._bound():
+            self.db.create_tables(MODELS)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -117,6 +117,11 @@ class Store:
         have = {column.name for column in self.db.get_columns("workloads")}
         if "version" not in have:
             self.db.execute_sql("ALTER TABLE workloads ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+    def _bound(self):
+        """The models on this store's database. The model classes are shared by every Store in
+        the process (agents run side by side in tests), so each use binds them for its span."""
+        return self.db.bind_ctx(MODELS, bind_refs=False, bind_backrefs=False)
 
     def close(self) -> None:
         if not self.db.is_closed():
@@ -153,17 +158,18 @@ class Store:
                                                          message))
 
     def delete_workload(self, workload_id: str) -> None:
-        with self.db.atomic():
+        with self._bound(), self.db.atomic():
             WorkloadRow.delete().where(WorkloadRow.id == workload_id).execute()
             TransitionRow.delete().where(TransitionRow.workload_id == workload_id).execute()
             DataObjectRow.delete().where(DataObjectRow.workload_id == workload_id).execute()
 
     def load_workloads(self) -> list[dict]:
-        return list(WorkloadRow.select().order_by(WorkloadRow.created_at).dicts())
+        with self._bound():
+            return list(WorkloadRow.select().order_by(WorkloadRow.created_at).dicts())
 
     # -- data objects --------------------------------------------------------------------
 
     def insert_objects(self, rows: list[dict]) -> None:
-        with self.db.atomic():
+        with self._bound(), self.db.atomic():
             for start in range(0, len(rows), 200):
                 DataObjectRow.insert_many(rows[start:start + 200]).execute()

@@ -15,6 +15,8 @@ STOPPED, COMPLETED, FAILED, LOST = "stopped", "completed", "failed", "lost"
 LIVE = frozenset({PENDING, RUNNING, STOPPING})
 ENDED = frozenset({STOPPED, COMPLETED, FAILED})
 STATUSES = (PENDING, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, LOST)
+# The runtime key naming the neighbour that delegated a workload to this node (private: "_").
+FROM = "_from"
 # The seed's workload types, each run by the executor of that name.
 TYPES = ("process", "container", "mlmodel", "opencv", "data", "datagateway")
 

@@ -6,7 +6,8 @@ orphans), and is steered through files in ``$FAKE_SERVICE_DIR``:
 
 - ``fail-start``: exit with code 3 at once, after a line on stderr;
 - ``unhealthy-<pid>``: the instance with that pid answers ``/health`` with 503;
-- ``blip-<pid>``: it answers 503 once, then removes the file.
+- ``blip-<pid>``: it answers 503 once, then removes the file;
+- ``slow-start``: it listens only once a file ``go`` appears there (a start that takes long).
 
 Each ``/health`` request appends a byte to ``checks-<pid>`` there, so tests can count checks.
 """
@@ -19,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import tornado.web
@@ -56,6 +58,11 @@ def main() -> int:
     if (FLAG_DIR / "fail-start").exists():
         print("fake service: told to fail at start", file=sys.stderr, flush=True)
         return 3
+    if (FLAG_DIR / "slow-start").exists():
+        for _ in range(3000):                  # at most 60 s
+            if (FLAG_DIR / "go").exists():
+                break
+            time.sleep(0.02)
     asyncio.run(serve(args.host, args.port))
     return 0
 

@@ -179,7 +179,9 @@ def test_node_specific_checks_are_made_where_the_workload_runs(make_agent, tmp_p
 
 
 def test_a_neighbour_that_does_not_answer_is_waited_for_not_passed_over(make_cluster):
-    """A delegation that times out may still start over there: never start it elsewhere too."""
+    """A delegation that times out may still start over there: never start it elsewhere too.
+    It carries its deadline, so once over there it is refused as too late: it never starts
+    behind the user's back, the origin says so, and the same id can be submitted again."""
     topology = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}, "suqian": {"parent": "jiangsu"}}
     slow_beats = {"bus": {"heartbeat_interval": 30.0, "heartbeat_misses": 3, "request_timeout": 0.5},
                   "services": {"start_timeout": 0.1}}   # a delegation times out after 5.1 s
@@ -194,13 +196,15 @@ def test_a_neighbour_that_does_not_answer_is_waited_for_not_passed_over(make_clu
         assert local_workloads(suqian) == []
     finally:
         nanjing.proc.send_signal(signal.SIGCONT)
-    # Both tries reach nanjing once it runs again: it starts the workload once, and says so.
-    wait_for(lambda: root.workload(wl["id"])["status"] == "running", timeout=15,
-             message="the mirror at jiangsu to learn that the workload runs on nanjing")
-    assert [w["id"] for w in local_workloads(nanjing)] == [wl["id"]]
-    assert local_workloads(suqian) == []
-    again = root.submit(process_spec("patient", cpu=1.0, id=wl["id"]), expect=200)
+    # Both tries reach nanjing once it runs again, after their deadline: refused, not started.
+    failed = wait_for(lambda: (w := root.workload(wl["id"]))["status"] == "failed" and w,
+                      timeout=15, message="the mirror at jiangsu to learn it never started")
+    assert "never started" in failed["message"]
+    assert local_workloads(nanjing) == [] and local_workloads(suqian) == []
+    again = root.submit(process_spec("patient", cpu=1.0, id=wl["id"]), expect=201)
     assert (again["id"], again["node_id"]) == (wl["id"], "nanjing")
+    assert root.wait_status(wl["id"], "running")["node_id"] == "nanjing"
+    assert [w["id"] for w in local_workloads(nanjing)] == [wl["id"]]
 
 
 def test_the_same_id_sent_twice_at_once_is_placed_once(make_cluster):

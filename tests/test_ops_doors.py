@@ -12,6 +12,13 @@ from .harness import process_spec
 
 TOKEN = "doors-token"
 
+
+def _deep(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
 # (what is wrong, bus operation, bus args, REST method, REST path, REST JSON body)
 CASES = [
     ("unknown status", "list", {"status": "sleeping"}, "GET", "/api/workloads?status=sleeping", None),
@@ -43,6 +50,16 @@ CASES = [
      "/api/workloads", process_spec(cpu=1000)),
     ("no command", "submit", {"workload": {"name": "x", "type": "process", "config": {}}},
      "POST", "/api/workloads", {"name": "x", "type": "process", "config": {}}),
+    ("NUL in a name", "submit", {"workload": process_spec("a\x00b")}, "POST", "/api/workloads",
+     process_spec("a\x00b")),
+    ("NUL in an argument", "submit", {"workload": process_spec(args=["a\x00"])}, "POST",
+     "/api/workloads", process_spec(args=["a\x00"])),
+    ("nested too deep", "submit", {"workload": {**process_spec(), "labels": _deep(40)}}, "POST",
+     "/api/workloads", {**process_spec(), "labels": _deep(40)}),
+    ("integer beyond 64 bits in an env", "submit",
+     {"workload": {**process_spec(), "config": {"command": "sleep", "env": {"A": 2 ** 63}}}},
+     "POST", "/api/workloads",
+     {**process_spec(), "config": {"command": "sleep", "env": {"A": 2 ** 63}}}),
 ]
 
 
@@ -98,6 +115,7 @@ def test_a_missing_token_is_the_same_refusal_through_both_doors(doors):
 def test_a_node_only_operation_is_unknown_to_a_client(doors):
     _, client = doors
     assert _bus_error(client, "delegate", {"workload": process_spec()})[:2] == (400, "unknown_op")
+    assert _bus_error(client, "reconcile", {"ids": []})[:2] == (400, "unknown_op")
     assert _bus_error(client, "shutdown", {})[:2] == (400, "unknown_op")
 
 
@@ -107,5 +125,59 @@ def test_the_client_builds_what_the_operation_parses():
     for op in (List(status="running", type="process", scope="subtree"), Logs(id="abc", tail=5),
                Submit(workload=process_spec())):
         assert OPS[op.name].parse(op.args()) == op
-    assert set(OPS) == {"submit", "delegate", "list", "get", "stop", "delete", "logs", "nodes",
+    assert set(OPS) == {"submit", "delegate", "reconcile", "list", "get", "stop", "delete", "logs", "nodes",
                         "resources", "health"}
+
+
+# Bodies only JSON can carry (the bus's msgpack cannot even encode them): each is a 400 with
+# our error shape, and nothing changes (no reservation left behind, nothing listed).
+HOSTILE_JSON = [
+    ("lone surrogate in name", '{"name": "a\\ud800", "type": "process", "config": {"command": "sleep"}, "requirements": {"cpu": 1}}'),
+    ("lone surrogate in labels", '{"name": "a", "type": "process", "config": {"command": "sleep"}, "labels": {"k": "\\udfff"}, "requirements": {"cpu": 1}}'),
+    ("lone surrogate in args", '{"name": "a", "type": "process", "config": {"command": "sleep", "args": ["\\ud800"]}, "requirements": {"cpu": 1}}'),
+    ("integer of 400 digits", '{"name": "a", "type": "process", "config": {"command": "sleep"}, "requirements": {"cpu": 1' + "0" * 400 + '}}'),
+    ("NaN", '{"name": "a", "type": "process", "config": {"command": "sleep"}, "requirements": {"cpu": NaN}}'),
+    ("Infinity", '{"name": "a", "type": "process", "config": {"command": "sleep"}, "requirements": {"memory": Infinity}}'),
+    ("nested 100,000 deep", "[" * 100_000 + "]" * 100_000),
+    ("nested 1,000 deep in labels", '{"name": "a", "type": "process", "labels": ' + '{"a": ' * 1000 + "{}" + "}" * 1000 + "}"),
+]
+
+
+@pytest.mark.parametrize("what,body", HOSTILE_JSON, ids=[c[0] for c in HOSTILE_JSON])
+def test_hostile_json_is_a_clean_400_that_changes_nothing(doors, what, body):
+    agent, _ = doors
+    before = agent.api("GET", "/api/workloads").json()["workloads"], agent.resources()["allocated"]
+    resp = agent.api("POST", "/api/workloads", data=body.encode("utf-8"),
+                     headers={"Content-Type": "application/json",
+                              "Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 400, resp.text
+    assert set(resp.json()["error"]) >= {"code", "message"}
+    after = agent.api("GET", "/api/workloads").json()["workloads"], agent.resources()["allocated"]
+    assert after == before
+
+
+
+def test_a_chunked_json_body_over_the_limit_is_our_413(doors):
+    agent, _ = doors
+    limit = agent.config.get("api", {}).get("max_json_body", 1 << 20)
+
+    def chunks():
+        yield b'{"name": "big", "type": "process", "labels": {"x": "'
+        for _ in range(limit // 65536 + 40):       # well past the limit and its margin
+            yield b"y" * 65536
+        yield b'"}}'
+
+    resp = agent.api("POST", "/api/workloads", data=chunks(),
+                     headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "payload_too_large"
+
+
+def test_an_unknown_api_path_asks_for_the_token_first(doors):
+    agent, _ = doors
+    anonymous = agent.api("GET", "/api/nothing-here", headers={"Authorization": "Bearer no"})
+    assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "unauthorized")
+    known = agent.api("GET", "/api/nothing-here")
+    assert known.status_code == 404
+    assert known.json()["error"] == {"code": "not_found",
+                                     "message": "no such endpoint: /api/nothing-here"}

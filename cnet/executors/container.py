@@ -25,6 +25,7 @@ from ..workload import Workload
 from .base import Executor, ExecutorHost
 from .container_config import validate_config
 from .container_engine import CALL_TIMEOUT, Engine, describe_exit
+from .health_probe import url_host
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -129,7 +130,8 @@ class ContainerExecutor(Executor):
             runtime["ports"] = ports
             tcp = [port for inside, port in ports.items() if inside.endswith("/tcp") and port]
             if tcp:
-                runtime["endpoint"] = f"http://127.0.0.1:{tcp[0]}"
+                # Published on every interface by default: reached at this node's address.
+                runtime["endpoint"] = f"http://{url_host(self.host.config.advertise)}:{tcp[0]}"
         return runtime
 
     def _limits(self, workload: Workload) -> tuple[dict, str]:

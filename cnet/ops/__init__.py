@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from .base import Caller, Operation, check_token
 from .cluster import Health, Nodes, ResourcesOp
-from .workloads import Delegate, Delete, Get, List, Logs, Stop, Submit
+from .workloads import Delegate, Delete, Get, List, Logs, Reconcile, Stop, Submit
 
 __all__ = ["OPS", "Caller", "Delegate", "Delete", "Get", "Health", "List", "Logs", "Nodes",
-           "Operation", "ResourcesOp", "Stop", "Submit", "check_token"]
+           "Operation", "Reconcile", "ResourcesOp", "Stop", "Submit", "check_token"]
 
 OPS: dict[str, type[Operation]] = {op.name: op for op in (
-    Submit, Delegate, List, Get, Stop, Delete, Logs, Nodes, ResourcesOp, Health)}
+    Submit, Delegate, Reconcile, List, Get, Stop, Delete, Logs, Nodes, ResourcesOp, Health)}

@@ -8,6 +8,7 @@ back into that dict, which is what :mod:`cnet.client` sends. ``run(node, caller)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -19,7 +20,11 @@ from ..workload import ID_RE
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["Caller", "Operation", "check_token", "whole_number", "workload_id"]
+__all__ = ["Caller", "Operation", "check_plain", "check_token", "whole_number", "workload_id"]
+
+MAX_DEPTH = 32            # nesting of objects and lists in a request
+MAX_STRING = 1 << 20      # characters in one string
+INT_RANGE = 1 << 63       # integers fit in 64 bits (msgpack, SQLite)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,47 @@ class Operation:
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def check_plain(value: Any, where: str = "body", depth: int = 0) -> None:
+    """Refuse what no field may hold, before anything reads or stores it: strings that are not
+    valid Unicode (lone surrogates) or hold NUL, numbers out of range or not finite, nesting
+    deeper than ``MAX_DEPTH``."""
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"{where}: nested deeper than {MAX_DEPTH} levels", code="invalid_body")
+    if isinstance(value, str):
+        _check_string(value, where)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not -INT_RANGE <= value < INT_RANGE:
+            raise BadRequest(f"{where}: integer out of range", code="invalid_body")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadRequest(f"{where}: numbers must be finite", code="invalid_body")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise BadRequest(f"{where}: keys must be strings", code="invalid_body")
+            _check_string(key, f"{where}: a key")
+            check_plain(item, f"{where}.{key[:40]}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_plain(item, f"{where}[{index}]", depth + 1)
+    else:
+        raise BadRequest(f"{where}: not a JSON value", code="invalid_body")
+
+
+def _check_string(text: str, where: str) -> None:
+    if len(text) > MAX_STRING:
+        raise BadRequest(f"{where}: strings are at most {MAX_STRING} characters", code="invalid_body")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{where}: not valid Unicode (a lone surrogate?)",
+                         code="invalid_body") from None
+    if "\x00" in text:
+        raise BadRequest(f"{where}: NUL characters are not allowed", code="invalid_body")
 
 
 def check_token(expected: str | None, presented: str | None) -> None:

@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import BadRequest, CnetError
-from ..workload import STATUSES, TYPES
-from .base import Caller, Operation, whole_number, workload_id
+from ..workload import FROM, ID_RE, STATUSES, TYPES
+from .base import Caller, Operation, check_plain, whole_number, workload_id
 
 if TYPE_CHECKING:
     from ..node import Node
     from ..workload import Workload
 
-__all__ = ["Delegate", "Delete", "Get", "List", "Logs", "Stop", "Submit"]
+__all__ = ["Delegate", "Delete", "Get", "List", "Logs", "Reconcile", "Stop", "Submit"]
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("local", "subtree")
 MAX_TAIL = 10_000
+MAX_RECONCILE = 10_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Submit(Operation):
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
+        check_plain(args.get("workload"), "workload")
         return cls(workload=args.get("workload"))
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
@@ -59,19 +63,63 @@ class Delegate(Operation):
     from_nodes = True
     workload: Any = None
     origin: str | None = None
+    deadline: float | None = None      # wall-clock seconds: the asker stops waiting then
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
-        origin = args.get("origin")
-        if origin is not None and not isinstance(origin, str):
+        origin, deadline = args.get("origin"), args.get("deadline")
+        if origin is not None and (not isinstance(origin, str) or not ID_RE.match(origin)):
             raise BadRequest("origin: a node id", code="invalid_argument")
-        return cls(workload=args.get("workload"), origin=origin)
+        if deadline is not None and (isinstance(deadline, bool)
+                                     or not isinstance(deadline, (int, float))
+                                     or not math.isfinite(deadline)):
+            raise BadRequest("deadline: seconds since the epoch", code="invalid_argument")
+        check_plain(args.get("workload"), "workload")
+        return cls(workload=args.get("workload"), origin=origin, deadline=deadline)
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        if self.deadline is not None and time.time() >= self.deadline:
+            # Its asker gave up on it: starting it now would start it behind the user's back.
+            raise CnetError(f"{node.node_id}: the delegation arrived after its deadline "
+                            f"({time.time() - self.deadline:.1f} s late); not started",
+                            code="deadline_passed", status=409)
         wl, _created = await node.placer.submit(self.workload, hops=caller.hops,
                                                 visited=caller.visited, upstream=caller.node_id,
-                                                origin=self.origin)
+                                                origin=self.origin, deadline=self.deadline)
         return wl.to_dict()
+
+
+@dataclass(frozen=True)
+class Reconcile(Operation):
+    """A neighbour that is back asks for this node's records of the workloads it mirrors here
+    (``workloads``; ids this node has no record of are left out) and of those it delegated
+    here that it has no mirror of (``extra``)."""
+
+    name = "reconcile"
+    from_nodes = True
+    ids: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        ids = args.get("ids", [])
+        if not isinstance(ids, list) or len(ids) > MAX_RECONCILE or not all(
+                isinstance(i, str) and ID_RE.match(i) for i in ids):
+            raise BadRequest(f"ids: a list of at most {MAX_RECONCILE} workload ids",
+                             code="invalid_argument")
+        return cls(ids=tuple(ids))
+
+    def args(self) -> dict[str, Any]:
+        return {"ids": list(self.ids)}
+
+    async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        found = [wl for wl in map(node.placer.known, self.ids) if wl is not None]
+        asked = set(self.ids)
+        extra = [wl for wl in node.manager.workloads.values() if wl.id not in asked
+                 and caller.node_id is not None and wl.runtime.get(FROM) == caller.node_id]
+        extra += [wl for wl in node.mirrors.records.values() if wl.id not in asked
+                  and caller.node_id is not None and wl.runtime.get(FROM) == caller.node_id]
+        return {"node_id": node.node_id, "workloads": [wl.to_dict() for wl in found],
+                "extra": [wl.to_dict() for wl in extra[:MAX_RECONCILE]]}
 
 
 @dataclass(frozen=True)

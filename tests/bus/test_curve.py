@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bus import BusClient, BusNode, CurveKeys, Request, RequestTimeout, Sender, Watcher, generate_keys
+from bus.refusals import fingerprint
 
 from .harness import FAST, endpoints, running, status, subscribed, until
 
@@ -57,6 +58,13 @@ async def test_curve_accepts_known_and_refuses_unknown_keys(tmp_path: Path,
             assert (await parent.call("nanjing", "get")) == {"from": "jiangsu"}
             await until(lambda: "no welcome within" in caplog.text, 3.0, "the stranger gives up waiting")
             assert status(parent, "nanjing2") is None and status(stranger, "jiangsu") is None
+            # Both sides say why: the refusing node names the key, the refused one the likely cause.
+            stranger_key = CurveKeys.load(rogue, "nanjing2").public_text
+            refusals = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
+            assert refusals and f"key {fingerprint(stranger_key)}" in refusals[0], caplog.text
+            assert "Curve key is not accepted" in refusals[0]
+            assert len(refusals) == 1          # once a minute per peer, not on every retry
+            assert "is this node's Curve key among those it accepts?" in caplog.text
             # A client with an accepted key gets answers; a stranger's client does not.
             client_keys = CurveKeys.load(good, "client")
             async with BusClient(parent.router_endpoint, curve=client_keys, server_key=doc["curve_key"],

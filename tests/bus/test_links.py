@@ -12,6 +12,7 @@ import pytest
 from bus import (
     BusClient,
     BusNode,
+    LostInFlight,
     RemoteError,
     Request,
     RequestTimeout,
@@ -228,6 +229,41 @@ async def test_request_to_lost_neighbour_fails_fast() -> None:
         await until(lambda: status(parent, "nanjing") == "lost")
         with pytest.raises(Unreachable, match="lost"):
             await parent.request("nanjing", "get")
+
+
+async def test_a_request_in_flight_fails_at_once_when_its_target_is_lost() -> None:
+    """It does not wait out its timeout: the target said bye (it stopped) while it was asked."""
+    parent = BusNode("jiangsu", handler=echo, **FAST)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), handler=echo, **FAST)
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive")
+            asked = asyncio.ensure_future(parent.request("nanjing", "slow", timeout=30))
+            await asyncio.sleep(0.05)       # it is out, and nanjing sits on it
+        started = time.monotonic()
+        with pytest.raises(LostInFlight, match="nanjing was lost before answering"):
+            await asyncio.wait_for(asked, 5)
+        assert time.monotonic() - started < 2.0
+
+
+async def test_a_lost_neighbour_is_alive_again_only_after_a_new_handshake() -> None:
+    """Heartbeats a lost child keeps sending on its old connection do not revive it: the
+    parent asks for a hello, and the child is alive once the handshake is done both ways."""
+    seen = Recorder()
+    clock = [100.0]
+    parent = BusNode("jiangsu", on_neighbour=seen, clock=lambda: clock[0], **FAST)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), **FAST)
+        async with running(child):
+            await until(lambda: status(parent, "nanjing") == "alive")
+            joins = parent.neighbour("nanjing").joins
+            clock[0] += 10.0                # the parent's view: silent for 10 s
+            parent.tick()
+            assert status(parent, "nanjing") == "lost"
+            await until(lambda: parent.neighbour("nanjing").joins > joins, what="a new handshake")
+            assert status(parent, "nanjing") == "alive"
+            states = [s.status for s in seen.states if s.node_id == "nanjing"]
+            assert states[-2:] == ["lost", "alive"]
 
 
 async def test_clients_without_hello() -> None:

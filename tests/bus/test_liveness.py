@@ -18,8 +18,13 @@ def test_lost_after_misses_and_alive_again() -> None:
     lost = table.expire(6.0)
     assert [s.node_id for s in lost] == ["nanjing"] and table.get("nanjing").status == LOST
     assert table.expire(10.0) == []                       # reported once
-    assert table.heard("nanjing", 11.0) is True           # back, no manual step
+    # A message alone (queued during a cut, say) is no proof of both directions: still lost
+    # until a handshake.
+    assert table.heard("nanjing", 11.0) is False
+    assert table.get("nanjing").status == LOST
+    join(table, now=11.0)
     assert table.get("nanjing").status == ALIVE
+    assert table.heard("nanjing", 11.5) is True
 
 
 def test_stale_snapshots_are_ignored() -> None:

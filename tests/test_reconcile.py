@@ -1,0 +1,86 @@
+"""Exact reconciliation after a cut, in-process on a hand-moved clock: when a node is heard
+again (after a new handshake) every mirror of the origin equals the node's own record."""
+
+from __future__ import annotations
+
+from cnet.ops import Caller, Delegate, Delete, Get, List, Reconcile, Stop
+
+from .bus.harness import until
+from .harness import process_spec
+from .test_inprocess import PAIR, SMALL_ROOT, submit
+
+
+async def _cut(cluster) -> None:
+    cluster.hold("nanjing")                            # nanjing beats no more: lost at jiangsu
+    await cluster.advance(cluster.loss_window + cluster.interval)
+
+
+async def _heal(cluster) -> None:
+    cluster.release("nanjing")
+    await cluster.advance(cluster.interval)
+
+
+async def test_changes_during_a_cut_show_at_the_origin_once_the_node_is_back(inprocess_cluster):
+    async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
+        root = cluster["jiangsu"]
+        keeps = await submit(cluster, "jiangsu", process_spec("keeps"))
+        stopped = await submit(cluster, "jiangsu", process_spec("stopped"))
+        done = await submit(cluster, "jiangsu", process_spec(
+            "done", command="sh", args=["-c", f"while [ ! -e {cluster.root}/go ]; do sleep 0.02; done"]))
+        deleted = await submit(cluster, "jiangsu", process_spec("deleted"))
+        assert {w["node_id"] for w in (keeps, stopped, done, deleted)} == {"nanjing"}
+
+        await _cut(cluster)
+        assert {root.mirrors.get(w["id"]).status for w in (keeps, stopped, done, deleted)} == {"lost"}
+        # Meanwhile on nanjing (its events do not reach jiangsu: it is lost there).
+        await cluster.run("nanjing", Stop(id=stopped["id"]))
+        (cluster.root / "go").touch()
+        await until(lambda: cluster["nanjing"].manager.get(done["id"]).status == "completed", 5,
+                    "the job to complete on nanjing")
+        await cluster.run("nanjing", Delete(id=deleted["id"]))
+
+        await _heal(cluster)
+        nanjing = cluster["nanjing"].manager
+
+        def reconciled() -> bool:
+            return all(root.mirrors.get(w["id"]) is not None
+                       and root.mirrors.get(w["id"]).status == nanjing.get(w["id"]).status
+                       for w in (keeps, stopped, done)) and root.mirrors.get(deleted["id"]) is None
+
+        await until(reconciled, 5, "every mirror to equal nanjing's record")
+        for w in (keeps, stopped, done):
+            mirror, real = root.mirrors.get(w["id"]), nanjing.get(w["id"])
+            assert (mirror.status, mirror.version, mirror.exit_code) == (
+                real.status, real.version, real.exit_code)
+        listed = (await cluster.run("jiangsu", List()))["workloads"]
+        assert sorted(w["name"] for w in listed) == ["done", "keeps", "stopped"]   # no ghost
+
+
+async def test_a_workload_started_although_its_delegation_failed_is_listed(inprocess_cluster):
+    """The origin gave up on the answer (say nanjing was lost before it came): nanjing runs
+    it anyway, and the reconcile at the next join lists it at the origin."""
+    async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
+        root, nanjing = cluster["jiangsu"], cluster["nanjing"]
+        spec = {**process_spec("orphan", cpu=1.0), "id": "0rphan000000cafe"}
+        await cluster.run("nanjing", Delegate(workload=spec, origin="jiangsu"),
+                          Caller(node_id="jiangsu", hops=1, visited=("jiangsu",)))
+        assert root.mirrors.get(spec["id"]) is None
+        await _cut(cluster)
+        await _heal(cluster)
+        await until(lambda: root.mirrors.get(spec["id"]) is not None, 5, "jiangsu to list it")
+        seen = await cluster.run("jiangsu", Get(id=spec["id"]))
+        assert (seen["node_id"], seen["status"]) == ("nanjing", "running")
+        assert nanjing.manager.get(spec["id"]).status == "running"
+
+
+async def test_reconcile_answers_only_for_what_was_asked_and_what_the_asker_delegated(
+        inprocess_cluster):
+    async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
+        wl = await submit(cluster, "jiangsu", process_spec("mine"))
+        await submit(cluster, "nanjing", process_spec("nanjing's own"))
+        answer = await cluster.run("nanjing", Reconcile(ids=(wl["id"], "nosuchid")),
+                                   Caller(node_id="jiangsu"))
+        assert [w["id"] for w in answer["workloads"]] == [wl["id"]]
+        assert answer["extra"] == []
+        stranger = await cluster.run("nanjing", Reconcile(), Caller(node_id="suqian"))
+        assert stranger["workloads"] == stranger["extra"] == []
