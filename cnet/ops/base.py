@@ -61,40 +61,40 @@ def check_plain(value: Any, where: str = "body", depth: int = 0) -> None:
     valid Unicode (lone surrogates) or hold NUL, numbers out of range or not finite, nesting
     deeper than ``MAX_DEPTH``."""
     if depth > MAX_DEPTH:
-        raise BadRequest(f"{where}: nested deeper than {MAX_DEPTH} levels", code="invalid_body")
+        raise BadRequest(f"{where}: nested deeper than {MAX_DEPTH} levels", code="invalid_field")
     if isinstance(value, str):
         _check_string(value, where)
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
         if not -INT_RANGE <= value < INT_RANGE:
-            raise BadRequest(f"{where}: integer out of range", code="invalid_body")
+            raise BadRequest(f"{where}: integer out of range", code="invalid_field")
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise BadRequest(f"{where}: numbers must be finite", code="invalid_body")
+            raise BadRequest(f"{where}: numbers must be finite", code="invalid_field")
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise BadRequest(f"{where}: keys must be strings", code="invalid_body")
+                raise BadRequest(f"{where}: keys must be strings", code="invalid_field")
             _check_string(key, f"{where}: a key")
             check_plain(item, f"{where}.{key[:40]}", depth + 1)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             check_plain(item, f"{where}[{index}]", depth + 1)
     else:
-        raise BadRequest(f"{where}: not a JSON value", code="invalid_body")
+        raise BadRequest(f"{where}: not a JSON value", code="invalid_field")
 
 
 def _check_string(text: str, where: str) -> None:
     if len(text) > MAX_STRING:
-        raise BadRequest(f"{where}: strings are at most {MAX_STRING} characters", code="invalid_body")
+        raise BadRequest(f"{where}: strings are at most {MAX_STRING} characters", code="invalid_field")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(f"{where}: not valid Unicode (a lone surrogate?)",
-                         code="invalid_body") from None
+                         code="invalid_field") from None
     if "\x00" in text:
-        raise BadRequest(f"{where}: NUL characters are not allowed", code="invalid_body")
+        raise BadRequest(f"{where}: NUL characters are not allowed", code="invalid_field")
 
 
 def check_token(expected: str | None, presented: str | None) -> None:
