@@ -15,6 +15,7 @@ from .errors import CnetError, Conflict, NotFound
 from .resources import Resources
 from .workload import (
     COMPLETED,
+    DELETING,
     ENDED,
     FAILED,
     FROM,
@@ -49,6 +50,7 @@ class Manager:
         self.workloads: dict[str, Workload] = {}
         self.live: dict[str, Workload] = {}     # local workloads pending, running or stopping
         self._stops: dict[str, asyncio.Task] = {}
+        self._deletes: dict[str, asyncio.Task] = {}
         self._starting: dict[str, asyncio.Future] = {}
 
     def add_executor(self, executor: "Executor") -> None:
@@ -236,10 +238,24 @@ class Manager:
             self._finish(wl, STOPPED, wl.exit_code, "stopped")
 
     async def delete(self, workload_id: str) -> None:
+        """Stop (if live) and delete a workload; one delete runs per workload, to the end."""
         wl = self.get(workload_id)
         if wl.live:
             await self.stop(workload_id)
-        await self.executors[wl.type].remove(wl)
+        task = self._deletes.get(wl.id)
+        if task is None:
+            task = self._deletes[wl.id] = asyncio.ensure_future(self._delete(wl))
+            task.add_done_callback(lambda _t: self._deletes.pop(wl.id, None))
+        await asyncio.shield(task)
+
+    async def _delete(self, wl: Workload) -> None:
+        """Crash-safe: ``deleting`` is persisted before anything goes, and its data objects are
+        unlisted in the same transaction; a delete cut short is finished at start (recover)."""
+        if wl.status != DELETING:
+            with self.store.db.atomic():
+                self.store.delete_objects(wl.id)
+                self._transition(wl, DELETING)
+        await self.executors[wl.type].remove(wl)   # if it fails, a retry or a restart ends it
         self.workloads.pop(wl.id, None)
         self.live.pop(wl.id, None)
         self.register.release(wl.id)
@@ -284,7 +300,7 @@ class Manager:
         """Take this node's workloads after a restart (``records``: all the store held, mirrors
         of workloads elsewhere included and left out); re-adopt the live ones, rebuild
         allocations."""
-        adopted = failed = 0
+        adopted = failed = deleting = 0
         for wl in records:
             if wl.node_id != self.node_id:
                 continue
@@ -294,9 +310,13 @@ class Manager:
                 continue
             if wl.status in LIVE:
                 self.live[wl.id] = wl
-            if getattr(executor, "holds_resources_when_ended", False) and wl.status == COMPLETED:
-                self.register.adopt(wl.id, wl.requirements)
-                continue
+            if (getattr(executor, "holds_resources_when_ended", False)
+                    and wl.status in (COMPLETED, DELETING)):
+                self.register.adopt(wl.id, wl.requirements)   # until its files are gone
+            if wl.status == DELETING:
+                deleting += 1
+                asyncio.ensure_future(self.delete(wl.id)).add_done_callback(
+                    lambda task, wid=wl.id: _log_failed_delete(wid, task))
             if wl.status not in LIVE:
                 continue
             reason = executor.adopt(wl)
@@ -311,9 +331,9 @@ class Manager:
                 self._transition(wl, RUNNING, runtime=wl.runtime, started_at=wl.started_at)
             elif wl.status == STOPPING:
                 asyncio.ensure_future(self.stop(wl.id))
-        if adopted or failed:
-            log.info("recovered workloads: %d re-adopted, %d failed while the agent was down",
-                     adopted, failed)
+        if adopted or failed or deleting:
+            log.info("recovered workloads: %d re-adopted, %d failed while the agent was down, "
+                     "%d deletes cut short being finished", adopted, failed, deleting)
 
     # -- transitions ---------------------------------------------------------------------
 
@@ -346,3 +366,8 @@ class Manager:
         for executor in self.executors.values():
             await executor.close()
 
+
+def _log_failed_delete(workload_id: str, task: asyncio.Future) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("finishing the delete of %s failed (a DELETE or a restart retries): %r",
+                    workload_id, exc)

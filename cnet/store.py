@@ -169,6 +169,10 @@ class Store:
 
     # -- data objects --------------------------------------------------------------------
 
+    def delete_objects(self, workload_id: str) -> None:
+        with self._bound(), self.db.atomic():
+            DataObjectRow.delete().where(DataObjectRow.workload_id == workload_id).execute()
+
     def insert_objects(self, rows: list[dict]) -> None:
         with self._bound(), self.db.atomic():
             for start in range(0, len(rows), 200):

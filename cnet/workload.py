@@ -12,9 +12,11 @@ from .resources import Resources
 
 PENDING, RUNNING, STOPPING = "pending", "running", "stopping"
 STOPPED, COMPLETED, FAILED, LOST = "stopped", "completed", "failed", "lost"
+# An ended workload whose delete has begun (persisted first; a restart finishes it).
+DELETING = "deleting"
 LIVE = frozenset({PENDING, RUNNING, STOPPING})
 ENDED = frozenset({STOPPED, COMPLETED, FAILED})
-STATUSES = (PENDING, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, LOST)
+STATUSES = (PENDING, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, LOST, DELETING)
 # The runtime key naming the neighbour that delegated a workload to this node (private: "_").
 FROM = "_from"
 # The seed's workload types, each run by the executor of that name.

@@ -494,13 +494,15 @@ def test_sweep_settles_what_a_crash_left(tmp_path):
     orphan = stored("up-bbb2")
     staged("ccc3", marker="ok-ccc3")                 # recorded; only its staging dir is left
     recorded = stored("ok-ccc3")
-    (layout.deleted_dir("ddd4") / "f.txt").parent.mkdir(parents=True)   # delete cut short,
-    (layout.deleted_dir("ddd4") / "f.txt").write_text("back")          # record still there
+    (layout.deleted_dir("ddd4") / "f.txt").parent.mkdir(parents=True)   # delete cut short
+    (layout.deleted_dir("ddd4") / "f.txt").write_text("half")          # mid-way, record `deleting`
     (layout.deleted_dir("eee5")).mkdir()                                # delete cut short, record gone
+    not_moved = stored("del-fff6")       # delete cut short before its files moved (`deleting`)
 
-    layout.sweep({"ccc3": "ok-ccc3", "ddd4": "del-ddd4"})
+    layout.sweep({"ccc3": "ok-ccc3", "ddd4": "del-ddd4", "fff6": "del-fff6"})
 
     assert list(layout.staging.iterdir()) == []
     assert not orphan.exists()
     assert (recorded / "f.txt").read_text() == "ok-ccc3"
-    assert (tmp_path / "del-ddd4" / "f.txt").read_text() == "back"
+    assert not (tmp_path / "del-ddd4").exists()      # a half-deleted tree is never moved back
+    assert (not_moved / "f.txt").exists()            # left to the Manager's retry of the delete

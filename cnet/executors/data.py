@@ -8,7 +8,9 @@ storage until it is deleted. On disk::
     <data_path>/.cnet-staging/deleted-<id>/      a deleted workload's files, being removed
 
 Only whole uploads ever appear under ``<data_key>``; ``DataLayout.sweep`` settles whatever a
-crash left in the staging area when the agent starts.
+crash left in the staging area when the agent starts. A delete is marked ``deleting`` in the
+store before its files move (see ``Manager.delete``), so a deletion cut short is always finished,
+never rolled back.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class DataLayout:
 
         ``committed`` maps the id of every recorded data workload to its data key. An upload
         that was not recorded is removed, with its final dir if it had already been moved
-        there; a deletion whose record survived is rolled back; everything else is removed.
+        there; everything else is removed, a deletion cut short included (it may be half
+        done: it is never moved back; its record, ``deleting``, is finished by the Manager).
         """
         if not self.staging.is_dir():
             return
@@ -68,13 +71,7 @@ class DataLayout:
         for entry in sorted(self.staging.iterdir()):
             name = entry.name
             if name.startswith(_DELETED):
-                workload_id = name[len(_DELETED):]
-                data_key = committed.get(workload_id)
-                if data_key is not None and not self.final_dir(data_key).exists():
-                    os.rename(entry, self.final_dir(data_key))
-                    log.warning("data workload %s: deletion was cut short; its files are back",
-                                workload_id)
-                    continue
+                log.info("removing what the cut-short delete of %s left", name[len(_DELETED):])
             elif name not in committed:
                 target = _read_marker(entry / TARGET_MARKER)
                 if target is not None and target not in committed_keys:
@@ -117,13 +114,13 @@ class DataExecutor(Executor):
                                 self.layout.deleted_dir(workload.id))
 
     def _remove_files(self, final: Path, deleted: Path) -> None:
-        if not final.exists():
-            return
         # One rename takes the whole tree out of sight; then it is removed at leisure (a crash
-        # in between is settled by DataLayout.sweep at the next start).
-        deleted.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(final, deleted)
-        fsync_dir(self.layout.root)
+        # in between is settled by DataLayout.sweep and the delete's retry at the next start).
+        if final.exists():
+            deleted.parent.mkdir(parents=True, exist_ok=True)
+            remove_path(deleted)   # what an earlier, cut-short attempt left
+            os.rename(final, deleted)
+            fsync_dir(self.layout.root)
         remove_path(deleted)
 
 
