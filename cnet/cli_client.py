@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from .client import ClientError, SyncClient
 
 __all__ = ["DEFAULT_URL", "add_commands", "format_event"]
@@ -38,7 +40,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         return c
 
     c = client_cmd("submit", "submit a workload", _cmd_submit)
-    c.add_argument("-f", "--file", help="workload JSON file ('-' for stdin)")
+    c.add_argument("-f", "--file", help="workload file, YAML or JSON ('-' for stdin)")
     c.add_argument("--name")
     c.add_argument("--type", default="process")
     c.add_argument("--cpu", type=float, default=0.0)
@@ -137,8 +139,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if args.file:
         try:
             with contextlib.nullcontext(sys.stdin) if args.file == "-" else open(args.file) as f:
-                spec = json.loads(f.read())
-        except (OSError, ValueError) as exc:
+                spec = yaml.safe_load(f.read())    # YAML, and so JSON too
+        except (OSError, ValueError, yaml.YAMLError) as exc:
             print(f"cnet submit: cannot read {args.file}: {exc}", file=sys.stderr)
             return 2
     else:

@@ -272,6 +272,22 @@ def test_cli_submit_ls_logs_rm_over_the_bus(make_agent) -> None:
     assert down.returncode == 1 and "is the agent up?" in down.stderr
 
 
+def test_cli_submit_takes_a_yaml_or_json_file(agent, tmp_path) -> None:
+    env = {"CNET_URL": agent.url}
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: from-yaml\ntype: process\nconfig:\n  command: sleep\n  args: ['30']\n"
+                    "requirements: {cpu: 1}\n")
+    wl = json.loads(cnet("submit", "-f", str(spec), env=env).stdout)
+    assert (wl["name"], wl["config"]["args"], wl["requirements"]["cpu"]) == ("from-yaml", ["30"], 1)
+    as_json = tmp_path / "job.json"
+    as_json.write_text(json.dumps({"name": "from-json", "type": "process",
+                                   "config": {"command": "sleep", "args": ["30"]}}))
+    assert json.loads(cnet("submit", "-f", str(as_json), env=env).stdout)["name"] == "from-json"
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    bad = cnet("submit", "-f", str(tmp_path / "bad.yaml"), env=env, check=False)
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
+
+
 def test_cli_stop_resources_nodes_and_get(agent) -> None:
     env = {"CNET_URL": agent.url}
     wl = json.loads(cnet("submit", "--name", "to-stop", "--cpu", "2", "--", "sleep", "60", env=env).stdout)

@@ -261,6 +261,7 @@ def jiangsu_file(tmp_path):
     topo["defaults"]["bus"] = {"heartbeat_interval": 0.2}
     topo["defaults"]["resources"]["cpu"] = 2.0
     for node in topo["nodes"].values():
+        node.pop("storage", None)     # the root's /tmp paths belong to `make run`, not to a test
         node["port"] = free_port()
         node["bus"] = {"router_port": free_port(), "pub_port": free_port()}
     path = tmp_path / "jiangsu.yaml"
