@@ -105,6 +105,12 @@ def test_tensorflow_and_pytorch_are_not_supported_yet(ml_agent, model, model_typ
     assert f"model_type {model_type} is not supported yet" in resp.json()["error"]["message"]
 
 
+# The message a bad speed option gets: it names the field and what it may hold.
+SPEED_OPTION_MESSAGES = {"workers": "config.workers: must be a whole number, 1..64",
+                         "threads": "config.threads: must be a whole number, 1..256",
+                         "spin": "config.spin: must be true or false"}
+
+
 @pytest.mark.parametrize("config, code", [
     ({"model_type": "caffe"}, "unknown_model_type"),
     ({"model_type": None}, "invalid_field"),
@@ -112,6 +118,15 @@ def test_tensorflow_and_pytorch_are_not_supported_yet(ml_agent, model, model_typ
     ({"model_path": "/tmp"}, "model_not_found"),
     ({"model_path": None}, "invalid_field"),
     ({"workers": -1}, "invalid_field"),
+    ({"workers": 0}, "invalid_field"),
+    ({"workers": "2"}, "invalid_field"),
+    ({"workers": 100}, "invalid_field"),
+    ({"threads": 0}, "invalid_field"),
+    ({"threads": 1.5}, "invalid_field"),
+    ({"threads": True}, "invalid_field"),
+    ({"spin": "yes"}, "invalid_field"),
+    ({"spin": 1}, "invalid_field"),
+    ({"intra_op_threads": 2}, "invalid_field"),
 ])
 def test_bad_mlmodel_config_is_a_400_and_reserves_nothing(ml_agent, model, config, code):
     spec = _seed_yolo(model, free_port())
@@ -120,8 +135,25 @@ def test_bad_mlmodel_config_is_a_400_and_reserves_nothing(ml_agent, model, confi
     resp = ml_agent.api("POST", "/api/workloads", json=spec)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] == code
+    field = next(iter(config))
+    if field in SPEED_OPTION_MESSAGES:
+        assert resp.json()["error"]["message"] == SPEED_OPTION_MESSAGES[field]
     assert ml_agent.api("GET", "/api/workloads").json()["workloads"] == []
     assert _available(ml_agent) == (8.0, 16.0)
+
+
+def test_speed_options_reach_the_service(ml_agent, model, astronaut_b64):
+    spec = _seed_yolo(model, free_port())
+    spec["config"].update({"workers": 2, "threads": 1, "spin": True})
+    wl = ml_agent.submit(spec)
+    assert wl["status"] == "running"
+    assert {k: wl["config"][k] for k in ("workers", "threads", "spin")} == \
+        {"workers": 2, "threads": 1, "spin": True}
+    info = requests.get(wl["endpoint"] + "/info", timeout=10).json()
+    assert (info["workers"], info["threads_per_worker"], info["spin"]) == (2, 1, True)
+    assert "person" in {d["class"] for d in _predict(wl["endpoint"], astronaut_b64)["detections"]}
+    assert ml_agent.api("POST", f"/api/workloads/{wl['id']}/stop").status_code == 200
+    ml_agent.wait_status(wl["id"], "stopped")
 
 
 def test_seed_opencv_example_finds_the_face(ml_agent, astronaut_b64):

@@ -4,6 +4,8 @@
 ``tensorflow`` and ``pytorch`` are known but not implemented yet. A relative ``model_path`` is
 resolved against the agent's working directory when the workload is submitted; the workload's
 config then shows the absolute path, so restarts do not depend on the agent's directory.
+The speed options are per workload: ``workers``, ``threads`` (ONNX Runtime intra-op threads per
+worker) and ``spin`` (let idle intra-op threads spin; the service's default is not to).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ NOT_YET = ("tensorflow", "pytorch")
 
 class MLModelExecutor(ServiceExecutor):
     type = "mlmodel"
-    options = frozenset({"model_type", "model_path", "workers", "threads"})
+    options = frozenset({"model_type", "model_path", "workers", "threads", "spin"})
 
     def validate_options(self, config: dict) -> dict:
         model_type = require_str(config, "model_type")
@@ -45,15 +47,27 @@ class MLModelExecutor(ServiceExecutor):
                              f"{', '.join([*BACKENDS, *NOT_YET])}", code="unknown_model_type")
         return {"model_type": model_type.lower(),
                 "model_path": _model_path(require_str(config, "model_path")),
-                **validate_pool(config)}
+                **validate_pool(config), **_spin(config)}
 
     def check_options_here(self, config: dict) -> None:
         _check_readable(config["model_path"])
 
     def launch_spec(self, config: dict) -> LaunchSpec:
         backend = BACKENDS[config["model_type"]]
-        return LaunchSpec(backend.program, ["--model", config["model_path"], *pool_args(config)],
-                          backend.log_prefix)
+        args = ["--model", config["model_path"], *pool_args(config)]
+        if "spin" in config:
+            args.append("--spin" if config["spin"] else "--no-spin")
+        return LaunchSpec(backend.program, args, backend.log_prefix)
+
+
+def _spin(config: dict) -> dict:
+    """The optional ``spin`` flag (ONNX Runtime's ``session.intra_op.allow_spinning``)."""
+    value = config.get("spin")
+    if value is None:
+        return {}
+    if not isinstance(value, bool):
+        raise BadRequest("config.spin: must be true or false", code="invalid_field")
+    return {"spin": value}
 
 
 def _model_path(model_path: str) -> str:

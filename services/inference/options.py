@@ -5,7 +5,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
-__all__ = ["MIB", "ShimConfig", "add_common_arguments", "config_from_args", "default_threads"]
+__all__ = ["MIB", "ShimConfig", "add_common_arguments", "add_onnxruntime_arguments",
+           "config_from_args", "default_threads"]
 
 MIB = 1024 * 1024
 
@@ -75,6 +76,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest decoded image in pixels (larger: 400)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def add_onnxruntime_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the services whose workers run ONNX Runtime."""
+    parser.add_argument("--spin", action=argparse.BooleanOptionalAction, default=False,
+                        help="let idle ONNX Runtime intra-op threads spin: lower latency, busy "
+                             "idle cores (default: --no-spin)")
 
 
 def config_from_args(program: str, model_type: str, model: str,

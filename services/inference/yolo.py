@@ -169,20 +169,23 @@ class YoloDetector:
 
     kind = "yolo"
 
-    def __init__(self, model: str, threads: int = 1, layout: str | None = None) -> None:
+    def __init__(self, model: str, threads: int = 1, layout: str | None = None,
+                 spin: bool = False) -> None:
         if not os.path.isfile(model):
             raise FileNotFoundError(f"model file not found: {model}")
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
         self.model_path = model
         self.threads = max(1, int(threads))
+        self.spin = bool(spin)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        # Idle intra-op threads must not spin: K workers (and the shim) share the same cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ORT's own default is to spin; ours is not to: K workers (and the shim) share the cores.
+        # Spinning trades idle CPU for a little latency on a host the service has to itself.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         try:
             self.session = ort.InferenceSession(model, sess_options=options,
                                                 providers=["CPUExecutionProvider"])
@@ -203,8 +206,9 @@ class YoloDetector:
             raise ValueError(f"output shape {list(self.output_shape)} does not fit layout {self.layout}")
         self.names = class_names_from_metadata(self.metadata, self.num_classes)
         self._grid: tuple[np.ndarray, np.ndarray] | None = None
-        log.info("loaded %s: layout %s, input %sx%s, %d classes, %d threads", model, self.layout,
-                 self.input_size[1], self.input_size[0], self.num_classes, self.threads)
+        log.info("loaded %s: layout %s, input %sx%s, %d classes, %d threads, spinning %s", model,
+                 self.layout, self.input_size[1], self.input_size[0], self.num_classes, self.threads,
+                 "on" if self.spin else "off")
 
     def _input_size(self, shape: list[Any]) -> tuple[int, int]:
         """(height, width) from the input shape, else metadata imgsz, else 640."""
@@ -227,6 +231,7 @@ class YoloDetector:
             "num_classes": self.num_classes,
             "class_names": self.names,
             "threads": self.threads,
+            "spin": self.spin,
         }
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, BoxMapping]:

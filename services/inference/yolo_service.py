@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from services.inference.options import add_common_arguments, config_from_args
+from services.inference.options import add_common_arguments, add_onnxruntime_arguments, config_from_args
 from services.inference.pool import WorkerSpec
 from services.inference.shim import run
 from services.inference.yolo import LAYOUTS
@@ -19,6 +19,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=LAYOUTS, default=None,
                         help="output layout (default: detected from the model)")
     add_common_arguments(parser)
+    add_onnxruntime_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROGRAM}: error: model file not found: {args.model}", file=sys.stderr)
         return 2
     config = config_from_args(PROGRAM, "yolo", args.model, args)
-    spec = WorkerSpec("yolo", {"model": model, "threads": config.threads, "layout": args.layout})
+    spec = WorkerSpec("yolo", {"model": model, "threads": config.threads, "layout": args.layout,
+                               "spin": args.spin})
     return run(config, spec)
 
 

@@ -4,7 +4,9 @@ For each model: (1) latency at concurrency 1, in-process (decode + pre-process +
 post-process) vs POST /predict through the shim (p50, p99; target overhead <= 15 %), beside
 the transport floor: the same POST through a bare Tornado handler and one raw pyzmq REQ/REP hop
 to a process that holds each request for the in-process p50 (``transport_floor.py``);
-(2) requests/s at concurrency 4 with 1 and 2 workers of one thread each (target >= 1.6x).
+(2) requests/s at concurrency 4 with 1 and 2 workers of one thread each (target >= 1.6x);
+(3) /predict latency and the worker's CPU time per request at concurrency 1, one worker of
+all cores' threads, with ORT's intra-op threads spinning (``--spin``) and not (the default).
 Run by hand: ``.venv/bin/python tests/bench/bench_inference.py [--requests N]``.
 Models come from $CNET_MODELS_DIR, else ../shared/models beside the repository.
 """
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import cv2
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +57,12 @@ def percentile(samples: list[float], q: float) -> float:
 class Service:
     """cnet-inference-yolo as a subprocess for the length of a with-block."""
 
-    def __init__(self, model: Path, workers: int, threads: int) -> None:
+    def __init__(self, model: Path, workers: int, threads: int, spin: bool = False) -> None:
         self.port = free_port()
         self.command = [sys.executable, "-m", "services.inference.yolo_service", "--model",
                         str(model), "--port", str(self.port), "--workers", str(workers),
-                        "--threads", str(threads), "--log-level", "WARNING"]
+                        "--threads", str(threads), "--spin" if spin else "--no-spin",
+                        "--log-level", "WARNING"]
 
     def __enter__(self) -> Service:
         self.process = subprocess.Popen(self.command, cwd=REPO, stderr=subprocess.DEVNULL)
@@ -72,6 +76,14 @@ class Service:
             time.sleep(0.1)
         self.process.kill()
         raise RuntimeError("service did not become healthy")
+
+    def worker_cpu_seconds(self) -> float:
+        """User + system CPU time of the worker processes so far."""
+        total = 0.0
+        for child in psutil.Process(self.process.pid).children():
+            times = child.cpu_times()
+            total += times.user + times.system
+        return total
 
     def __exit__(self, *exc: object) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -136,6 +148,29 @@ def throughput(port: int, image: bytes, n: int, concurrency: int) -> float:
     if errors:
         raise errors[0]
     return per_client * concurrency / elapsed
+
+
+def spin_case(model: Path, image: bytes, n: int, rounds: int = 2
+              ) -> dict[bool, tuple[list[float], float]]:
+    """Per spin setting: /predict latencies and worker CPU seconds per request, in alternating
+    rounds (off, on, off, on ...) so that load drift hits both alike."""
+    samples: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, float] = {False: 0.0, True: 0.0}
+    per_round = max(1, n // rounds)
+    for _ in range(rounds):
+        for spin in (False, True):
+            with Service(model, workers=1, threads=CORES, spin=spin) as service:
+                conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=60)
+                for _ in range(5):
+                    post(conn, image)
+                before = service.worker_cpu_seconds()
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    post(conn, image)
+                    samples[spin].append(time.perf_counter() - start)
+                cpu[spin] += service.worker_cpu_seconds() - before
+                conn.close()
+    return {spin: (samples[spin], cpu[spin] / len(samples[spin])) for spin in (False, True)}
 
 
 def floor_latency(image: bytes, delay: float, n: int) -> list[float]:
@@ -206,6 +241,15 @@ def main() -> int:
         with Service(model, workers=1, threads=CORES) as service:
             one_wide = throughput(service.port, image, args.requests * 2, 4)
         print(f"  for reference: 1 worker x {CORES} threads {one_wide:.1f} req/s")
+        spin = spin_case(model, image, args.requests)
+        print(f"concurrency 1, 1 worker x {CORES} threads   p50 ms   p99 ms   worker CPU ms/request")
+        for on in (False, True):
+            lat, cpu_per_request = spin[on]
+            label = "--spin" if on else "--no-spin (default)"
+            print(f"  {label:<30} {statistics.median(lat) * 1000:9.2f} {percentile(lat, 99) * 1000:8.2f}"
+                  f" {cpu_per_request * 1000:12.2f}")
+        gain = statistics.median(spin[False][0]) - statistics.median(spin[True][0])
+        print(f"  spinning saves {gain * 1000:+.2f} ms at p50")
     return 0
 
 

@@ -154,6 +154,7 @@ def test_info_and_health(yolo):
     assert info["format"] == ("yolox" if "yolox" in path.name else "ultralytics-v8")
     expected_side = int(path.stem.split("-")[-1] if "yolox" in path.name else path.stem.split("-")[1])
     assert info["input_size"] == [expected_side, expected_side]
+    assert (info["workers"], info["spin"]) == (1, False)  # idle ORT threads do not spin by default
     health = service.health()
     assert health["status"] == "healthy" and health["model"] == str(path)
 
