@@ -30,6 +30,10 @@ setup(
             "scikit-image>=0.22",
             "playwright>=1.40",
             "ruff>=0.4",
+            "onnx>=1.16",                     # tests build small YOLO graphs of known output
+            "openapi-spec-validator>=0.7",    # the REST API's OpenAPI document is valid
+            "schemathesis>=4,<5",             # and a live agent answers as it says
+            "hypothesis>=6",
         ],
     },
     entry_points={
