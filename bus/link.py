@@ -4,7 +4,9 @@ The link discovers the neighbour's endpoints, connects, says hello and waits for
 Once joined, the node sends heartbeats through it and the neighbour answers each with its own;
 if nothing comes back for ``misses`` intervals (or the welcome never comes) the link throws the
 DEALER away, rediscovers and says hello again (the zguide's paranoid-pirate liveness). A refusal
-is logged and retried with backoff. Everything other than the handshake goes to ``on_message``.
+is logged and retried with backoff. Everything other than the handshake goes to ``on_message``,
+and a frame that does not decode to ``on_bad``. A hello again to the same neighbour (after a
+reconnect) shows the session of its last welcome, so it is known for the same party.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bus.protocol import (
     Bye,
     Hello,
     Message,
+    ProtocolError,
     Refuse,
     Welcome,
     decode,
@@ -46,6 +49,7 @@ class Link:
                  make_hello: Callable[[], Hello], on_message: Callable[[Link, Message], None],
                  on_joined: Callable[[Link, Welcome], None], on_down: Callable[[Link, str], None],
                  discover: Discover, interval: float, misses: int, retry_max: float,
+                 on_bad: Callable[[Link, ProtocolError], None] | None = None,
                  curve: CurveKeys | None = None, clock: Callable[[], float] = time.monotonic):
         self.kind = kind
         self.target = target
@@ -57,6 +61,7 @@ class Link:
         self._on_message = on_message
         self._on_joined = on_joined
         self._on_down = on_down
+        self._on_bad = on_bad
         self._discover = discover
         self._interval = interval
         self._misses = misses
@@ -186,10 +191,18 @@ class Link:
     def _send_hello(self) -> None:
         self._joined = False
         self._hello_at = self._clock()
-        self.send(self._make_hello())
+        hello = self._make_hello()
+        remote = self.remote
+        if remote is not None and self.endpoints is not None and self.endpoints.router == remote.router:
+            hello.session = remote.session or None     # the same neighbour: we are who it knew
+        self.send(hello)
+
+    def _bad_frame(self, frames: list[bytes], err: ProtocolError) -> None:
+        if self._on_bad is not None:
+            self._on_bad(self, err)
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
-        async for msg in receive(sock, decode, self._drops):
+        async for msg in receive(sock, decode, self._drops, self._bad_frame):
             self.last_heard = self._clock()
             if isinstance(msg, Welcome):
                 self._welcomed(msg)

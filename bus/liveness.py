@@ -10,10 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ALIVE", "LOST", "NeighbourState", "Neighbours"]
+__all__ = ["ALIVE", "LOST", "MAX_SEQ_STEP", "NeighbourState", "Neighbours"]
 
 ALIVE = "alive"
 LOST = "lost"
+MAX_SEQ_STEP = 10**6      # a seq further ahead of the last one taken in a session is refused
 
 
 @dataclass
@@ -34,6 +35,8 @@ class NeighbourState:
     sent_at: float = 0.0              # its wall clock when it sent that snapshot
     interval: float = 1.0             # its heartbeat interval
     joins: int = 0                    # handshakes completed with it (each one a new session)
+    rejected: str = ""                # why its last refused message was refused
+    rejections: int = 0               # messages from it refused (bad payloads, wild seqs)
 
     def age(self, now: float) -> float:
         """Seconds since it was last heard from."""
@@ -68,12 +71,17 @@ class Neighbours:
 
     def joined(self, node_id: str, role: str, now: float, *, epoch: int, http: str, router: str,
                pub: str, interval: float) -> NeighbourState:
-        """A handshake completed: create or refresh the entry (a new epoch drops the old snapshot)."""
+        """A handshake completed: create or refresh the entry (a new epoch drops the old snapshot).
+
+        Each handshake is a new session: the next snapshot sets its seq afresh, so a seq taken
+        in an earlier session (even a wild one) cannot make the node's own snapshots stale.
+        """
         state = self._by_id.get(node_id)
         if state is None:
             state = self._by_id[node_id] = NeighbourState(node_id=node_id, role=role)
         if state.epoch != epoch:
-            state.seq, state.snapshot, state.summary, state.sent_at = -1, {}, None, 0.0
+            state.snapshot, state.summary, state.sent_at, state.rejected = {}, None, 0.0, ""
+        state.seq = -1
         state.role, state.epoch, state.http, state.router, state.pub = role, epoch, http, router, pub
         state.interval, state.status, state.last_seen = interval, ALIVE, now
         state.joins += 1
@@ -99,6 +107,34 @@ class Neighbours:
     def is_lost(self, node_id: str) -> bool:
         state = self._by_id.get(node_id)
         return state is not None and state.status == LOST
+
+    def is_alive(self, node_id: str, now: float) -> bool:
+        """Alive and heard within its loss window (``misses`` intervals), whether or not a tick
+        has expired it yet."""
+        state = self._by_id.get(node_id)
+        return (state is not None and state.status == ALIVE
+                and now - state.last_seen <= self.misses * state.interval)
+
+    def seq_refusal(self, node_id: str, epoch: int, seq: int) -> str | None:
+        """Why ``seq`` of incarnation ``epoch`` is not taken as-is from ``node_id``: more than
+        ``MAX_SEQ_STEP`` ahead of the last seq taken in this session (a counter does not leap;
+        a forger's does)."""
+        state = self._by_id.get(node_id)
+        if (state is not None and epoch == state.epoch and state.seq >= 0
+                and seq > state.seq + MAX_SEQ_STEP):
+            return f"seq leaps more than {MAX_SEQ_STEP} ahead of the last one taken"
+        return None
+
+    def reject(self, node_id: str, reason: str) -> bool:
+        """Note on ``node_id``'s entry that a message from it was refused; True when the reason
+        is new (worth showing), False when it repeats or the node is unknown."""
+        state = self._by_id.get(node_id)
+        if state is None:
+            return False
+        state.rejections += 1
+        changed = state.rejected != reason
+        state.rejected = reason
+        return changed
 
     def snapshot(self, node_id: str, epoch: int, seq: int, snapshot: dict[str, Any],
                  summary: dict[str, Any] | None, sent_at: float) -> bool:

@@ -10,12 +10,17 @@ methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and
 It is longer than our other files because it is the one place that touches the node's sockets
 (STYLE.md #3); what can be decided without them lives beside it: ``admission`` (hellos),
 ``liveness`` (neighbour states), ``link`` (a DEALER's life), ``dispatch`` (requests).
+
+Nothing a neighbour sends is taken on its word: ``decode`` checks every payload against its
+schema, a message counts only on the connection (ROUTER identity, link, or that neighbour's own
+PUB, one SUB each) the neighbour joined on, and a refused one is logged and noted on that
+neighbour's entry (``NeighbourState.rejected``) only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +53,7 @@ from bus.protocol import (
     Request,
     Update,
     Welcome,
+    check_result,
     decode,
     decode_published,
     encode,
@@ -63,6 +69,11 @@ __all__ = ["BusNode"]
 log = logging.getLogger("bus.node")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
+
+
+def _why(err: ProtocolError) -> str:
+    """A refused frame's reason, as a neighbour's entry shows it."""
+    return f"{err.msg_type or 'frame'}: {err.code}: {err.message}"
 
 
 def _split_identity(frames: list[bytes]) -> tuple[bytes, Message]:
@@ -124,12 +135,15 @@ class BusNode:
         self._link_of: dict[str, Link] = {}           # node id -> joined link
         self._routes: dict[bytes, str] = {}           # ROUTER identity -> node id
         self._identity_of: dict[str, bytes] = {}      # node id -> ROUTER identity
-        self._sub_of: dict[str, str] = {}             # node id -> PUB endpoint our SUB follows
+        self._session_of: dict[str, str] = {}         # node id -> session nonce of its connection
+        self._sub_of: dict[str, str] = {}             # node id -> PUB endpoint it publishes on
+        # PUB endpoint -> the SUB that follows it and its reader: one each, so a message is
+        # known to come from that PUB (a neighbour cannot publish in another's name).
+        self._subs: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
         self._context: zmq.asyncio.Context | None = None
         self._auth: Any = None
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
-        self._sub: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_beat = 0.0
         self.router_endpoint = ""
@@ -137,6 +151,7 @@ class BusNode:
         self._router_drops = DropLog(log, f"{node_id} ROUTER")
         self._refusals = RefusalLog(log, clock)
         self._sub_drops = DropLog(log, f"{node_id} SUB")
+        self._link_drops = DropLog(log, f"{node_id} links")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -148,8 +163,6 @@ class BusNode:
         self._router = new_socket(self._context, zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._pub = new_socket(self._context, zmq.PUB)
-        self._sub = new_socket(self._context, zmq.SUB)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         for sock in (self._router, self._pub):
             if self._curve is not None:
                 self._curve.make_server(sock)
@@ -159,12 +172,12 @@ class BusNode:
                  self.pub_endpoint, ", curve on" if self._curve else "")
         self._next_beat = self._clock()
         self._tasks = [asyncio.create_task(self._router_loop(), name="bus-router"),
-                       asyncio.create_task(self._sub_loop(), name="bus-sub"),
                        asyncio.create_task(self._tick_loop(), name="bus-tick")]
         for kind, target in self._targets:
             link = Link(kind, target, context=self._context, make_hello=lambda k=kind: self._hello(k),
                         on_message=self._on_link_message, on_joined=self._on_link_joined,
-                        on_down=self._on_link_down, discover=self._discover,
+                        on_down=self._on_link_down, on_bad=self._on_link_bad,
+                        discover=self._discover,
                         interval=self.interval, misses=self.misses, retry_max=self._retry_max,
                         curve=self._curve, clock=self._clock)
             self._links.append(link)
@@ -178,15 +191,19 @@ class BusNode:
             await link.close("node shutting down")
         bye = encode(Bye(node_id=self.node_id, reason="node shutting down"))
         byes = sum(send_now(self._router, [identity, *bye]) for identity in self._identity_of.values())
-        for task in self._tasks:
+        subs = list(self._subs.values())
+        self._subs.clear()
+        tasks = [*self._tasks, *(task for _sock, task in subs)]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         await self._dispatcher.close()
         self._pending.fail_all(BusError("bus node closed", code="closed"))
         close_socket(self._router, BYE_LINGER_MS if byes else 0)
         close_socket(self._pub)
-        close_socket(self._sub)
+        for sock, _task in subs:
+            close_socket(sock)
         if self._auth is not None:
             self._auth.stop()
         if self._context is not None:
@@ -229,8 +246,8 @@ class BusNode:
 
     @property
     def bad_frames(self) -> int:
-        """Frames dropped or answered with an error since start (ROUTER and SUB)."""
-        return self._router_drops.total + self._sub_drops.total
+        """Messages dropped or answered with an error since start (ROUTER, SUBs and links)."""
+        return self._router_drops.total + self._sub_drops.total + self._link_drops.total
 
     def publish(self, snapshot: dict[str, Any] | None = None) -> None:
         """Broadcast the current snapshot on PUB now (``snapshot()`` is called when not given)."""
@@ -265,7 +282,17 @@ class BusNode:
             self._pending.discard(req.corr_id)
             raise Unreachable(f"cannot send {op!r} to {node_id}: link down or queue full")
         wait = self.request_timeout if timeout is None else timeout
-        return await self._pending.wait(req.corr_id, future, wait, f"{op!r} sent to {node_id}")
+        reply = await self._pending.wait(req.corr_id, future, wait, f"{op!r} sent to {node_id}")
+        if reply.ok:
+            try:
+                reply.result = check_result(op, reply.result)
+            except ValueError as exc:
+                self._refused_message(node_id, f"reply to {op}: {exc}", self._link_drops)
+                return Reply(corr_id=reply.corr_id, ok=False, node_id=reply.node_id, error={
+                    "code": "bad_reply", "message": f"{node_id} answered {op!r} with a "
+                                                    f"malformed result: {exc}"[:500],
+                    "details": {"status": 502, "node_id": node_id}})
+        return reply
 
     async def call(self, node_id: str, op: str, args: dict[str, Any] | None = None,
                    **kwargs: Any) -> dict[str, Any]:
@@ -335,10 +362,10 @@ class BusNode:
                      curve_key=self._curve.public_text if self._curve else None,
                      token=self._token)
 
-    def _welcome(self, role: str) -> Welcome:
+    def _welcome(self, role: str, session: str = "") -> Welcome:
         return Welcome(node_id=self.node_id, role=role, protocol=PROTOCOL, epoch=self.epoch,
                        router=self.router_endpoint, pub=self.pub_endpoint, http=self.http,
-                       interval=self.interval,
+                       interval=self.interval, session=session,
                        curve_key=self._curve.public_text if self._curve else None)
 
     def _fire(self, state: NeighbourState) -> None:
@@ -358,10 +385,26 @@ class BusNode:
             return state
         return None
 
-    def _take_snapshot(self, msg: Heartbeat | Update) -> None:
+    def _take_snapshot(self, msg: Heartbeat | Update, drops: DropLog) -> bool:
+        """Store the snapshot unless stale; False when it was refused (a seq that leaps)."""
+        reason = self._neighbours.seq_refusal(msg.node_id, msg.epoch, msg.seq)
+        if reason is not None:
+            self._refused_message(msg.node_id, f"{msg.TYPE.decode()}: {reason}", drops)
+            return False
         state = self._heard(msg.node_id, msg.epoch)
         if state is not None and self._neighbours.snapshot(msg.node_id, msg.epoch, msg.seq,
                                                            msg.snapshot, msg.summary, msg.sent_at):
+            self._fire(state)
+        return True
+
+    def _refused_message(self, node_id: str, reason: str, drops: DropLog) -> None:
+        """A message from neighbour ``node_id`` is refused: log it, and say so on its entry."""
+        drops.drop(f"from {node_id}: {reason}")
+        self._reject(node_id, reason)
+
+    def _reject(self, node_id: str, reason: str) -> None:
+        state = self._neighbours.get(node_id)
+        if state is not None and self._neighbours.reject(node_id, reason[:300]):
             self._fire(state)
 
     async def _router_loop(self) -> None:
@@ -381,6 +424,9 @@ class BusNode:
         if len(frames) < 2:
             return
         identity = frames[0]
+        node_id = self._routes.get(identity)
+        if node_id is not None:     # a joined neighbour's connection: only its entry says so
+            self._reject(node_id, _why(err))
         if err.msg_type == "hello":
             log.error("%s refused hello from %s: %s", self.node_id, err.node_id or "an unknown node",
                       err.message)
@@ -407,12 +453,13 @@ class BusNode:
                 send_now(self._router, [identity, *encode(Refuse(
                     node_id=self.node_id, code="hello_required", reason="say hello first"))])
                 return
-            self._take_snapshot(msg)
-            send_now(self._router, [identity, *encode(self._heartbeat())])
+            if self._take_snapshot(msg, self._router_drops):
+                send_now(self._router, [identity, *encode(self._heartbeat())])
         elif isinstance(msg, Bye):
             node_id = self._routes.pop(identity, None)
             if node_id is not None and self._identity_of.get(node_id) == identity:
                 del self._identity_of[node_id]
+                self._session_of.pop(node_id, None)
                 if self._neighbours.lose(node_id):
                     log.info("%s said bye (%s)", node_id, msg.reason or "no reason")
                     self._pending.fail_to(node_id, "was lost")
@@ -433,16 +480,20 @@ class BusNode:
         if hello.role == "client":
             send_now(self._router, [identity, *encode(self._welcome("server"))])
             return
+        known = self._identity_of.get(hello.node_id)
         refused = refusal(hello, own_id=self.node_id, neighbours=self._neighbours,
-                          now=self._clock(), token=self._token, curve=self._curve)
+                          now=self._clock(), token=self._token, curve=self._curve,
+                          connection="new" if known is None else "same" if known == identity
+                          else "other", session=self._session_of.get(hello.node_id, ""),
+                          joined_as=self._routes.get(identity))
         if refused is not None:
             return self._refuse(identity, hello, *refused)
         role = "child" if hello.role == "child" else "peer"
-        old = self._identity_of.get(hello.node_id)
-        if old is not None and old != identity:
-            self._routes.pop(old, None)
+        if known is not None and known != identity:
+            self._routes.pop(known, None)     # the old connection speaks for it no more
         self._routes[identity] = hello.node_id
         self._identity_of[hello.node_id] = identity
+        session = self._session_of[hello.node_id] = new_corr_id()
         # A child beats at its own interval; a peer is also heard through our link's replies.
         interval = hello.interval if role == "child" else max(hello.interval, self.interval)
         self._pending.fail_to(hello.node_id, "joined again (a new session)")
@@ -450,39 +501,63 @@ class BusNode:
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval)
         self._follow(hello.node_id, hello.pub, hello.curve_key)
-        send_now(self._router, [identity, *encode(self._welcome("parent" if role == "child" else "peer"))])
+        send_now(self._router, [identity, *encode(
+            self._welcome("parent" if role == "child" else "peer", session))])
         log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
         self._fire(state)
 
     def _follow(self, node_id: str, pub: str, curve_key: str | None) -> None:
-        """Point our SUB at ``node_id``'s PUB (once; again if the endpoint changed)."""
-        sub = self._sub
-        if sub is None or not pub or self._sub_of.get(node_id) == pub:
+        """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed)."""
+        if self._context is None or not pub or self._sub_of.get(node_id) == pub:
             return
         old = self._sub_of.pop(node_id, None)
         if old is not None and old not in self._sub_of.values():
-            with contextlib.suppress(zmq.ZMQError):
-                sub.disconnect(old)
-        if pub in self._sub_of.values():
-            self._sub_of[node_id] = pub
-            return
-        if self._curve is not None:
-            if not self._curve.trusts(curve_key):
+            self._unfollow(old)
+        if pub not in self._subs:
+            if self._curve is not None and not self._curve.trusts(curve_key):
                 log.error("not subscribing to %s: its curve key is not accepted", node_id)
                 return
-            self._curve.make_client(sub, curve_key or "")
-        sub.connect(pub)
+            sub = new_socket(self._context, zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            if self._curve is not None:
+                self._curve.make_client(sub, curve_key or "")
+            try:
+                sub.connect(pub)
+            except zmq.ZMQError as exc:
+                log.error("not subscribing to %s: cannot connect to %r: %s", node_id, pub, exc)
+                close_socket(sub)
+                return
+            self._subs[pub] = (sub, asyncio.create_task(self._sub_loop(pub, sub), name="bus-sub"))
         self._sub_of[node_id] = pub
 
-    async def _sub_loop(self) -> None:
-        if self._sub is None:
-            return
-        async for _topic, msg in receive(self._sub, decode_published, self._sub_drops):
-            if msg.node_id not in self._sub_of:
+    def _unfollow(self, endpoint: str) -> None:
+        sub, task = self._subs.pop(endpoint, (None, None))
+        if task is not None:
+            task.cancel()
+        close_socket(sub)      # also cancels the reader's pending receive
+
+    def _publishers(self, endpoint: str) -> list[str]:
+        return [node_id for node_id, pub in self._sub_of.items() if pub == endpoint]
+
+    def _bad_published(self, endpoint: str, _frames: list[bytes], err: ProtocolError) -> None:
+        for node_id in self._publishers(endpoint):
+            self._reject(node_id, _why(err))
+
+    async def _sub_loop(self, endpoint: str, sub: zmq.asyncio.Socket) -> None:
+        on_error = functools.partial(self._bad_published, endpoint)
+        async for _topic, msg in receive(sub, decode_published, self._sub_drops, on_error):
+            if self._sub_of.get(msg.node_id) != endpoint:
+                for node_id in self._publishers(endpoint):
+                    self._refused_message(node_id, f"published as {msg.node_id}",
+                                          self._sub_drops)
                 continue
             if isinstance(msg, Update):
-                self._take_snapshot(msg)
+                self._take_snapshot(msg, self._sub_drops)
             elif isinstance(msg, Event):
+                reason = self._neighbours.seq_refusal(msg.node_id, msg.epoch, msg.seq)
+                if reason is not None:
+                    self._refused_message(msg.node_id, f"event: {reason}", self._sub_drops)
+                    continue
                 state = self._heard(msg.node_id, msg.epoch)
                 if state is not None and self._on_event is not None:
                     try:
@@ -525,10 +600,14 @@ class BusNode:
             return
         if isinstance(msg, Heartbeat):
             if msg.node_id == link.node_id:
-                self._take_snapshot(msg)
+                self._take_snapshot(msg, self._link_drops)
         elif isinstance(msg, Request):
             if link.node_id is not None:
                 self._heard(link.node_id)
             self._dispatcher.dispatch(msg, Sender(link.node_id, link.kind), link.send_frames)
         elif isinstance(msg, Reply):
             self._pending.resolve(msg)
+
+    def _on_link_bad(self, link: Link, err: ProtocolError) -> None:
+        if link.node_id is not None:
+            self._reject(link.node_id, _why(err))

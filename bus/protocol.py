@@ -20,7 +20,9 @@ Conversations:
   role ``client`` or skip it); the ROUTER answers :class:`Welcome` or :class:`Refuse` (duplicate
   node id, protocol mismatch, a missing or wrong join token, an untrusted Curve key). A
   :class:`Refuse` body is frozen across versions so a node speaking another version can still
-  read why it was refused.
+  read why it was refused. Each Welcome carries a fresh ``session`` nonce for that connection; a
+  node that says hello again from another connection while the first is alive shows it (with
+  the same ``epoch``) to prove it is the same party, else it is refused ``duplicate_node``.
 * liveness: every interval a joined DEALER sends :class:`Heartbeat` (full snapshot, ``seq``);
   the ROUTER answers with its own :class:`Heartbeat`, which is the DEALER's liveness signal.
 * broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once.
@@ -32,25 +34,43 @@ Conversations:
 
 :func:`decode` turns any bad input (garbage, wrong version, unknown type, missing or ill-typed
 fields, oversized frames) into :class:`ProtocolError`; it never raises anything else.
+
+Payloads are checked too, against the schemas declared below the message classes (a small
+checker: field name -> type, range, length): a heartbeat's or update's ``snapshot`` and
+``summary`` (:data:`SNAPSHOT`, :data:`SUMMARY`), an event's ``data`` by kind
+(:data:`EVENT_DATA`), an error reply's ``error`` (:data:`ERROR`), and the results of the
+operations whose answers a node keeps (:data:`RESULTS`, checked by the requester, which knows
+the op). Strings hold no NUL and have a maximum length, numbers are finite and in range, lists
+and maps have a maximum size. Unknown keys: inside a declared record (a resource vector, the
+workload counts) they are dropped; at a payload's top level they are kept only as bounded plain
+data (forward compatibility, and a workload's executor facts), and nothing reads them blindly.
+A request's ``args`` are the operation's to check (both of an agent's doors give the same error).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import msgpack
 
 __all__ = [
+    "ERROR",
+    "EVENT_DATA",
     "MAX_FRAME_SIZE",
     "MAX_HOPS",
     "MESSAGE_TYPES",
     "PROTOCOL",
+    "RESULTS",
     "ROLES",
+    "SNAPSHOT",
+    "SUMMARY",
     "TOPIC_EVENT",
     "TOPIC_UPDATE",
     "VERSION",
@@ -63,8 +83,11 @@ __all__ = [
     "Refuse",
     "Reply",
     "Request",
+    "Schema",
     "Update",
+    "WORKLOAD",
     "Welcome",
+    "check_result",
     "decode",
     "decode_published",
     "encode",
@@ -84,6 +107,12 @@ TOPIC_EVENT = b"event."
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 _OP = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _CORR = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_ENDPOINT = re.compile(r"(tcp|ipc|inproc)://[^\s\x00]{1,250}")
+MAX_TEXT = 1 << 20          # characters in one string of a payload
+MAX_ITEMS = 1024            # entries in a declared list or map of a payload
+MAX_PLAIN_ITEMS = 1 << 16   # entries in one list or map of free-form data
+MAX_DEPTH = 32              # nesting of free-form data (a workload's config)
+MAX_RECORDS = 10_000        # workload records in one answer
 
 
 class ProtocolError(Exception):
@@ -122,6 +151,11 @@ def _check_node_id(value: str, name: str = "node_id") -> None:
         raise ValueError(f"{name} {value[:70]!r} is not an identifier of at most 64 characters")
 
 
+def _check_counters(epoch: int, seq: int) -> None:
+    if not 0 <= epoch < 2**63 or not 0 <= seq < 2**63:
+        raise ValueError("epoch and seq must be in [0, 2**63)")
+
+
 @dataclass
 class _Introduction(Message):
     """Fields shared by Hello and Welcome: who the sender is and where to reach it."""
@@ -143,6 +177,18 @@ class _Introduction(Message):
             raise ValueError(f"role {self.role!r} is not one of {', '.join(self.ALLOWED_ROLES)}")
         if not 0 < self.interval <= 3600:
             raise ValueError("interval must be in (0, 3600] seconds")
+        if not 0 <= self.epoch < 2**63:
+            raise ValueError("epoch must be in [0, 2**63)")
+        for name in ("router", "pub"):
+            value = getattr(self, name)
+            if value and not _ENDPOINT.fullmatch(value):
+                raise ValueError(f"{name} {value[:70]!r} is not a tcp://, ipc:// or inproc:// endpoint")
+        _URL.check(self.http, "http")
+        if self.curve_key is not None:
+            _KEY.check(self.curve_key, "curve_key")
+        session = getattr(self, "session", None)
+        if session and not _CORR.fullmatch(session):
+            raise ValueError("session must be 1-64 characters of [0-9A-Za-z_-]")
 
 
 @dataclass
@@ -152,6 +198,7 @@ class Hello(_Introduction):
     TYPE: ClassVar[bytes] = b"hello"
     ALLOWED_ROLES: ClassVar[tuple[str, ...]] = ROLES         # child | peer | client
     token: str | None = None       # the cluster's join token, when its nodes have one
+    session: str | None = None     # the session of the last Welcome from this receiver (a re-join)
 
 
 @dataclass
@@ -160,6 +207,7 @@ class Welcome(_Introduction):
 
     TYPE: ClassVar[bytes] = b"welcome"
     ALLOWED_ROLES: ClassVar[tuple[str, ...]] = ("parent", "peer", "server")
+    session: str = ""              # a fresh nonce for this connection (see Hello.session)
 
 
 @dataclass
@@ -187,8 +235,10 @@ class _Snapshot(Message):
 
     def validate(self) -> None:
         _check_node_id(self.node_id)
-        if self.seq < 0:
-            raise ValueError("seq must be >= 0")
+        _check_counters(self.epoch, self.seq)
+        self.snapshot = SNAPSHOT.check(self.snapshot, "snapshot")
+        if self.summary is not None:
+            self.summary = SUMMARY.check(self.summary, "summary")
 
 
 @dataclass
@@ -219,8 +269,10 @@ class Event(Message):
 
     def validate(self) -> None:
         _check_node_id(self.node_id)
+        _check_counters(self.epoch, self.seq)
         if not _OP.fullmatch(self.kind):
             raise ValueError(f"event kind {self.kind[:70]!r} is not a short lower-case identifier")
+        self.data = EVENT_DATA.get(self.kind, _FREE_MAP).check(self.data, f"{self.kind} data")
 
 
 @dataclass
@@ -266,10 +318,9 @@ class Reply(Message):
         if self.corr_id and not _CORR.fullmatch(self.corr_id):
             raise ValueError("corr_id must be 1-64 characters of [0-9A-Za-z_-]")
         if not self.ok:
-            err = self.error
-            if not (isinstance(err, dict) and isinstance(err.get("code"), str)
-                    and isinstance(err.get("message"), str)):
+            if not isinstance(self.error, dict):
                 raise ValueError("an error reply needs error {code: str, message: str}")
+            self.error = ERROR.check(self.error, "error")
 
 
 @dataclass
@@ -279,6 +330,238 @@ class Bye(Message):
     TYPE: ClassVar[bytes] = b"bye"
     node_id: str
     reason: str = ""
+
+
+# ----------------------------------------------------------------- payload schemas
+
+
+class Schema:
+    """A declared payload shape: ``check(value, where)`` returns what to keep (a record without
+    its undeclared keys) or raises ValueError naming the first bad field."""
+
+    def check(self, value: Any, where: str) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Number(Schema):
+    """A finite number in [lo, hi]; ``whole``: an integer. Never a bool."""
+
+    lo: float
+    hi: float
+    whole: bool = False
+
+    def check(self, value: Any, where: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int if self.whole else (int, float)):
+            raise ValueError(f"{where} must be {'an integer' if self.whole else 'a number'}")
+        if (isinstance(value, float) and not math.isfinite(value)) or not self.lo <= value <= self.hi:
+            raise ValueError(f"{where} must be a finite number in [{self.lo:g}, {self.hi:g}]")
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Schema):
+    """A string of at most ``max_len`` characters, without NUL, matching ``pattern`` if given."""
+
+    max_len: int = MAX_TEXT
+    pattern: re.Pattern[str] | None = None
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string")
+        if len(value) > self.max_len:
+            raise ValueError(f"{where} is longer than {self.max_len} characters")
+        if "\x00" in value:
+            raise ValueError(f"{where} holds a NUL character")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise ValueError(f"{where} {value[:40]!r} is not a valid value")
+        return value
+
+
+@dataclass(frozen=True)
+class Maybe(Schema):
+    """``inner``, or null."""
+
+    inner: Schema
+
+    def check(self, value: Any, where: str) -> Any:
+        return None if value is None else self.inner.check(value, where)
+
+
+@dataclass(frozen=True)
+class ListOf(Schema):
+    item: Schema
+    max_len: int = MAX_ITEMS
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list")
+        if len(value) > self.max_len:
+            raise ValueError(f"{where} has more than {self.max_len} entries")
+        return [self.item.check(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+@dataclass(frozen=True)
+class MapOf(Schema):
+    """A map of ``key`` strings to ``value``s (labels)."""
+
+    key: Text
+    value: Schema
+    max_len: int = MAX_ITEMS
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a map")
+        if len(value) > self.max_len:
+            raise ValueError(f"{where} has more than {self.max_len} entries")
+        return {self.key.check(k, f"{where} key"): self.value.check(v, f"{where}.{k[:40]}")
+                for k, v in value.items()}
+
+
+@dataclass(frozen=True)
+class Record(Schema):
+    """A map of declared ``fields`` (optional unless ``required``). An undeclared key is dropped,
+    or kept when ``extra`` is given and its value passes it (at most ``MAX_ITEMS`` of them)."""
+
+    fields: Mapping[str, Schema]
+    required: frozenset[str] = frozenset()
+    extra: Schema | None = None
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a map")
+        missing = self.required - value.keys()
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
+        if len(value) > len(self.fields) + MAX_ITEMS:
+            raise ValueError(f"{where} has more than {len(self.fields) + MAX_ITEMS} keys")
+        out = {}
+        for key, item in value.items():
+            spec = self.fields.get(key) if isinstance(key, str) else None
+            if spec is None:
+                if self.extra is None:
+                    continue
+                spec = self.extra
+                _FIELD_NAME.check(key, f"{where} key")
+            out[key] = spec.check(item, f"{where}.{key}")
+        return out
+
+
+@dataclass(frozen=True)
+class Plain(Schema):
+    """Free-form data as JSON has it (string keys, lists, strings, finite numbers within 64 bits,
+    booleans, null), nested at most ``depth`` levels, each list or map of bounded size."""
+
+    depth: int = 8
+
+    def check(self, value: Any, where: str, level: int = 0) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return _TEXT.check(value, where)
+        if isinstance(value, int):
+            return _PLAIN_INT.check(value, where)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be a finite number")
+            return value
+        if level >= self.depth:
+            raise ValueError(f"{where} is nested deeper than {self.depth} levels")
+        if isinstance(value, (list, dict)) and len(value) > MAX_PLAIN_ITEMS:
+            raise ValueError(f"{where} has more than {MAX_PLAIN_ITEMS} entries")
+        if isinstance(value, list):
+            return [self.check(v, f"{where}[{i}]", level + 1) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {_FIELD_NAME.check(k, f"{where} key"): self.check(v, f"{where}.{k[:40]}", level + 1)
+                    for k, v in value.items()}
+        raise ValueError(f"{where} must be plain data, not {type(value).__name__}")
+
+
+def _vector(cpu: float, whole: int) -> Record:
+    """cpu cores (a float), memory and storage bytes, gpu count; negative when over-allocated."""
+    return Record({"cpu": Number(-cpu, cpu), "memory": Number(-whole, whole, whole=True),
+                   "gpu": Number(-whole, whole, whole=True),
+                   "storage": Number(-whole, whole, whole=True)})
+
+
+_TEXT = Text()
+_PLAIN_INT = Number(-2**63, 2**63 - 1, whole=True)
+_FIELD_NAME = Text(256)
+_KEY = Text(64)                          # a Z85 Curve public key (40 characters)
+_URL = Text(1024)
+_ID = Text(64, re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"))    # a node or workload id
+_WORD = Text(64, re.compile(r"[A-Za-z0-9_.:-]{1,64}"))             # a status, type or role
+_CLOCK = Number(-1e12, 1e12)             # seconds: a wall-clock time or an uptime
+_COUNT = Number(0, 2**63 - 1, whole=True)
+_FREE_MAP = Record({}, extra=Plain(MAX_DEPTH))
+_LABELS = MapOf(Text(1024), _TEXT)
+_PAIRS = ListOf(_TEXT)                   # labels as "key=value"
+
+NODE_VECTOR = _vector(1e6, 2**62)        # one node's capacity, allocation or free amounts
+TOTAL_VECTOR = _vector(1e12, 2**63 - 1)  # summed over a subtree
+USAGE = Record({**NODE_VECTOR.fields, "cpu_percent": Number(0, 1e6),
+                "memory_percent": Number(0, 1e3), "sampled_at": Maybe(_CLOCK)})
+
+SNAPSHOT = Record({
+    "node_id": _ID, "address": Maybe(_URL), "labels": _LABELS, "seq": _COUNT,
+    "capacity": NODE_VECTOR, "allocated": NODE_VECTOR, "available": NODE_VECTOR, "usage": USAGE,
+    "workloads": Record({"count": _COUNT, "names": ListOf(Text(1024)), "labels": _PAIRS}),
+    "uptime": _CLOCK,
+}, extra=Plain())
+"""A node's resource snapshot (heartbeats and updates)."""
+
+SUMMARY = Record({
+    "nodes": Number(1, 2**31, whole=True), "node_ids": ListOf(_ID), "labels": _PAIRS,
+    "allocated": TOTAL_VECTOR, "live_workloads": _COUNT, "max_free": NODE_VECTOR,
+    "reach_free": NODE_VECTOR, "reach_node_ids": ListOf(_ID), "reach_labels": _PAIRS,
+}, extra=Plain())
+"""A node's subtree summary (heartbeats and updates of a node with children or peers)."""
+
+WORKLOAD = Record({
+    "id": _ID, "name": Text(1024), "type": _WORD, "status": _WORD, "node_id": _ID,
+    "origin": Maybe(_ID), "via": Maybe(_ID), "process_pid": Maybe(Number(0, 2**31, whole=True)),
+    "endpoint": Maybe(_URL), "exit_code": Maybe(Number(-2**31, 2**31, whole=True)),
+    "message": Maybe(_TEXT), "restart_count": Maybe(_COUNT), "created_at": Maybe(_CLOCK),
+    "started_at": Maybe(_CLOCK), "finished_at": Maybe(_CLOCK), "config": _FREE_MAP,
+    "requirements": NODE_VECTOR, "placement": _FREE_MAP, "labels": _LABELS, "version": _COUNT,
+}, required=frozenset({"id"}), extra=Plain(MAX_DEPTH))
+"""A workload record (an event's data, an answer about a workload); other keys are its
+executor's facts (container_id, files ...)."""
+
+EVENT_DATA: dict[str, Schema] = {
+    "workload": WORKLOAD,
+    "workload_deleted": Record({"id": _ID, "node_id": _ID}, frozenset({"id"}), Plain()),
+    "node": Record({"node_id": _ID, "role": _WORD, "status": _WORD, "address": Maybe(_URL)},
+                   frozenset({"node_id"}), Plain()),
+}
+"""An event's data by kind; any other kind's data is free-form (bounded plain data)."""
+
+ERROR = Record({"code": Text(64), "message": _TEXT,
+                "details": Record({"status": Number(100, 599, whole=True),
+                                   "reasons": ListOf(_TEXT)}, extra=Plain(MAX_DEPTH))},
+               required=frozenset({"code", "message"}))
+"""An error reply's ``error``."""
+
+_REPORT = replace(WORKLOAD, required=frozenset())   # a mirror takes only a report with its id
+
+RESULTS: dict[str, Schema] = {
+    "delegate": replace(WORKLOAD, required=frozenset({"id", "name", "type", "node_id"})),
+    "get": _REPORT,
+    "stop": _REPORT,
+    "logs": Record({"logs": Text(MAX_FRAME_SIZE)}, frozenset({"logs"}), Plain()),
+    "reconcile": Record({"node_id": _ID, "workloads": ListOf(WORKLOAD, MAX_RECORDS),
+                         "extra": ListOf(WORKLOAD, MAX_RECORDS)}, extra=Plain()),
+}
+"""The results a node keeps of the operations it asks its neighbours for, by op."""
+
+
+def check_result(op: str, result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``result`` of ``op`` as declared in :data:`RESULTS` (unchanged for other ops), or
+    ValueError naming what is wrong."""
+    schema = RESULTS.get(op)
+    if schema is None:
+        return result
+    return schema.check(result if result is not None else {}, f"{op} result")
 
 
 MESSAGE_TYPES: dict[bytes, type[Message]] = {
@@ -383,14 +666,14 @@ def decode(frames: list[bytes]) -> Message:
         if name not in raw:
             continue
         value = raw[name]
-        if not _type_ok(value, hint):
+        if not _type_ok(value, hint) or (hint is float and not math.isfinite(value)):
             raise ProtocolError("bad_field", f"{type_name}.{name} must be {_describe(hint)}",
                                 corr_id=corr_id, node_id=node_id, msg_type=type_name)
         values[name] = float(value) if hint is float else value
     msg = cls(**values)
     try:
         msg.validate()
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ProtocolError("bad_field", f"{type_name}: {exc}", corr_id=corr_id,
                             node_id=node_id, msg_type=type_name) from None
     return msg

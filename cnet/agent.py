@@ -129,6 +129,11 @@ class Agent:
             log.warning("SECURITY: the API listens on %s without a token: anyone who can reach "
                         "this port can run commands here. Set api.token or CNET_API_TOKEN.",
                         cfg.address)
+        if not cfg.api_token and cfg.bus.curve_dir is None and not is_loopback(cfg.bus.host):
+            log.warning("SECURITY: the bus listens on %s with neither Curve nor a token: anyone "
+                        "who can reach it can join as any node id not alive here, send forged "
+                        "snapshots and be sent work. Set bus.curve.keys_dir and api.token.",
+                        cfg.bus.host)
         log.info("agent %s listening on %s (state in %s)", cfg.node_id, cfg.url, cfg.state_dir)
 
     async def _start_bus(self) -> None:

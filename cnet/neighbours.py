@@ -5,13 +5,17 @@
   below it, and what it can reach through its peers) that a parent's scheduler uses.
 - ``node_entry`` / ``scheduler_snapshot``: neighbour states turned into ``/api/nodes`` entries
   and into the scheduler's candidates.
+
+What neighbours send passed the bus's schemas (``bus/protocol.py``); the readers here still take
+each value only if it has the expected type, so no neighbour can make this node's answers fail.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .resources import Resources
 from .scheduler import NodeView, Snapshot
@@ -23,6 +27,36 @@ if TYPE_CHECKING:
     from .workload import Workload
 
 _FREE_KINDS = ("cpu", "memory", "gpu", "storage")
+
+
+def _map(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _num(value: Any, default: Any = 0) -> Any:
+    """``value`` if it is a finite number (not a bool), else ``default``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return value if isinstance(value, int) or math.isfinite(value) else default
+
+
+def _int(value: Any, default: Any = 0) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _strs(value: Any, limit: int = 1024) -> list[str]:
+    return [v for v in value[:limit] if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _vector(value: Any) -> dict | None:
+    return value if isinstance(value, dict) else None
+
+
+def _resources(value: Any) -> Resources:
+    """A neighbour's resource vector; what is not a number counts as zero."""
+    data = _map(value)
+    return Resources(float(_num(data.get("cpu"))), int(_num(data.get("memory"))),
+                     int(_num(data.get("gpu"))), int(_num(data.get("storage"))))
 
 
 @dataclass(frozen=True)
@@ -79,27 +113,29 @@ def summary(local: LocalView, neighbours: Iterable["NeighbourState"]) -> dict:
     for state in neighbours:
         if state.status != "alive":
             continue
-        if state.role == "child" and state.summary:
+        if state.role == "child" and isinstance(state.summary, dict) and state.summary:
             child = state.summary
-            count += int(child.get("nodes", 1))
-            live += int(child.get("live_workloads", 0))
-            for kind, value in (child.get("allocated") or {}).items():
-                if kind in allocated and isinstance(value, (int, float)):
-                    allocated[kind] += value
-            node_ids.extend(child.get("node_ids", [state.node_id])[:1024])
-            labels.update(child.get("labels", [])[:256])
-            reach_ids.update(child.get("reach_node_ids", [])[:1024])
-            reach_labels.update(child.get("reach_labels", [])[:256])
+            count += max(1, _int(child.get("nodes"), 1))
+            live += max(0, _int(child.get("live_workloads")))
+            for kind, value in _map(child.get("allocated")).items():
+                if kind in allocated:
+                    allocated[kind] += _num(value)
+            node_ids.extend(_strs(child.get("node_ids", [state.node_id])))
+            labels.update(_strs(child.get("labels"), 256))
+            reach_ids.update(_strs(child.get("reach_node_ids")))
+            reach_labels.update(_strs(child.get("reach_labels"), 256))
+            child_free, child_reach = _map(child.get("max_free")), _map(child.get("reach_free"))
             for kind in _FREE_KINDS:
-                value = (child.get("max_free") or {}).get(kind, 0)
+                value = _num(child_free.get(kind))
                 max_free[kind] = max(max_free[kind], value)
-                reach[kind] = max(reach[kind], (child.get("reach_free") or {}).get(kind, value))
+                reach[kind] = max(reach[kind], _num(child_reach.get(kind, value), value))
         elif state.role == "peer":
-            avail = (state.snapshot or {}).get("available") or {}
+            snap = _map(state.snapshot)
+            avail = _map(snap.get("available"))
             for kind in _FREE_KINDS:
-                reach[kind] = max(reach[kind], avail.get(kind, 0))
+                reach[kind] = max(reach[kind], _num(avail.get(kind)))
             reach_ids.add(state.node_id)
-            reach_labels.update(f"{k}={v}" for k, v in ((state.snapshot or {}).get("labels") or {}).items())
+            reach_labels.update(f"{k}={v}" for k, v in _map(snap.get("labels")).items())
     reach_ids.difference_update(node_ids)
     return {"nodes": count, "node_ids": node_ids[:1024], "labels": sorted(labels)[:256],
             "allocated": allocated, "live_workloads": live,
@@ -115,36 +151,41 @@ def subtree_key(state: "NeighbourState") -> tuple | None:
     """
     if state.role == "peer":
         return (state.status,)
-    if state.role != "child" or not state.summary:
+    if state.role != "child" or not isinstance(state.summary, dict) or not state.summary:
         return None
-    allocated = state.summary.get("allocated") or {}
-    return (state.status, state.summary.get("nodes"), state.summary.get("live_workloads"),
-            tuple(sorted((k, v) for k, v in allocated.items() if isinstance(v, (int, float)))))
+    allocated = _map(state.summary.get("allocated"))
+    return (state.status, _int(state.summary.get("nodes"), None),
+            _int(state.summary.get("live_workloads"), None),
+            tuple(sorted((str(k), _num(v)) for k, v in allocated.items())))
 
 
 def node_entry(state: "NeighbourState", now: float) -> dict:
-    """One neighbour as ``GET /api/nodes`` shows it."""
-    snap = state.snapshot or {}
+    """One neighbour as ``GET /api/nodes`` shows it (``rejected``: why its last refused message
+    was refused, if one was)."""
+    snap = _map(state.snapshot)
+    address = snap.get("address")
     entry = {
         "node_id": state.node_id,
         "role": state.role,
         "status": state.status,
         "last_seen": round(state.age(now), 3),
-        "address": state.http or snap.get("address"),
-        "labels": snap.get("labels", {}),
-        "capacity": snap.get("capacity"),
-        "allocated": snap.get("allocated"),
-        "available": snap.get("available"),
-        "usage": snap.get("usage"),
-        "workloads": (snap.get("workloads") or {}).get("count"),
+        "address": state.http or (address if isinstance(address, str) else None),
+        "labels": _map(snap.get("labels")),
+        "capacity": _vector(snap.get("capacity")),
+        "allocated": _vector(snap.get("allocated")),
+        "available": _vector(snap.get("available")),
+        "usage": _vector(snap.get("usage")),
+        "workloads": _int(_map(snap.get("workloads")).get("count"), None),
         "seq": state.seq,
+        "rejected": state.rejected or None,
     }
-    if state.role == "child" and state.summary:
-        entry["subtree"] = {"nodes": state.summary.get("nodes", 1),
-                            "live_workloads": state.summary.get("live_workloads"),
-                            "allocated": state.summary.get("allocated"),
-                            "max_free": state.summary.get("max_free"),
-                            "reach_free": state.summary.get("reach_free")}
+    summary = _map(state.summary)
+    if state.role == "child" and summary:
+        entry["subtree"] = {"nodes": _int(summary.get("nodes"), 1),
+                            "live_workloads": _int(summary.get("live_workloads"), None),
+                            "allocated": _vector(summary.get("allocated")),
+                            "max_free": _vector(summary.get("max_free")),
+                            "reach_free": _vector(summary.get("reach_free"))}
     return entry
 
 
@@ -166,23 +207,24 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
     for state in neighbours:
         if state.role not in ("child", "peer") or state.node_id in skip:
             continue
-        snap = state.snapshot or {}
-        works = snap.get("workloads") or {}
-        subtree = (state.summary or {}) if state.role == "child" else {}
-        reach = subtree.get("reach_free")
+        snap = _map(state.snapshot)
+        works = _map(snap.get("workloads"))
+        subtree = _map(state.summary) if state.role == "child" else {}
+        reach = _map(subtree.get("reach_free"))
         nodes.append(NodeView(
             node_id=state.node_id, role=state.role, status=state.status,
-            available=Resources.from_dict(snap.get("available")),
-            capacity=Resources.from_dict(snap.get("capacity")),
-            labels=dict(snap.get("labels") or {}),
-            workload_names=frozenset(works.get("names", [])),
-            workload_count=works.get("count", 0) if isinstance(works.get("count"), int) else 0,
-            workload_labels=_labels(works.get("labels", [])),
+            available=_resources(snap.get("available")),
+            capacity=_resources(snap.get("capacity")),
+            labels=dict(_map(snap.get("labels"))),
+            workload_names=frozenset(_strs(works.get("names"))),
+            workload_count=_int(works.get("count")),
+            workload_labels=_labels(_strs(works.get("labels"))),
             # What the child reaches through peers counts, as its reach_free does.
-            subtree_nodes=frozenset(n for n in [*subtree.get("node_ids", []),
-                                                *subtree.get("reach_node_ids", [])]
+            subtree_nodes=frozenset(n for n in [*_strs(subtree.get("node_ids")),
+                                                *_strs(subtree.get("reach_node_ids"))]
                                     if n != state.node_id),
-            subtree_free=Resources.from_dict(reach) if reach else None,
-            subtree_labels=_labels([*subtree.get("labels", []), *subtree.get("reach_labels", [])])))
+            subtree_free=_resources(reach) if reach else None,
+            subtree_labels=_labels([*_strs(subtree.get("labels")),
+                                    *_strs(subtree.get("reach_labels"))])))
     return Snapshot(local.node_id, nodes)
 

@@ -47,3 +47,39 @@ def test_the_same_incarnation_rejoins_and_a_lost_one_may_change_role():
     view.expire(200.0)     # silent for 100 s: lost
     assert refusal(_hello(role="peer", epoch=9), own_id="jiangsu", neighbours=view,
                    now=200.0) is None
+
+
+def _check(hello: Hello, view: Neighbours, now: float = 101.0, **where) -> str | None:
+    refused = refusal(hello, own_id="jiangsu", neighbours=view, now=now, **where)
+    return refused and refused[0]
+
+
+def test_an_alive_node_is_not_taken_over_from_another_connection():
+    view = _view(("nanjing", "child", 7))
+    # The impostor read the epoch off nanjing's PUB; it has no session of this connection.
+    assert _check(_hello(epoch=7), view, connection="other", session="s1") == "duplicate_node"
+    assert _check(_hello(epoch=7, session="guess"), view, connection="other",
+                  session="s1") == "duplicate_node"
+    reason = refusal(_hello(epoch=7), own_id="jiangsu", neighbours=view, now=101.0,
+                     connection="other", session="s1")[1]
+    assert "already joined and alive on another connection" in reason
+    # The same party reconnecting shows the session and the epoch it joined with.
+    assert _check(_hello(epoch=7, session="s1"), view, connection="other", session="s1") is None
+    assert _check(_hello(epoch=8, session="s1"), view, connection="other",
+                  session="s1") == "duplicate_node"
+    # On the connection it joined on, a hello again is the same party.
+    assert _check(_hello(epoch=7), view, connection="same", session="s1") is None
+
+
+def test_once_the_known_connection_is_lost_a_rejoin_is_admitted():
+    view = _view(("nanjing", "child", 7))          # last heard at 100.0, window 3 s
+    assert _check(_hello(epoch=7), view, now=103.0, connection="other") == "duplicate_node"
+    assert _check(_hello(epoch=7), view, now=103.5, connection="other") is None   # silent: lost
+    view.lose("nanjing")                           # it said bye
+    assert _check(_hello(epoch=9), view, connection="other") is None
+
+
+def test_one_connection_speaks_for_one_node():
+    assert _check(_hello("gulou"), _view(("nanjing", "child", 7)),
+                  joined_as="nanjing") == "bad_hello"
+    assert _check(_hello(), _view(), joined_as="nanjing") is None

@@ -1,0 +1,163 @@
+"""The payload schemas of bus/protocol.py, and the seq and rejection rules of the neighbour
+table: pure checks, no sockets."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+
+from bus import protocol as p
+from bus.liveness import MAX_SEQ_STEP, Neighbours
+
+SNAPSHOT = {
+    "node_id": "nanjing", "address": "http://10.0.0.2:8081", "labels": {"zone": "south"},
+    "seq": 12, "capacity": {"cpu": 4.0, "memory": 8 << 30, "gpu": 0, "storage": 100 << 30},
+    "allocated": {"cpu": 1.0, "memory": 0, "gpu": 0, "storage": 0},
+    "available": {"cpu": 3.0, "memory": 8 << 30, "gpu": 0, "storage": 100 << 30},
+    "usage": {"cpu": 0.2, "memory": 1 << 30, "gpu": 0, "storage": 5 << 30, "cpu_percent": 5.0,
+              "memory_percent": 12.5, "sampled_at": 1.7e9},
+    "workloads": {"count": 1, "names": ["web"], "labels": ["app=web"]}, "uptime": 12.5,
+}
+SUMMARY = {"nodes": 2, "node_ids": ["nanjing", "gulou"], "labels": ["zone=south"],
+           "allocated": {"cpu": 1.5, "memory": 0, "gpu": 0, "storage": 0}, "live_workloads": 2,
+           "max_free": {"cpu": 3.0, "memory": 1, "gpu": 0, "storage": 1},
+           "reach_free": {"cpu": 3.0, "memory": 1, "gpu": 0, "storage": 1},
+           "reach_node_ids": [], "reach_labels": []}
+WORKLOAD = {"id": "w1", "name": "web", "type": "process", "status": "running",
+            "node_id": "nanjing", "origin": "jiangsu", "process_pid": 42, "endpoint": None,
+            "exit_code": None, "message": None, "restart_count": 0, "created_at": 1.7e9,
+            "started_at": 1.7e9, "finished_at": None, "config": {"command": "sleep"},
+            "requirements": {"cpu": 1.0, "memory": 0, "gpu": 0, "storage": 0},
+            "placement": {}, "labels": {"app": "web"}, "version": 3, "via": "nanjing",
+            "files": [{"path": "a.txt", "size": 3}]}
+
+
+def test_a_real_snapshot_summary_and_workload_pass_unchanged() -> None:
+    assert p.SNAPSHOT.check(SNAPSHOT, "snapshot") == SNAPSHOT
+    assert p.SUMMARY.check(SUMMARY, "summary") == SUMMARY
+    assert p.WORKLOAD.check(WORKLOAD, "workload") == WORKLOAD
+
+
+@pytest.mark.parametrize("schema,value,where", [
+    (p.SUMMARY, {"nodes": "many"}, "summary.nodes"),
+    (p.SUMMARY, {"nodes": 0}, "summary.nodes"),
+    (p.SUMMARY, {"node_ids": ["ok", "not an id"]}, "summary.node_ids[1]"),
+    (p.SUMMARY, {"max_free": {"cpu": math.inf}}, "summary.max_free.cpu"),
+    (p.SUMMARY, {"node_ids": ["n"] * (p.MAX_ITEMS + 1)}, "summary.node_ids"),
+    (p.SNAPSHOT, {"workloads": [1]}, "snapshot.workloads"),
+    (p.SNAPSHOT, {"workloads": {"count": -1}}, "snapshot.workloads.count"),
+    (p.SNAPSHOT, {"available": {"cpu": 1e9}}, "snapshot.available.cpu"),
+    (p.SNAPSHOT, {"available": {"cpu": math.nan}}, "snapshot.available.cpu"),
+    (p.SNAPSHOT, {"available": {"cpu": True}}, "snapshot.available.cpu"),
+    (p.SNAPSHOT, {"capacity": {"memory": 1.5}}, "snapshot.capacity.memory"),
+    (p.SNAPSHOT, {"labels": {"zone": 5}}, "snapshot.labels.zone"),
+    (p.SNAPSHOT, {"labels": "zone=south"}, "snapshot.labels"),
+    (p.SNAPSHOT, {"address": "a\x00b"}, "snapshot.address"),
+    (p.SNAPSHOT, {"extra": b"bytes"}, "snapshot.extra"),
+    (p.SNAPSHOT, {"extra": [[[[[[[[[["deep"]]]]]]]]]]}, "nested deeper"),
+    (p.SNAPSHOT, {"extra": {"a": math.inf}}, "snapshot.extra.a"),
+    (p.WORKLOAD, {"name": "no id"}, "lacks id"),
+    (p.WORKLOAD, {"id": "w1", "status": 5}, "workload.status"),
+    (p.WORKLOAD, {"id": "w1", "requirements": {"cpu": "1"}}, "workload.requirements.cpu"),
+    (p.WORKLOAD, {"id": "w1", "labels": {"a": ["b"]}}, "workload.labels.a"),
+])
+def test_junk_is_refused_naming_the_field(schema: p.Schema, value: dict, where: str) -> None:
+    name = "workload" if schema is p.WORKLOAD else "summary" if schema is p.SUMMARY else "snapshot"
+    with pytest.raises(ValueError) as caught:
+        schema.check(value, name)
+    assert where in str(caught.value)
+
+
+def test_unknown_keys_are_dropped_inside_records_and_kept_bounded_on_top() -> None:
+    snap = p.SNAPSHOT.check({"capacity": {"cpu": 1, "colour": "red"}, "future": {"x": [1]}},
+                            "snapshot")
+    assert snap == {"capacity": {"cpu": 1}, "future": {"x": [1]}}
+
+
+def test_event_data_by_kind_and_free_form_for_others() -> None:
+    assert p.EVENT_DATA["workload"].check({"id": "w1", "status": "running"}, "d")
+    with pytest.raises(ValueError, match="lacks id"):
+        p.EVENT_DATA["workload_deleted"].check({"node_id": "n"}, "d")
+    ok = p.Event(node_id="n", epoch=1, seq=1, kind="tick", data={"n": 1}, sent_at=0.0)
+    assert p.decode(p.encode(ok)) == ok
+    for data in ({"n": math.nan}, {"n": "a\x00"}):
+        bad = p.encode(p.Event(node_id="n", epoch=1, seq=1, kind="tick", data=data, sent_at=0.0))
+        with pytest.raises(p.ProtocolError):
+            p.decode(bad)
+
+
+def test_decode_refuses_a_heartbeat_with_a_junk_payload() -> None:
+    def beat(**fields: object) -> list[bytes]:
+        body = {"node_id": "n", "epoch": 1, "seq": 1, "snapshot": {}, "sent_at": 1.0, **fields}
+        return [p.VERSION, b"heartbeat", msgpack.packb(body)]
+
+    assert isinstance(p.decode(beat(summary=SUMMARY, snapshot=SNAPSHOT)), p.Heartbeat)
+    for fields, where in [({"summary": {"nodes": "many"}}, "summary.nodes"),
+                          ({"snapshot": {"workloads": [1]}}, "snapshot.workloads"),
+                          ({"sent_at": math.nan}, "sent_at"),
+                          ({"seq": 2**63}, "seq")]:
+        with pytest.raises(p.ProtocolError) as caught:
+            p.decode(beat(**fields))
+        assert caught.value.code == "bad_field" and where in caught.value.message
+        assert caught.value.node_id == "n"        # the transport knows whom to blame
+
+
+def test_error_replies_and_kept_results_are_checked() -> None:
+    good = p.Reply(corr_id="c1", ok=False, error={"code": "x", "message": "m",
+                                                    "details": {"status": 409, "reasons": ["r"]}})
+    assert p.decode(p.encode(good)) == good
+    for error in ({"code": "x", "message": "m", "details": {"status": "many"}},
+                  {"code": "x", "message": "m", "details": {"reasons": "r"}}):
+        with pytest.raises(p.ProtocolError):
+            p.decode(p.encode(p.Reply(corr_id="c1", ok=False, error=error)))
+    assert p.check_result("delegate", WORKLOAD) == WORKLOAD
+    with pytest.raises(ValueError, match="lacks"):
+        p.check_result("delegate", {"id": "w1"})
+    with pytest.raises(ValueError, match="logs"):
+        p.check_result("logs", {"logs": 5})
+    assert p.check_result("anything_else", {"any": object}) == {"any": object}
+
+
+def test_hello_endpoints_and_session_are_checked() -> None:
+    ok = p.Hello(node_id="n", role="child", router="tcp://a:1", pub="tcp://a:2", session="abc")
+    assert p.decode(p.encode(ok)) == ok
+    for fields in ({"pub": "garbage"}, {"router": "tcp://a:1 b"}, {"session": "not a nonce!"},
+                   {"http": "x" * 2000}, {"epoch": -1}):
+        with pytest.raises(p.ProtocolError):
+            p.decode(p.encode(p.Hello(node_id="n", role="child", **fields)))
+
+
+def _table(seq: int = 5) -> Neighbours:
+    table = Neighbours(3)
+    table.joined("n", "child", 10.0, epoch=1, http="", router="", pub="", interval=1.0)
+    table.snapshot("n", 1, seq, {"cpu": 1}, None, 0.0)
+    return table
+
+
+def test_a_seq_that_leaps_is_refused_and_a_new_session_starts_afresh() -> None:
+    table = _table()
+    assert table.seq_refusal("n", 1, 5 + MAX_SEQ_STEP) is None
+    assert "leaps" in table.seq_refusal("n", 1, 6 + MAX_SEQ_STEP)
+    assert table.seq_refusal("n", 2, 2**62) is None          # another incarnation: not this rule
+    table.snapshot("n", 1, 2**62, {"cpu": 9}, None, 0.0)     # taken anyway, say
+    table.joined("n", "child", 11.0, epoch=1, http="", router="", pub="", interval=1.0)
+    assert table.snapshot("n", 1, 7, {"cpu": 2}, None, 0.0)  # the next session's seq counts
+
+
+def test_rejections_are_noted_on_the_entry_only_when_new() -> None:
+    table = _table()
+    assert table.reject("n", "heartbeat: bad") is True
+    assert table.reject("n", "heartbeat: bad") is False
+    assert table.reject("unknown", "x") is False
+    state = table.get("n")
+    assert (state.rejected, state.rejections) == ("heartbeat: bad", 2)
+    table.joined("n", "child", 11.0, epoch=2, http="", router="", pub="", interval=1.0)
+    assert table.get("n").rejected == ""                    # a new incarnation starts clean
+
+
+def test_alive_means_heard_within_the_window() -> None:
+    table = _table()
+    assert table.is_alive("n", 13.0) and not table.is_alive("n", 13.5)
+    assert not table.is_alive("unknown", 10.0)
