@@ -33,6 +33,7 @@ from .executors.process import ProcessExecutor
 from .manager import Manager
 from .metrics import AgentMetrics
 from .mirrors import MirrorBook
+from .model_cache import ModelCache
 from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
@@ -86,6 +87,8 @@ class Agent:
             self._lock.acquire()
             self.store = Store(cfg.db_path)
             self.manager = Manager(cfg, self.store, self.register, self.hub)
+            self.models = ModelCache(cfg.state_dir / "models", self.register, self.port,
+                                     self.manager)
             for executor in self._executors():
                 self.manager.add_executor(executor)
             self.mirrors = MirrorBook(cfg.node_id, self.store, self.hub)
@@ -167,7 +170,8 @@ class Agent:
 
     def _executors(self):
         ports = PortBook()  # one book for all service executors: ports are machine-wide
-        return [ProcessExecutor(self.manager), MLModelExecutor(self.manager, ports=ports),
+        return [ProcessExecutor(self.manager),
+                MLModelExecutor(self.manager, ports=ports, models=self.models),
                 OpenCVExecutor(self.manager, ports=ports),
                 DataGatewayExecutor(self.manager, ports=ports),
                 ContainerExecutor(self.manager), DataExecutor(self.manager)]

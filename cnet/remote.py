@@ -47,6 +47,17 @@ class NeighbourPort:
         return await self.bus.call(node_id, op, args, hops=hops, visited=list(visited),
                                    timeout=self.request_timeout if timeout is None else timeout)
 
+    async def ask(self, node_id: str, op: str, args: dict[str, Any], *, hops: int = 0,
+                  visited: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Ask one neighbour for data it serves (``locate``, ``fetch``); every failure is a
+        CnetError: the neighbour's own, or ``node_unreachable``."""
+        try:
+            return await self.call(node_id, op, args, hops=hops, visited=visited)
+        except RemoteError as exc:
+            raise remote_error(exc) from None
+        except (RequestTimeout, Unreachable) as exc:
+            raise Unavailable(f"{node_id}: {exc.message}", code="node_unreachable") from None
+
     async def forward(self, wl: "Workload", op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run ``op`` on a mirrored workload where it runs, through the neighbour it went to."""
         via = wl.runtime.get("via")

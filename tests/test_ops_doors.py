@@ -116,6 +116,8 @@ def test_a_node_only_operation_is_unknown_to_a_client(doors):
     _, client = doors
     assert _bus_error(client, "delegate", {"workload": process_spec()})[:2] == (400, "unknown_op")
     assert _bus_error(client, "reconcile", {"ids": []})[:2] == (400, "unknown_op")
+    assert _bus_error(client, "locate", {"data_key": "k", "path": "m"})[:2] == (400, "unknown_op")
+    assert _bus_error(client, "fetch", {"data_key": "k", "path": "m"})[:2] == (400, "unknown_op")
     assert _bus_error(client, "shutdown", {})[:2] == (400, "unknown_op")
 
 
@@ -126,7 +128,7 @@ def test_the_client_builds_what_the_operation_parses():
                Submit(workload=process_spec())):
         assert OPS[op.name].parse(op.args()) == op
     assert set(OPS) == {"submit", "delegate", "reconcile", "list", "get", "stop", "delete", "logs", "nodes",
-                        "resources", "health"}
+                        "resources", "health", "locate", "fetch"}
 
 
 # Bodies only JSON can carry (the bus's msgpack cannot even encode them): each is a 400 with

@@ -4,6 +4,9 @@
 ``tensorflow`` and ``pytorch`` are known but not implemented yet. A relative ``model_path`` is
 resolved against the agent's working directory when the workload is submitted; the workload's
 config then shows the absolute path, so restarts do not depend on the agent's directory.
+Instead of ``model_path``, ``model: {"data_key", "path"}`` names a file of a ``type=data``
+upload stored on any node: it is fetched into this node's model cache (:mod:`cnet.model_cache`)
+when the workload starts, and the service runs on the cached copy.
 The speed options are per workload: ``workers``, ``threads`` (ONNX Runtime intra-op threads per
 worker) and ``spin`` (let idle intra-op threads spin; the service's default is not to).
 """
@@ -14,10 +17,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Unavailable
+from ..model_cache import ModelCache, model_ref
+from ..workload import Workload
 from .base import require_str
 from .launcher import LaunchSpec
-from .service import ServiceExecutor
+from .service import Service, ServiceExecutor
 from .worker_pool import pool_args, validate_pool
 
 __all__ = ["MLModelExecutor"]
@@ -35,7 +40,11 @@ NOT_YET = ("tensorflow", "pytorch")
 
 class MLModelExecutor(ServiceExecutor):
     type = "mlmodel"
-    options = frozenset({"model_type", "model_path", "workers", "threads", "spin"})
+    options = frozenset({"model_type", "model_path", "model", "workers", "threads", "spin"})
+
+    def __init__(self, host, *, ports, models: ModelCache | None = None):
+        super().__init__(host, ports=ports)
+        self.models = models
 
     def validate_options(self, config: dict) -> dict:
         model_type = require_str(config, "model_type")
@@ -45,19 +54,56 @@ class MLModelExecutor(ServiceExecutor):
         if model_type.lower() not in BACKENDS:
             raise BadRequest(f"config.model_type: unknown model_type {model_type!r}; expected one of "
                              f"{', '.join([*BACKENDS, *NOT_YET])}", code="unknown_model_type")
-        return {"model_type": model_type.lower(),
-                "model_path": _model_path(require_str(config, "model_path")),
+        return {"model_type": model_type.lower(), **_model(config),
                 **validate_pool(config), **_spin(config)}
 
     def check_options_here(self, config: dict) -> None:
-        _check_readable(config["model_path"])
+        if "model_path" in config:
+            _check_readable(config["model_path"])
+        elif self.models is None:
+            raise Unavailable("config.model: this node has no model cache", code="model_not_found")
 
     def launch_spec(self, config: dict) -> LaunchSpec:
         backend = BACKENDS[config["model_type"]]
-        args = ["--model", config["model_path"], *pool_args(config)]
+        # A model named as data: its cached file is filled in by _new_service.
+        args = ["--model", config.get("model_path", ""), *pool_args(config)]
         if "spin" in config:
             args.append("--spin" if config["spin"] else "--no-spin")
         return LaunchSpec(backend.program, args, backend.log_prefix)
+
+    # -- a model named as data: fetched into the cache at start ---------------------------
+
+    async def start(self, workload: Workload) -> dict:
+        model = workload.config.get("model")
+        if model is None:
+            return await super().start(workload)
+        entry = await self.models.acquire(workload.id, model_ref(model))
+        try:
+            runtime = await super().start(workload)
+        except BaseException:
+            self.models.release(workload.id)
+            raise
+        return {**runtime, "model_sha256": entry.sha256, "model_file": str(entry.path)}
+
+    def adopt(self, workload: Workload) -> str | None:
+        if "model" in workload.config and self.models is not None:
+            self.models.adopt(workload.id, workload.runtime.get("model_sha256"))
+        reason = super().adopt(workload)
+        if reason is not None and self.models is not None:
+            self.models.release(workload.id)
+        return reason
+
+    def _new_service(self, workload: Workload, host: str, port: int) -> Service:
+        svc = super()._new_service(workload, host, port)
+        cached = self.models.path_for(workload.id) if self.models is not None else None
+        if "model" in workload.config and cached is not None:
+            svc.config = {**svc.config, "model_path": str(cached)}
+        return svc
+
+    async def remove(self, workload: Workload) -> None:
+        if self.models is not None:
+            self.models.release(workload.id)
+        await super().remove(workload)
 
 
 def _spin(config: dict) -> dict:
@@ -69,6 +115,14 @@ def _spin(config: dict) -> dict:
         raise BadRequest("config.spin: must be true or false", code="invalid_field")
     return {"spin": value}
 
+
+def _model(config: dict) -> dict:
+    """Either ``model_path`` (a file on the node that runs it) or ``model`` (stored data)."""
+    if "model" in config:
+        if "model_path" in config:
+            raise BadRequest("config: model_path or model, not both", code="invalid_field")
+        return {"model": model_ref(config["model"]).args()}
+    return {"model_path": _model_path(require_str(config, "model_path"))}
 
 def _model_path(model_path: str) -> str:
     """The model file's absolute path (the file itself is checked where the model runs)."""

@@ -1,0 +1,349 @@
+"""The model cache: model files named as data stored on some node of the tree, copied here.
+
+A service workload may name its model as ``{"data_key": K, "path": P}``: the file ``P`` of the
+``type=data`` upload ``K``, on whichever node stores it. ``ModelCache.acquire`` finds that node
+(:func:`cnet.ops.data.find`), streams the file from it in chunks over the bus (a few chunks in
+flight, never the whole file in memory), checks its size and sha256 against the upload's record
+while it arrives, and keeps it, content-addressed, as ``<state_dir>/models/<sha256>`` (written
+to a temp file, fsynced, renamed into place). A model stored on this node is copied the same
+way, locally, so a service never depends on the data workload staying.
+
+The entries count against this node's storage as one reservation (``CACHE_ALLOCATION``),
+resized as entries come and go. Room for a new entry is made by evicting the least recently
+used ones (last use = the file's mtime, so it survives a restart), never one a live workload
+uses. An entry is verified again whenever a workload takes it: a corrupt one is removed and
+fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import BadRequest, CnetError, InsufficientResources
+from .executors.data import _DATA_KEY_RE, fsync_dir
+from .resources import Resources
+
+if TYPE_CHECKING:
+    from .manager import Manager
+    from .register import Register
+    from .remote import NeighbourPort
+
+__all__ = ["CACHE_ALLOCATION", "CHUNK", "Entry", "ModelCache", "ModelRef", "model_ref"]
+
+log = logging.getLogger(__name__)
+
+CACHE_ALLOCATION = "cache:models"   # the register's name for the cache's storage (not a workload id)
+CHUNK = 1 << 20                     # bytes per fetch answer: well within the bus's 4 MiB frames
+WINDOW = 4                          # chunks asked for ahead of the one being written
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_PARTIAL = ".partial-"
+MAX_PATH = 1024
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A file of a data upload: ``<data_key>/<path>`` in the tree's stores."""
+
+    data_key: str
+    path: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.data_key}/{self.path}"
+
+    def args(self) -> dict[str, str]:
+        return {"data_key": self.data_key, "path": self.path}
+
+
+def model_ref(value: Any, where: str = "config.model") -> ModelRef:
+    """``{"data_key": K, "path": P}`` checked (a data key; a relative path with no ``.`` or
+    ``..`` parts), or BadRequest naming what is wrong."""
+    if not isinstance(value, Mapping):
+        raise BadRequest(f"{where}: an object {{data_key, path}}", code="invalid_field")
+    unknown = sorted(set(value) - {"data_key", "path"})
+    if unknown:
+        raise BadRequest(f"{where}: unknown field(s) {', '.join(map(str, unknown))}",
+                         code="invalid_field")
+    key, path = value.get("data_key"), value.get("path")
+    if not isinstance(key, str) or not _DATA_KEY_RE.match(key):
+        raise BadRequest(f"{where}.data_key: the data key of a data upload (lower-case letters, "
+                         f"digits, '.', '_' and '-')", code="invalid_field")
+    if (not isinstance(path, str) or not path or len(path) > MAX_PATH or "\x00" in path
+            or "\\" in path or any(part in ("", ".", "..") for part in path.split("/"))):
+        raise BadRequest(f"{where}.path: a file's relative path inside the upload, without "
+                         f"'.' or '..' parts", code="invalid_field")
+    return ModelRef(key, path)
+
+
+@dataclass(frozen=True)
+class Entry:
+    sha256: str
+    path: Path
+    size: int
+
+
+class ModelCache:
+    """``<root>/<sha256>`` files; ``acquire`` one for a workload, ``release`` it after.
+
+    ``manager`` gives this node's store (for models stored here) and its live workloads (an
+    entry one of them uses is never evicted); ``port`` reaches the other nodes.
+    """
+
+    def __init__(self, root: Path, register: "Register", port: "NeighbourPort",
+                 manager: "Manager"):
+        self.root = root
+        self.register = register
+        self.port = port
+        self.manager = manager
+        self.node_id = manager.node_id
+        self.fetches = 0                       # entries copied here (from any node)
+        self.hits = 0                          # acquires answered by an entry already here
+        self._sizes: dict[str, int] = {}       # sha256 -> bytes of the entries on disk
+        self._incoming = 0                     # bytes reserved for entries being fetched
+        self._users: dict[str, str] = {}       # workload id -> the sha256 it uses
+        self._names: dict[ModelRef, str] = {}  # what each model named here was last found to be
+        self._fetching: dict[str, asyncio.Future] = {}
+        self._scan()
+
+    # -- the workloads' side -------------------------------------------------------------
+
+    async def acquire(self, workload_id: str, ref: ModelRef) -> Entry:
+        """The verified cache entry of ``ref`` for ``workload_id``, fetched first if it is not
+        here (or corrupt). Raises CnetError: not stored anywhere reachable, no room, a copy
+        that does not match its record."""
+        try:
+            route, size, sha256 = await self._find(ref)
+        except CnetError:
+            sha256 = self._names.get(ref)   # the holder is out of reach: a copy here will do
+            if sha256 is None or sha256 not in self._sizes:
+                raise
+            route, size = None, self._sizes[sha256]
+        self._users[workload_id] = sha256    # pinned from here on: never evicted under it
+        try:
+            entry = await self._entry(ref, route, size, sha256)
+        except BaseException:
+            self._users.pop(workload_id, None)
+            raise
+        self._names[ref] = sha256
+        return entry
+
+    def adopt(self, workload_id: str, sha256: str) -> Entry | None:
+        """After an agent restart: ``workload_id`` uses entry ``sha256`` again (None if gone)."""
+        if not isinstance(sha256, str) or sha256 not in self._sizes:
+            return None
+        self._users[workload_id] = sha256
+        return self._entry_of(sha256)
+
+    def release(self, workload_id: str) -> None:
+        self._users.pop(workload_id, None)
+
+    def path_for(self, workload_id: str) -> Path | None:
+        sha256 = self._users.get(workload_id)
+        return self.root / sha256 if sha256 is not None else None
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self._sizes), "bytes": sum(self._sizes.values()),
+                "fetches": self.fetches, "hits": self.hits}
+
+    # -- entries -------------------------------------------------------------------------
+
+    async def _find(self, ref: ModelRef) -> tuple[list[str], int, str]:
+        from .ops.data import find  # the ops import this module
+        found = await find(self.manager, self.port, ref, hops=0, visited=())
+        size, sha256, route = found["size"], found["sha256"], found["route"]
+        if (not isinstance(size, int) or isinstance(size, bool) or size < 0
+                or not isinstance(sha256, str) or not _SHA_RE.match(sha256)
+                or not isinstance(route, list) or not route
+                or not all(isinstance(n, str) for n in route)):
+            raise CnetError(f"model {ref.key}: a malformed answer about where it is stored",
+                            code="model_fetch_failed", status=502)
+        return route, size, sha256
+
+    async def _entry(self, ref: ModelRef, route: list[str] | None, size: int,
+                     sha256: str) -> Entry:
+        while sha256 in self._fetching:           # one fetch of each model at a time
+            await asyncio.shield(self._fetching[sha256])
+        if sha256 in self._sizes:
+            if await asyncio.to_thread(_digest, self.root / sha256) == sha256:
+                os.utime(self.root / sha256)      # its last use, for LRU
+                self.hits += 1
+                return self._entry_of(sha256)
+            log.warning("model cache: entry %s does not match its sha256; fetching it again",
+                        sha256)
+            self._drop(sha256)
+        if route is None:
+            raise CnetError(f"model {ref.key}: the copy here is corrupt and no node storing it "
+                            f"can be reached", code="model_not_found", status=404)
+        done = asyncio.get_running_loop().create_future()
+        self._fetching[sha256] = done
+        try:
+            self._reserve(size, sha256)
+            try:
+                await self._fetch(ref, route, size, sha256)
+            finally:
+                self._incoming -= size
+            self._sizes[sha256] = size
+            self._resize()
+            self.fetches += 1
+        finally:
+            del self._fetching[sha256]
+            done.set_result(None)
+        return self._entry_of(sha256)
+
+    def _entry_of(self, sha256: str) -> Entry:
+        return Entry(sha256, self.root / sha256, self._sizes[sha256])
+
+    async def _fetch(self, ref: ModelRef, route: list[str], size: int, sha256: str) -> None:
+        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked."""
+        started = time.monotonic()
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        offsets = iter(range(0, size, CHUNK))
+        ahead: deque[asyncio.Future] = deque()
+        sink: asyncio.Future | None = None        # the chunk being hashed and written
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for offset in offsets:
+                    ahead.append(asyncio.ensure_future(self._chunk(ref, route, offset)))
+                    if len(ahead) >= WINDOW:
+                        break
+                written = 0
+                while ahead:
+                    answer = await ahead.popleft()
+                    nxt = next(offsets, None)
+                    if nxt is not None:
+                        ahead.append(asyncio.ensure_future(self._chunk(ref, route, nxt)))
+                    data = _checked_chunk(ref, answer, written, size, sha256)
+                    written += len(data)
+                    if sink is not None:
+                        await sink                # chunks are hashed and written in order
+                    # Hashed and written on two threads (both let go of the GIL), while the
+                    # next chunks arrive.
+                    sink = asyncio.gather(asyncio.to_thread(digest.update, data),
+                                          asyncio.to_thread(out.write, data))
+                if sink is not None:
+                    sink, last = None, sink
+                    await last
+                await asyncio.to_thread(_sync, out)
+            if digest.hexdigest() != sha256:
+                raise CnetError(f"model {ref.key}: the copy fetched from {route[-1]} does not "
+                                f"match its sha256 {sha256}", code="model_corrupt", status=502)
+            os.replace(tmp, self.root / sha256)
+            fsync_dir(self.root)
+        except BaseException:
+            for task in ahead:
+                task.cancel()
+            if sink is not None:                  # let its threads finish with the file
+                await asyncio.wait({sink})
+            tmp.unlink(missing_ok=True)
+            raise
+        elapsed = max(time.monotonic() - started, 1e-6)
+        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.2fs (%.1f MB/s)",
+                 ref.key, size, sha256[:12], route[-1], elapsed, size / elapsed / 1e6)
+
+    async def _chunk(self, ref: ModelRef, route: list[str], offset: int) -> dict:
+        from .ops.data import read_chunk
+        if len(route) == 1:                       # stored on this node
+            return await read_chunk(self.manager, ref, offset, CHUNK)
+        return await self.port.ask(route[1], "fetch", {**ref.args(), "offset": offset,
+                                                       "length": CHUNK, "route": route[2:]},
+                                   visited=(self.node_id,))
+
+    # -- storage -------------------------------------------------------------------------
+
+    def _pinned(self) -> set[str]:
+        live = self.manager.live
+        for wid in [w for w in self._users if w not in live]:
+            del self._users[wid]                  # ended: it no longer holds its entry
+        return set(self._users.values()) | set(self._fetching)
+
+    def _reserve(self, size: int, sha256: str) -> None:
+        """Hold ``size`` more bytes of storage, evicting unused entries (LRU) as needed."""
+        self._incoming += size
+        while True:
+            try:
+                self._resize()
+                return
+            except InsufficientResources as exc:
+                victim = self._least_recent(self._pinned())
+                if victim is None:
+                    self._incoming -= size
+                    raise InsufficientResources(
+                        f"{self.node_id}: no room in the model cache for {sha256[:12]} "
+                        f"({size} bytes): {exc.message}; every entry left is in use",
+                        details=exc.details) from None
+                log.info("model cache: evicting %s (%d bytes, least recently used)", victim,
+                         self._sizes[victim])
+                self._drop(victim)
+
+    def _least_recent(self, pinned: set[str]) -> str | None:
+        def last_use(sha256: str) -> float:
+            try:
+                return (self.root / sha256).stat().st_mtime
+            except OSError:
+                return 0.0
+        unused = [s for s in self._sizes if s not in pinned]
+        return min(unused, key=last_use) if unused else None
+
+    def _drop(self, sha256: str) -> None:
+        (self.root / sha256).unlink(missing_ok=True)
+        self._sizes.pop(sha256, None)
+        self._resize()
+
+    def _resize(self) -> None:
+        total = sum(self._sizes.values()) + self._incoming
+        if total:
+            self.register.resize(CACHE_ALLOCATION, Resources(storage=total))
+        else:
+            self.register.release(CACHE_ALLOCATION)
+
+    def _scan(self) -> None:
+        """Take the entries a previous run left; remove its partial downloads."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for item in self.root.iterdir():
+            if item.name.startswith(_PARTIAL):
+                item.unlink(missing_ok=True)
+            elif _SHA_RE.match(item.name) and item.is_file():
+                self._sizes[item.name] = item.stat().st_size
+        total = sum(self._sizes.values())
+        if total:
+            self.register.adopt(CACHE_ALLOCATION, Resources(storage=total))
+
+
+def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str) -> bytes:
+    """The bytes of one fetch answer, if it is the chunk at ``offset`` of that very file."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if (not isinstance(data, bytes) or answer.get("offset") != offset
+            or answer.get("size") != size or answer.get("sha256") != sha256
+            or not data or len(data) > min(CHUNK, size - offset)):
+        raise CnetError(f"model {ref.key}: a fetch answer at offset {offset} is not a chunk of "
+                        f"the recorded file (was it replaced meanwhile?)",
+                        code="model_fetch_failed", status=502)
+    return data
+
+
+def _sync(out) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _digest(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
