@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["STATUS_BY_CODE", "S3Error"]
+import secrets
+
+__all__ = ["STATUS_BY_CODE", "S3Error", "new_request_id"]
 
 STATUS_BY_CODE: dict[str, int] = {
+    "BadRequest": 400,
     "InvalidArgument": 400,
     "InvalidRequest": 400,
+    "KeyTooLongError": 400,
+    "RequestHeaderSectionTooLarge": 400,
     "AccessDenied": 403,
+    "AccessForbidden": 403,
     "NoSuchBucket": 404,
     "NoSuchKey": 404,
     "MethodNotAllowed": 405,
@@ -28,3 +34,8 @@ class S3Error(Exception):
         self.message = message
         self.status = STATUS_BY_CODE[code]
         self.headers = headers or {}
+
+
+def new_request_id() -> str:
+    """The ``x-amz-request-id`` of one answer (and the RequestId of its error document)."""
+    return secrets.token_hex(8).upper()

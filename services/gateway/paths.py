@@ -13,8 +13,10 @@ from urllib.parse import unquote
 
 from services.gateway.errors import S3Error
 
-__all__ = ["S3Path", "check_key", "open_object", "resolve_object", "split_request_path"]
+__all__ = ["MOUNT", "RESERVED_PREFIX", "S3Path", "check_key", "mount_of", "open_object",
+           "resolve_object", "split_request_path"]
 
+MOUNT = "/s3"          # S3 is served here and at the root; no bucket can be named "s3" (3..63)
 MAX_KEY_BYTES = 1024
 # The agent keeps its own bookkeeping in the data path (upload staging, lock files); it is
 # never an object.
@@ -27,6 +29,11 @@ class S3Path:
 
     bucket: str | None
     key: str | None
+
+
+def mount_of(raw_path: str) -> str:
+    """The prefix S3 paths are under in this request: ``/s3``, or the root (``""``)."""
+    return MOUNT if raw_path == MOUNT or raw_path.startswith(MOUNT + "/") else ""
 
 
 def split_request_path(raw_path: str, mount: str) -> S3Path:
@@ -51,7 +58,7 @@ def _decode(raw: str, what: str) -> str:
 def check_key(key: str) -> None:
     """Refuse keys that could name anything but a file below the base path."""
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise S3Error("InvalidArgument", "The object key is too long.")
+        raise S3Error("KeyTooLongError", "Your key is too long.")
     if "\0" in key or key.startswith("/"):
         raise S3Error("InvalidArgument", "The object key is not allowed.")
     for segment in key.split("/"):

@@ -1,30 +1,33 @@
-"""Tornado handlers of the gateway: ``GET /health`` and the read-only S3 API under ``/s3``.
+"""The read-only S3 API, path-style, at the root and under ``/s3`` (the same handler for both).
 
-``/s3/`` is ListBuckets (one bucket), ``/s3/<bucket>`` ListObjects v2 (``list-type=2``) or v1,
-HeadBucket and GetBucketLocation, ``/s3/<bucket>/<key>`` GetObject and HeadObject. Everything
-else is an S3 XML error; writes are refused with MethodNotAllowed.
+``/`` is ListBuckets (one bucket); ``/<bucket>`` ListObjects v2 (``list-type=2``) or v1,
+HeadBucket, GetBucketLocation and GetBucketAcl; ``/<bucket>/<key>`` GetObject, HeadObject and
+GetObjectAcl. ``OPTIONS`` is answered as S3 answers a bucket without CORS configuration. Every
+other request is an S3 XML error; writes are refused with MethodNotAllowed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
-import secrets
-import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import tornado.iostream
 import tornado.web
 
 from services.gateway import s3xml
-from services.gateway.errors import S3Error
-from services.gateway.index import ObjectIndex, ObjectInfo
-from services.gateway.paths import open_object, resolve_object, split_request_path
+from services.gateway.errors import S3Error, new_request_id
+from services.gateway.index import ObjectInfo
+from services.gateway.paths import (
+    MAX_KEY_BYTES,
+    mount_of,
+    open_object,
+    resolve_object,
+    split_request_path,
+)
 from services.gateway.preconditions import (
     RangeNotSatisfiable,
     evaluate_conditions,
@@ -32,25 +35,29 @@ from services.gateway.preconditions import (
     parse_range,
     range_applies,
 )
-from services.gateway.sigv4 import Credentials, SignatureError, verify_request
+from services.gateway.sigv4 import SignatureError, verify_request
+from services.gateway.state import SERVER_NAME
 
-__all__ = ["MOUNT", "Gateway", "make_app"]
+if TYPE_CHECKING:
+    from services.gateway.state import Gateway
+
+__all__ = ["S3Handler"]
 
 log = logging.getLogger(__name__)
 
-MOUNT = "/s3"
 STREAM_CHUNK = 1 << 20
 MAX_KEYS = 1000
-SERVER_NAME = "cnet-gateway-data"
+MAX_KEYS_LIMIT = 2**31 - 1       # S3 refuses a max-keys beyond a signed 32-bit integer
+READ_METHODS = ("GET", "HEAD")
 
 # Subresources S3 has but a read-only gateway over plain files does not.
 UNSUPPORTED_BUCKET_QUERIES = frozenset({
-    "accelerate", "acl", "analytics", "cors", "encryption", "intelligent-tiering", "inventory",
+    "accelerate", "analytics", "cors", "encryption", "intelligent-tiering", "inventory",
     "lifecycle", "logging", "metrics", "notification", "object-lock", "ownershipControls",
     "policy", "policyStatus", "publicAccessBlock", "replication", "requestPayment", "tagging",
     "uploads", "versioning", "versions", "website"})
 UNSUPPORTED_OBJECT_QUERIES = frozenset({
-    "acl", "attributes", "legal-hold", "restore", "retention", "select", "tagging", "torrent",
+    "attributes", "legal-hold", "restore", "retention", "select", "tagging", "torrent",
     "uploadId"})
 RESPONSE_OVERRIDES = {
     "response-cache-control": "Cache-Control",
@@ -64,70 +71,28 @@ CODE_BY_STATUS = {400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey",
                   405: "MethodNotAllowed", 416: "InvalidRange"}
 
 
-@dataclass
-class Gateway:
-    """What every request needs: the one bucket, where its files are, and how it is indexed."""
-
-    bucket: str
-    base_real: str
-    index: ObjectIndex
-    credentials: Credentials | None = None
-    region: str = "us-east-1"
-    started: float = 0.0
-
-
-def make_app(gateway: Gateway) -> tornado.web.Application:
-    return tornado.web.Application(
-        [(r"/health", HealthHandler, {"gateway": gateway}),
-         (MOUNT + r"(?:/.*)?", S3Handler, {"gateway": gateway})],
-        default_handler_class=NotFoundHandler,
-    )
-
-
-class HealthHandler(tornado.web.RequestHandler):
-    def initialize(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def get(self) -> None:
-        gw = self.gateway
-        self.write({"status": "ok", "service": SERVER_NAME, "bucket": gw.bucket,
-                    "base_path": gw.base_real, "index": gw.index.kind,
-                    "objects": gw.index.count(), "auth": gw.credentials is not None,
-                    "uptime": round(time.monotonic() - gw.started, 3)})
-
-
-class NotFoundHandler(tornado.web.RequestHandler):
-    def prepare(self) -> None:
-        self.set_status(404)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": {"code": "not_found", "message":
-                                          f"no such endpoint; S3 is served under {MOUNT}/"}}))
-
-
-def _new_request_id() -> str:
-    return secrets.token_hex(8).upper()
-
-
 def _encode_token(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
 
 
 def _decode_token(token: str) -> str:
     try:
-        return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+        key = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeError, ValueError):
-        raise S3Error("InvalidArgument", "The continuation token provided is incorrect.") from None
+        key = None
+    if key is None or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect.")
+    return key
 
 
 def _max_keys(value: str | None) -> int:
+    """``max-keys``: 0..2^31-1 as S3 takes it (a 400 outside), at most 1000 keys a page."""
     if value is None:
         return MAX_KEYS
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise S3Error("InvalidArgument", "max-keys must be an integer between 0 and 2147483647.")
+    number = int(value) if value.isascii() and value.isdigit() else -1
+    if not 0 <= number <= MAX_KEYS_LIMIT:
+        raise S3Error("InvalidArgument",
+                      f"max-keys must be an integer between 0 and {MAX_KEYS_LIMIT}.")
     return min(number, MAX_KEYS)
 
 
@@ -139,11 +104,11 @@ class S3Handler(tornado.web.RequestHandler):
     (MethodNotAllowed) without reading what it uploads; GET and HEAD bodies are discarded.
     """
 
-    def initialize(self, gateway: Gateway) -> None:
+    def initialize(self, gateway: "Gateway") -> None:
         self.gateway = gateway
 
     def prepare(self) -> None:
-        if self.request.method not in ("GET", "HEAD"):
+        if self.request.method not in (*READ_METHODS, "OPTIONS"):
             self._refuse_write()
 
     def data_received(self, chunk: bytes) -> None:
@@ -152,7 +117,7 @@ class S3Handler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         # Called again by clear() before an error is written; the request keeps one id.
         if not getattr(self, "request_id", None):
-            self.request_id = _new_request_id()
+            self.request_id = new_request_id()
         self.set_header("Server", SERVER_NAME)
         self.set_header("x-amz-request-id", self.request_id)
 
@@ -166,6 +131,16 @@ class S3Handler(tornado.web.RequestHandler):
 
     async def head(self) -> None:
         await self._serve(head=True)
+
+    def options(self) -> None:
+        """A CORS preflight, as S3 answers it for a bucket with no CORS configuration."""
+        headers = self.request.headers
+        if not headers.get("Origin"):
+            raise S3Error("BadRequest", "Insufficient information. Origin request header needed.")
+        method = headers.get("Access-Control-Request-Method")
+        if not method:
+            raise S3Error("BadRequest", "Invalid Access-Control-Request-Method: null")
+        raise S3Error("AccessForbidden", "CORSResponse: CORS is not enabled for this bucket.")
 
     def _refuse_write(self) -> None:
         raise S3Error("MethodNotAllowed", "This gateway is read-only; writes are not allowed.",
@@ -201,7 +176,7 @@ class S3Handler(tornado.web.RequestHandler):
     # -- dispatch ----------------------------------------------------------------------------
 
     async def _serve(self, *, head: bool) -> None:
-        target = split_request_path(self.request.path, MOUNT)
+        target = split_request_path(self.request.path, mount_of(self.request.path))
         query = self._query()
         self._authenticate(query)
         if target.bucket is None:
@@ -242,8 +217,13 @@ class S3Handler(tornado.web.RequestHandler):
     # -- service and bucket ------------------------------------------------------------------
 
     def _list_buckets(self, head: bool) -> None:
-        self._send_xml(s3xml.list_buckets_document(self.gateway.bucket, self._bucket_created()),
+        gw = self.gateway
+        self._send_xml(s3xml.list_buckets_document(gw.bucket, self._bucket_created(), gw.owner),
                        head)
+
+    def _send_acl(self, head: bool) -> None:
+        gw = self.gateway
+        self._send_xml(s3xml.acl_document(gw.owner, public=gw.credentials is None), head)
 
     def _bucket_created(self) -> float:
         try:
@@ -253,6 +233,9 @@ class S3Handler(tornado.web.RequestHandler):
 
     async def _bucket(self, params: dict[str, str], head: bool) -> None:
         self.set_header("x-amz-bucket-region", self.gateway.region)
+        if "acl" in params:
+            self._send_acl(head)
+            return
         if head:
             return
         if "location" in params:
@@ -281,14 +264,16 @@ class S3Handler(tornado.web.RequestHandler):
             body = s3xml.list_objects_v2_document(
                 page, bucket=self.gateway.bucket, prefix=prefix, delimiter=delimiter,
                 max_keys=max_keys, encoding_type=encoding_type, start_after=start_after,
-                continuation_token=token, next_continuation_token=next_token)
+                continuation_token=token, next_continuation_token=next_token,
+                owner=self.gateway.owner if params.get("fetch-owner") == "true" else None)
         else:
             marker = params.get("marker", "")
             page = await index.list_page(prefix=prefix, delimiter=delimiter, after=marker or None,
                                          max_keys=max_keys)
             body = s3xml.list_objects_v1_document(
                 page, bucket=self.gateway.bucket, prefix=prefix, delimiter=delimiter,
-                max_keys=max_keys, encoding_type=encoding_type, marker=marker)
+                max_keys=max_keys, encoding_type=encoding_type, marker=marker,
+                owner=self.gateway.owner)
         self._send_xml(body, head)
 
     # -- objects -----------------------------------------------------------------------------
@@ -306,6 +291,9 @@ class S3Handler(tornado.web.RequestHandler):
             info = await self.gateway.index.lookup(key, file_stat)
             if info is None:
                 raise S3Error("NoSuchKey", "The specified key does not exist.")
+            if "acl" in params:
+                self._send_acl(head)
+                return
             await self._send_object(fd, info, params, head)
         finally:
             os.close(fd)
@@ -360,6 +348,7 @@ class S3Handler(tornado.web.RequestHandler):
                 return
             self.write(chunk)
             offset += len(chunk)
+            self.gateway.metrics.bytes_sent += len(chunk)
             try:
                 await self.flush()
             except tornado.iostream.StreamClosedError:

@@ -20,13 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-__all__ = ["ALGORITHM", "Credentials", "SignatureError", "is_presigned", "verify_request"]
+__all__ = ["ALGORITHM", "Credentials", "SignatureError", "is_presigned", "is_sigv2",
+           "verify_request"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_CLOCK_SKEW = 15 * 60           # seconds, as S3 allows
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
+SIGV2_REFUSED = ("Signature Version 2 is not supported by this gateway; sign requests with "
+                 f"Signature Version 4 ({ALGORITHM}).")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,16 @@ def is_presigned(query: Sequence[tuple[str, str]]) -> bool:
     return any(name == "X-Amz-Signature" for name, _ in query)
 
 
+def is_sigv2(query: Sequence[tuple[str, str]], headers: Mapping[str, list[str]]) -> bool:
+    """A SigV2 request: ``Authorization: AWS key:signature``, or a query-signed URL
+    (``AWSAccessKeyId``/``Signature``/``Expires``, as aws-cli v1 presigns and s3cmd signurl)."""
+    authorization = headers.get("authorization")
+    if authorization and authorization[0].strip().startswith("AWS "):
+        return True
+    names = {name for name, _ in query}
+    return "AWSAccessKeyId" in names or ("Signature" in names and "Expires" in names)
+
+
 def verify_request(creds: Credentials, *, method: str, raw_path: str,
                    query: Sequence[tuple[str, str]], headers: Mapping[str, list[str]],
                    body: bytes = b"", now: float | None = None) -> None:
@@ -54,6 +67,8 @@ def verify_request(creds: Credentials, *, method: str, raw_path: str,
     every value sent under that name.
     """
     now = time.time() if now is None else now
+    if is_sigv2(query, headers):
+        raise SignatureError(SIGV2_REFUSED)
     if is_presigned(query):
         _verify_presigned(creds, method, raw_path, query, headers, now)
         return

@@ -252,7 +252,13 @@ def test_listing_parameters(world):
                                       timeout=5).content)
     assert over.findtext("s3:MaxKeys", namespaces=NS) == "1000"
 
-    for params in ({"max-keys": "-1"}, {"max-keys": "ten"}, {"continuation-token": "%%%"},
+    limit = ET.fromstring(requests.get(url, params={"list-type": "2", "max-keys": "2147483647"},
+                                       timeout=5).content)
+    assert limit.findtext("s3:MaxKeys", namespaces=NS) == "1000"
+
+    for params in ({"max-keys": "-1"}, {"max-keys": "ten"}, {"max-keys": "2147483648"},
+                   {"max-keys": str(2**64)}, {"max-keys": "1e3"}, {"continuation-token": "%%%"},
+                   {"continuation-token": base64.urlsafe_b64encode(b"k" * 2000).decode()},
                    {"encoding-type": "base64"}, {"list-type": "3"}):
         bad = requests.get(url, params={"list-type": "2", **params}, timeout=5)
         assert bad.status_code == 400, params
@@ -381,7 +387,71 @@ def test_write_methods_refused_raw(world):
         world["objects"][f"{DATA_KEY}/gw_test.txt"]
 
 
-def test_unknown_endpoint_is_json_404(world):
-    response = requests.get(f"{world['gateway'].url}/nothing", timeout=5)
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "not_found"
+def test_unknown_paths_are_s3_errors(world):
+    for path in ("/nothing", "/s3/nothing/key", "/favicon.ico"):
+        response = requests.get(f"{world['gateway'].url}{path}", timeout=5)
+        assert response.status_code == 404, path
+        assert response.headers["Content-Type"] == "application/xml"
+        assert error_code(response.content) == "NoSuchBucket"
+
+
+# -- owner and ACLs --------------------------------------------------------------------------
+
+def owners(body: bytes) -> list[tuple[str, str]]:
+    root = ET.fromstring(body)
+    return [(node.findtext("s3:ID", namespaces=NS), node.findtext("s3:DisplayName", namespaces=NS))
+            for node in root.findall("s3:Contents/s3:Owner", NS)]
+
+
+def test_owner_in_listings(world, s3):
+    url = f"{world['gateway'].url}/cnet"
+    prefix = {"prefix": f"{DATA_KEY}/images/"}
+    assert owners(requests.get(url, params={"list-type": "2", **prefix}, timeout=5).content) == []
+    fetched = requests.get(url, params={"list-type": "2", "fetch-owner": "true", **prefix},
+                           timeout=5)
+    assert owners(fetched.content) == [("cnet", "cnet")] * 2
+    v1 = requests.get(url, params=prefix, timeout=5)
+    assert owners(v1.content) == [("cnet", "cnet")] * 2
+    listed = s3.list_objects_v2(Bucket="cnet", FetchOwner=True, **{"Prefix": prefix["prefix"]})
+    assert [o["Owner"] for o in listed["Contents"]] == [{"ID": "cnet", "DisplayName": "cnet"}] * 2
+    assert s3.list_objects(Bucket="cnet", Prefix=prefix["prefix"])["Contents"][0]["Owner"] == \
+        {"ID": "cnet", "DisplayName": "cnet"}
+    assert s3.list_buckets()["Owner"] == {"ID": "cnet", "DisplayName": "cnet"}
+
+
+def test_acls_are_canned_read_only(world, s3):
+    for acl in (s3.get_bucket_acl(Bucket="cnet"),
+                s3.get_object_acl(Bucket="cnet", Key=f"{DATA_KEY}/gw_test.txt")):
+        assert acl["Owner"] == {"ID": "cnet", "DisplayName": "cnet"}
+        grants = {(g["Grantee"]["Type"], g["Grantee"].get("ID") or g["Grantee"].get("URI"),
+                   g["Permission"]) for g in acl["Grants"]}
+        assert grants == {("CanonicalUser", "cnet", "READ"),
+                          ("Group", "http://acs.amazonaws.com/groups/global/AllUsers", "READ")}
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.get_object_acl(Bucket="cnet", Key=f"{DATA_KEY}/missing")
+    assert info.value.response["Error"]["Code"] == "NoSuchKey"
+    for call in (lambda: s3.put_bucket_acl(Bucket="cnet", ACL="private"),
+                 lambda: s3.put_object_acl(Bucket="cnet", Key=f"{DATA_KEY}/gw_test.txt",
+                                           ACL="private")):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call()
+        assert info.value.response["Error"]["Code"] == "MethodNotAllowed"
+
+
+def test_owner_is_configurable(tmp_path):
+    base = tmp_path / "data"
+    (base / "k").mkdir(parents=True)
+    (base / "k" / "f.txt").write_bytes(b"x")
+    gateway = GatewayProcess(base, tmp_path, extra_args=(
+        "--owner-id", "79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be",
+        "--owner-name", "ops@example")).start()
+    try:
+        s3 = s3_client(gateway.url)
+        expected = {"ID": "79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be",
+                    "DisplayName": "ops@example"}
+        assert s3.list_objects_v2(Bucket="cnet", FetchOwner=True)["Contents"][0]["Owner"] == \
+            expected
+        assert s3.get_bucket_acl(Bucket="cnet")["Owner"] == expected
+        assert s3.list_buckets()["Owner"] == expected
+    finally:
+        gateway.stop()

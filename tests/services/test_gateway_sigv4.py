@@ -142,3 +142,120 @@ def test_presigned_expiry_is_enforced():
     with pytest.raises(SignatureError, match="does not match"):
         verify_request(creds, method="GET", raw_path="/s3/cnet/k", query=query, headers=headers,
                        now=calendar.timegm((2024, 1, 1, 0, 0, 30)))
+
+
+# -- at the root, SigV2, and the secret from a file ------------------------------------------
+
+def test_signed_requests_at_the_root(signed_gateway):
+    s3 = s3_client(signed_gateway.url, access_key=ACCESS, secret_key=SECRET)
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["cnet"]
+    assert s3.get_object(Bucket="cnet", Key="k1/dir/odd name~(1).txt")["Body"].read() == b"odd"
+    assert s3.get_bucket_acl(Bucket="cnet")["Grants"] == [{
+        "Grantee": {"ID": "cnet", "DisplayName": "cnet", "Type": "CanonicalUser"},
+        "Permission": "READ"}]
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "cnet",
+                                                          "Key": "k1/gw_test.txt"})
+    assert url.startswith(f"{signed_gateway.url}/cnet/")
+    assert requests.get(url, timeout=5).content == b"signed content"
+    access_denied(lambda: s3_client(signed_gateway.url).get_object(Bucket="cnet",
+                                                                  Key="k1/gw_test.txt"))
+
+
+def _sigv2_client(endpoint: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+                        config=Config(signature_version="s3", retries={"max_attempts": 1},
+                                      s3={"addressing_style": "path"}))
+
+
+@pytest.mark.parametrize("mount", ["", "/s3"])
+def test_sigv2_is_refused_as_unsupported(signed_gateway, mount):
+    endpoint = signed_gateway.url + mount
+    v2 = _sigv2_client(endpoint)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        v2.get_object(Bucket="cnet", Key="k1/gw_test.txt")
+    error = info.value.response["Error"]
+    assert error["Code"] == "AccessDenied"
+    assert "Signature Version 2 is not supported" in error["Message"]
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": "cnet",
+                                                          "Key": "k1/gw_test.txt"})
+    assert "AWSAccessKeyId=" in url and "Signature=" in url
+    for response in (requests.get(url, timeout=5),
+                     requests.get(f"{endpoint}/cnet/k1/gw_test.txt", timeout=5,
+                                  headers={"Authorization": f"AWS {ACCESS}:c2lnbmF0dXJl"})):
+        assert response.status_code == 403
+        root = ET.fromstring(response.content)
+        assert root.findtext("Code") == "AccessDenied"
+        assert "Signature Version 4" in root.findtext("Message")
+        assert b"signed content" not in response.content
+
+
+def test_is_sigv2():
+    from services.gateway.sigv4 import is_sigv2
+
+    assert is_sigv2([], {"authorization": ["AWS AK:sig"]})
+    assert is_sigv2([("AWSAccessKeyId", "AK"), ("Expires", "1"), ("Signature", "s")], {})
+    assert not is_sigv2([], {"authorization": ["AWS4-HMAC-SHA256 Credential=..."]})
+    assert not is_sigv2([("X-Amz-Signature", "s")], {})
+
+
+def test_an_open_gateway_serves_whatever_the_signature(tmp_path):
+    base = tmp_path / "data"
+    (base / "k").mkdir(parents=True)
+    (base / "k" / "f.txt").write_bytes(b"open")
+    gateway = GatewayProcess(base, tmp_path).start()
+    try:
+        assert _sigv2_client(gateway.url).get_object(Bucket="cnet", Key="k/f.txt")[
+            "Body"].read() == b"open"
+    finally:
+        gateway.stop()
+
+
+def test_secret_key_file(tmp_path):
+    base = tmp_path / "data"
+    (base / "k").mkdir(parents=True)
+    (base / "k" / "f.txt").write_bytes(b"from a file")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    gateway = GatewayProcess(base, tmp_path, extra_args=(
+        "--access-key", ACCESS, "--secret-key-file", str(secret_file))).start()
+    try:
+        assert SECRET not in " ".join(gateway.args)
+        s3 = s3_client(gateway.url, access_key=ACCESS, secret_key=SECRET)
+        assert s3.get_object(Bucket="cnet", Key="k/f.txt")["Body"].read() == b"from a file"
+        access_denied(lambda: s3_client(gateway.url, access_key=ACCESS, secret_key=SECRET + "\n")
+                      .get_object(Bucket="cnet", Key="k/f.txt"))
+        assert SECRET not in gateway.log
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("where, ok", [("base/secret", False), ("base/k/secret", False),
+                                       ("base/.cnet-secrets/secret", True), ("empty", False),
+                                       ("missing", False)])
+def test_secret_key_file_checks(tmp_path, where, ok):
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    base = tmp_path / "base"
+    (base / "k").mkdir(parents=True)
+    path = tmp_path / where
+    if where != "missing":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("" if where == "empty" else SECRET)
+    args = [sys.executable, "-m", "services.gateway.main", "--base-path", str(base),
+            "--access-key", ACCESS, "--secret-key-file", str(path), "--port", "0"]
+    if ok:
+        from services.gateway.main import parse_args
+
+        assert parse_args(args[3:]).secret_key == SECRET
+        return
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--secret-key-file" in done.stderr
+    assert SECRET not in done.stderr
