@@ -8,6 +8,8 @@ import requests
 from .harness import deep_merge, free_port, free_port_range, wait_for
 from .service_helpers import FAST_SERVICES, group_pids, port_is_free, wait_gone
 
+ACCESS, SECRET = "GWAGENTKEY", "agent-secret/+KEY=xyz"
+
 
 @pytest.fixture
 def gw_agent(make_agent):
@@ -88,12 +90,25 @@ def test_base_path_and_bucket_default_to_this_node(gw_agent):
     ({"bucket": "a..b"}, "bucket"),
     ({"bucket": "192.168.1.10"}, "bucket"),
     ({"base_path": "/nonexistent/cnet-data"}, "base_path"),
+    ({"access_key": ACCESS}, "secret_key"),
+    ({"secret_key": SECRET}, "access_key"),
+    ({"secret_key_file": "/etc/hostname"}, "access_key"),
+    ({"access_key": ACCESS, "secret_key": SECRET, "secret_key_file": "/etc/hostname"}, "not both"),
+    ({"access_key": ACCESS, "secret_key": "***"}, "secret_key"),
+    ({"access_key": ACCESS, "secret_key": SECRET + "\n"}, "secret_key"),
+    ({"access_key": ACCESS, "secret_key": ""}, "secret_key"),
+    ({"access_key": ACCESS, "secret_key": 42}, "secret_key"),
+    ({"access_key": "a/b", "secret_key": SECRET}, "access_key"),
+    ({"access_key": ACCESS, "secret_key_file": "/nonexistent/secret"}, "secret_key_file"),
+    ({"access_key": ACCESS, "secret_key": SECRET, "region": "us/east"}, "region"),
+    ({"owner_id": "a\nb"}, "owner_id"),
 ])
 def test_bad_gateway_config_is_a_400(gw_agent, config, fragment):
     resp = gw_agent.api("POST", "/api/workloads",
                         json={"name": "gw", "type": "datagateway", "config": config})
     assert resp.status_code == 400, resp.text
     assert fragment in resp.json()["error"]["message"]
+    assert SECRET not in resp.text                      # a bad secret is never quoted
     assert gw_agent.api("GET", "/api/workloads").json()["workloads"] == []
 
 
@@ -137,3 +152,153 @@ def test_gateway_of_a_wildcard_agent_answers_at_the_advertised_address(make_agen
     assert requests.get(wl["endpoint"] + "/health", timeout=10).status_code == 200
     assert _keys(wl["endpoint"]) == []
     assert agent.api("GET", "/api/nodes").json()["self"]["address"] == f"http://127.0.0.2:{agent.port}"
+
+
+# -- S3 at the endpoint, and keys through the agent ------------------------------------------
+
+
+def _upload(agent, tmp_path, name: str = "gw_test.txt", text: str = "keyed data\n") -> str:
+    sample = tmp_path / name
+    sample.write_text(text)
+    with open(sample, "rb") as f:
+        resp = agent.api("POST", "/api/workloads", data={"type": "data", "name": "f"},
+                         files={"file": (name, f)})
+    assert resp.status_code == 201, resp.text
+    return f"{resp.json()['data_key']}/{name}"
+
+
+def test_endpoint_is_an_s3_endpoint_for_boto3(gw_agent, tmp_path):
+    import botocore.exceptions
+
+    from .services.gateway_fixtures import s3_client
+
+    key = _upload(gw_agent, tmp_path)
+    wl = gw_agent.submit({"name": "gw", "type": "datagateway", "config": {}})
+    assert wl["s3_endpoint"] == wl["endpoint"] == f"http://127.0.0.1:{wl['port']}"
+    s3 = s3_client(wl["endpoint"])
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["cnet"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="cnet")["Contents"]] == [key]
+    assert s3.get_object(Bucket="cnet", Key=key)["Body"].read() == b"keyed data\n"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.head_object(Bucket="cnet", Key=key + ".missing")
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    # The mount of old keeps working.
+    assert s3_client(wl["endpoint"] + "/s3").get_object(Bucket="cnet", Key=key)["Body"].read() \
+        == b"keyed data\n"
+
+
+def _nowhere_holds(agent, wl: dict, secret: str) -> None:
+    """The secret is in no API answer, log, command line or database file of the agent."""
+    needle = secret.encode()
+    for path in (f"/api/workloads/{wl['id']}", "/api/workloads", f"/api/workloads/{wl['id']}/logs"):
+        resp = agent.api("GET", path)
+        assert resp.status_code == 200 and needle not in resp.content, path
+    import psutil
+
+    for pid in {wl["process_pid"], agent.proc.pid}:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        for proc in procs:
+            assert secret not in " ".join(proc.cmdline()), proc
+            assert secret not in " ".join(f"{k}={v}" for k, v in proc.environ().items())
+    state = agent.state_dir
+    for path in [agent.output, *state.rglob("*")]:
+        if path.is_file() and ".cnet-secrets" not in path.parts:
+            assert needle not in path.read_bytes(), path
+
+
+def test_keys_through_the_agent(gw_agent, tmp_path):
+    import botocore.exceptions
+
+    from .services.gateway_fixtures import s3_client
+
+    agent = gw_agent
+    key = _upload(agent, tmp_path)
+    wl = agent.submit({"name": "gw", "type": "datagateway",
+                       "config": {"access_key": ACCESS, "secret_key": SECRET}})
+    assert wl["status"] == "running"
+    assert wl["config"]["access_key"] == ACCESS
+    assert wl["config"]["secret_key"] == "***"
+    assert wl["config"]["region"] == "us-east-1"
+    signed = s3_client(wl["endpoint"], access_key=ACCESS, secret_key=SECRET)
+    assert signed.get_object(Bucket="cnet", Key=key)["Body"].read() == b"keyed data\n"
+    assert [o["Key"] for o in signed.list_objects_v2(Bucket="cnet")["Contents"]] == [key]
+    for client in (s3_client(wl["endpoint"]),
+                   s3_client(wl["endpoint"], access_key=ACCESS, secret_key="***")):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            client.get_object(Bucket="cnet", Key=key)
+        assert info.value.response["Error"]["Code"] == "AccessDenied"
+    assert requests.get(wl["endpoint"] + "/health", timeout=10).json()["auth"] is True
+    secret_file = agent.state_dir / ".cnet-secrets" / f"gateway-{wl['id']}.key"
+    assert secret_file.read_text() == SECRET
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert secret_file.parent.stat().st_mode & 0o777 == 0o700
+    _nowhere_holds(agent, wl, SECRET)
+
+    # A resubmission with the same id is the same workload (the secret is not compared).
+    again = agent.api("POST", "/api/workloads", json={
+        "id": wl["id"], "name": "gw", "type": "datagateway",
+        "config": {"access_key": ACCESS, "secret_key": SECRET}})
+    assert again.status_code == 200, again.text
+    assert again.json()["process_pid"] == wl["process_pid"]
+
+    assert agent.api("POST", f"/api/workloads/{wl['id']}/stop").status_code == 200
+    agent.wait_status(wl["id"], "stopped")
+    assert not secret_file.exists()
+
+
+def test_a_keyed_gateway_survives_agent_restart_and_its_own_crash(gw_agent, tmp_path):
+    import os
+    import signal
+
+    from .service_helpers import wait_restarted
+    from .services.gateway_fixtures import s3_client
+
+    agent = gw_agent
+    key = _upload(agent, tmp_path)
+    wl = agent.submit({"name": "gw", "type": "datagateway",
+                       "config": {"access_key": ACCESS, "secret_key": SECRET}})
+    agent.terminate()
+    signed = s3_client(wl["endpoint"], access_key=ACCESS, secret_key=SECRET)
+    assert signed.get_object(Bucket="cnet", Key=key)["Body"].read() == b"keyed data\n"
+    agent.start()
+    adopted = agent.wait_status(wl["id"], "running")
+    assert adopted["process_pid"] == wl["process_pid"]
+    os.kill(wl["process_pid"], signal.SIGKILL)
+    restarted = wait_restarted(agent, wl["id"], 1, wl["process_pid"])
+    assert restarted["endpoint"] == wl["endpoint"]
+    wait_for(lambda: requests.get(wl["endpoint"] + "/health", timeout=5).status_code == 200,
+             message="the restarted gateway")
+    assert signed.get_object(Bucket="cnet", Key=key)["Body"].read() == b"keyed data\n"
+    unsigned = requests.get(f"{wl['endpoint']}/cnet/{key}", timeout=10)
+    assert unsigned.status_code == 403
+    _nowhere_holds(agent, restarted, SECRET)
+
+
+def test_secret_key_file_through_the_agent(gw_agent, tmp_path):
+    from .services.gateway_fixtures import s3_client
+
+    key = _upload(gw_agent, tmp_path)
+    secret_file = tmp_path / "gateway.secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
+    wl = gw_agent.submit({"name": "gw", "type": "datagateway", "config": {
+        "access_key": ACCESS, "secret_key_file": str(secret_file), "region": "eu-central-1"}})
+    assert wl["config"]["secret_key_file"] == str(secret_file)
+    assert "secret_key" not in wl["config"]
+    signed = s3_client(wl["endpoint"], access_key=ACCESS, secret_key=SECRET,
+                       region="eu-central-1")
+    assert signed.get_object(Bucket="cnet", Key=key)["Body"].read() == b"keyed data\n"
+    assert signed.get_bucket_location(Bucket="cnet")["LocationConstraint"] == "eu-central-1"
+    _nowhere_holds(gw_agent, wl, SECRET)
+
+
+def test_a_secret_key_file_inside_the_served_path_is_refused(gw_agent, tmp_path):
+    base = tmp_path / "served"
+    base.mkdir()
+    (base / "secret.txt").write_text(SECRET)
+    resp = gw_agent.api("POST", "/api/workloads", json={
+        "name": "gw", "type": "datagateway", "config": {
+            "base_path": str(base), "access_key": ACCESS,
+            "secret_key_file": str(base / "secret.txt")}})
+    assert resp.status_code == 400, resp.text
+    assert "served" in resp.json()["error"]["message"]
