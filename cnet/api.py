@@ -1,4 +1,5 @@
-"""The REST front door (the seed's endpoints), the WebSocket event stream, /metrics and the UI.
+"""The REST front door (the seed's endpoints), the WebSocket event stream, /metrics, the UI and
+the API's OpenAPI document (``openapi.json`` beside this file).
 
 A REST handler takes its operation's arguments from the path, the query and the body, and runs
 it (:mod:`cnet.ops`): parse, run, reply. Bad input gets the same error as over the bus.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+OPENAPI = json.loads((Path(__file__).resolve().parent / "openapi.json").read_text())
 _ID = r"([^/]+)"   # any path segment: the operation says what a workload id may be
 
 
@@ -319,6 +321,16 @@ class MetricsHandler(BaseHandler):
         self.finish(self.web.metrics.render())
 
 
+class OpenAPIHandler(BaseHandler):
+    """``GET /api/openapi.json``: the document of this API, naming this agent as its server."""
+
+    route = "/api/openapi.json"
+    public = True
+
+    def get(self):
+        self.reply({**OPENAPI, "servers": [{"url": f"{self.request.protocol}://{self.request.host}"}]})
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self):
         super().prepare()    # with a token, an unknown path says nothing to whoever lacks it
@@ -377,6 +389,7 @@ def make_app(web: Web) -> tornado.web.Application:
         (r"/api/events", EventsSocket, args),
         (r"/metrics", MetricsHandler, args),
         (r"/api/bus", BusInfoHandler, args),
+        (r"/api/openapi\.json", OpenAPIHandler, args),
         (r"/api/.*", NotFoundHandler, args),
     ]
     if UI_DIR.is_dir():
