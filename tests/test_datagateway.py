@@ -102,6 +102,9 @@ def test_base_path_and_bucket_default_to_this_node(gw_agent):
     ({"access_key": ACCESS, "secret_key_file": "/nonexistent/secret"}, "secret_key_file"),
     ({"access_key": ACCESS, "secret_key": SECRET, "region": "us/east"}, "region"),
     ({"owner_id": "a\nb"}, "owner_id"),
+    ({"base_path": None}, "base_path"),
+    ({"access_key": None}, "access_key"),
+    ({"access_key": ACCESS, "secret_key": None}, "secret_key"),
 ])
 def test_bad_gateway_config_is_a_400(gw_agent, config, fragment):
     resp = gw_agent.api("POST", "/api/workloads",

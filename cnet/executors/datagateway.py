@@ -74,15 +74,23 @@ def check_bucket_name(name: str) -> str:
     return name
 
 
+def _optional(config: dict, key: str) -> str | None:
+    """A string field that may be left out, but not given as null."""
+    if key in config and config[key] is None:
+        raise BadRequest(f"config.{key}: must be a non-empty string (leave it out for the "
+                         "default)", code="invalid_field")
+    return require_str(config, key, required=False)
+
+
 def _text(config: dict, key: str, pattern: re.Pattern, rule: str) -> str | None:
-    value = require_str(config, key, required=False)
+    value = _optional(config, key)
     if value is not None and not pattern.match(value):
         raise BadRequest(f"config.{key}: {rule}", code="invalid_field")
     return value
 
 
 def _path(config: dict, key: str) -> str | None:
-    raw = require_str(config, key, required=False)
+    raw = _optional(config, key)
     if raw is None:
         return None
     if "\x00" in raw:
@@ -92,9 +100,9 @@ def _path(config: dict, key: str) -> str | None:
 
 def _secret(config: dict) -> str | None:
     """The inline secret, checked; never quoted in an error."""
-    value = config.get("secret_key")
-    if value is None:
+    if "secret_key" not in config:
         return None
+    value = config["secret_key"]
     if not isinstance(value, str) or not value or len(value) > MAX_SECRET_CHARS \
             or _CONTROL_RE.search(value):
         raise BadRequest(f"config.secret_key: must be a string of 1..{MAX_SECRET_CHARS} "
@@ -181,7 +189,7 @@ class DataGatewayExecutor(ServiceExecutor):
                "region": _text(config, "region", _REGION_RE,
                                "letters, digits, '-' and '_', at most 64") or DEFAULT_REGION}
         for key in ("owner_id", "owner_name"):
-            value = require_str(config, key, required=False)
+            value = _optional(config, key)
             if value is not None:
                 if len(value) > MAX_OWNER_CHARS or _CONTROL_RE.search(value):
                     raise BadRequest(f"config.{key}: at most {MAX_OWNER_CHARS} characters, no "
