@@ -30,43 +30,49 @@ def test_the_document_is_valid_openapi_3_1():
     assert OPENAPI["info"]["version"] == __version__
 
 
-def _served_routes() -> dict[str, set[str]]:
-    """Every path make_app routes (the catch-alls aside) -> the methods its handler answers."""
-    app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict))
+def served_routes(app: tornado.web.Application, params: dict[str, str]) -> dict[str, set[str]]:
+    """Every path an app routes (catch-alls aside) -> the methods its handler answers;
+    ``params`` names each path parameter's pattern (``{"([^/]+)": "{id}"}``)."""
     routes = {}
     for rule in app.wildcard_router.rules:
-        pattern = rule.matcher.regex.pattern.rstrip("$")
-        if pattern in ("/api/.*", "/(.*)"):
+        path = rule.matcher.regex.pattern.rstrip("$").replace("/?", "").replace("\\.", ".")
+        if ".*" in path:
             continue
-        path = pattern.replace("/?", "").replace("([^/]+)", "{id}").replace("\\.", ".")
-        handler = rule.target
+        for pattern, name in params.items():
+            path = path.replace(pattern, name)
         routes[path] = {m for m in METHODS
-                        if getattr(handler, m) is not getattr(tornado.web.RequestHandler, m)}
+                        if getattr(rule.target, m) is not getattr(tornado.web.RequestHandler, m)}
     return routes
+
+
+def documented_routes(doc: dict) -> dict[str, set[str]]:
+    return {path: {m for m in item if m in METHODS} for path, item in doc["paths"].items()}
+
+
+def not_error_shaped(doc: dict) -> list[tuple[str, str, str]]:
+    """Every documented 4xx/5xx response (method, path, status) whose body is not the
+    document's Error schema."""
+    def deref(node: dict) -> dict:
+        while "$ref" in node:
+            *_, kind, name = node["$ref"].split("/")
+            node = doc["components"][kind][name]
+        return node
+
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return [(method, path, status) for path, item in doc["paths"].items()
+            for method in set(item) & set(METHODS)
+            for status, response in item[method]["responses"].items()
+            if int(status) >= 400 and deref(response).get("content") != error]
 
 
 def test_every_route_and_method_is_documented():
     """The document and make_app cannot drift apart: the same paths, the same methods."""
-    documented = {path: {m for m in item if m in METHODS} for path, item in OPENAPI["paths"].items()}
-    assert documented == _served_routes()
+    app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict))
+    assert documented_routes(OPENAPI) == served_routes(app, {"([^/]+)": "{id}"})
 
 
 def test_every_error_response_is_the_error_shape():
-    for path, item in OPENAPI["paths"].items():
-        for method in set(item) & set(METHODS):
-            for status, response in item[method]["responses"].items():
-                if int(status) < 400:
-                    continue
-                response = _deref(response)
-                assert response["content"] == {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Error"}}}, (method, path, status)
-
-
-def _deref(node: dict) -> dict:
-    while "$ref" in node:
-        *_, kind, name = node["$ref"].split("/")
-        node = OPENAPI["components"][kind][name]
-    return node
+    assert not_error_shaped(OPENAPI) == []
 
 
 def test_the_agent_serves_its_document_without_a_token(make_agent):
@@ -225,7 +231,7 @@ class Recorder:
         except requests.RequestException as exc:
             self.failures.append(f"{label}: {exc}\n{case.as_curl_command(headers=self.headers)}")
             return None
-        code = _error_code(resp)
+        code = error_code(resp)
         self._count(label, f"{resp.status_code} {code or ''}".strip())
         try:
             case.validate_response(resp, checks=self.checks,
@@ -258,15 +264,15 @@ class Recorder:
                                  f"{case.as_curl_command(headers=self.headers)}")
 
 
-def _error_code(resp: requests.Response) -> str | None:
+def error_code(resp: requests.Response) -> str | None:
     try:
         return resp.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _fuzz(recorder: Recorder, operation, mode, examples: int) -> None:
-    """``examples`` generated cases of one operation, with a fixed seed."""
+def fuzz(send, operation, mode, examples: int) -> None:
+    """``send`` each of ``examples`` generated cases of one operation (a fixed seed)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
 
@@ -274,7 +280,7 @@ def _fuzz(recorder: Recorder, operation, mode, examples: int) -> None:
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case):
-        recorder.send(case)
+        send(case)
 
     try:
         run()
@@ -371,8 +377,8 @@ def test_a_live_agent_keeps_to_its_document(make_agent, tmp_path):
         if operation.path == "/api/events":
             continue   # a WebSocket: see test_the_event_stream_answers_plain_http_with_json_errors
         positive, negative = EXAMPLES.get(operation.label, FEW)
-        _fuzz(recorder, operation, GenerationMode.POSITIVE, positive)
-        _fuzz(recorder, operation, GenerationMode.NEGATIVE, negative)
+        fuzz(recorder.send, operation, GenerationMode.POSITIVE, positive)
+        fuzz(recorder.send, operation, GenerationMode.NEGATIVE, negative)
     print(f"\nschemathesis: {time.monotonic() - started:.1f} s")
     for label, seen in recorder.seen.items():
         print(f"  {label}: {dict(sorted(seen.items()))}")
