@@ -1,11 +1,13 @@
-"""The shim's HTTP endpoints (/health, /info, /predict, /metrics): each request is checked, handed
-to a free worker, and every failure becomes a JSON error ``{"error": {"code", "message"}}``."""
+"""The shim's HTTP endpoints (/health, /info, /predict, /metrics, and /openapi.json describing them):
+each request is checked, handed to a free worker, and every failure becomes a JSON error
+``{"error": {"code", "message"}}``."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -34,6 +36,7 @@ WORKER_ERRORS = {  # worker error code -> (HTTP status, code sent to the client)
     "inference_failed": (500, "inference_failed"),
     "load_failed": (503, "model_not_loaded"),
 }
+OPENAPI = json.loads((Path(__file__).resolve().parent / "openapi.json").read_text())
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -175,13 +178,22 @@ class PredictHandler(BaseHandler):
                         "timings": timings})
 
 
+class OpenAPIHandler(BaseHandler):
+    """The OpenAPI document of these endpoints, naming this service as its server."""
+
+    endpoint = "openapi"
+
+    def get(self) -> None:
+        self.send_json({**OPENAPI, "servers": [{"url": f"{self.request.protocol}://{self.request.host}"}]})
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         self.send_error_json(404, "not_found", f"no such endpoint: {self.request.path}")
 
 
 def build_app(pool: WorkerPool, config: ShimConfig, metrics: ServiceMetrics) -> tornado.web.Application:
-    """The Tornado application: the four endpoints, and a JSON 404 for anything else."""
+    """The Tornado application: the endpoints, and a JSON 404 for anything else."""
     context = {"pool": pool, "config": config, "metrics": metrics, "started": time.monotonic()}
     return tornado.web.Application(
         [
@@ -189,6 +201,7 @@ def build_app(pool: WorkerPool, config: ShimConfig, metrics: ServiceMetrics) -> 
             (r"/info", InfoHandler, context),
             (r"/predict", PredictHandler, context),
             (r"/metrics", MetricsHandler, context),
+            (r"/openapi\.json", OpenAPIHandler, context),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=context,
