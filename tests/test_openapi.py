@@ -206,9 +206,10 @@ class Recorder:
     """Sends each case and checks the answer against the document; remembers which workloads
     accepted requests made, and that a rejected one changed none."""
 
-    def __init__(self, agent, checks):
+    def __init__(self, agent, checks, ports: tuple[int, int]):
         self.agent = agent
         self.checks = checks
+        self.ports = ports          # services.port_range: explicit service ports go there too
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
         self.created: set[str] = set()
         self.deleted: set[str] = set()
@@ -225,6 +226,7 @@ class Recorder:
         if bug is not None:
             self._count(label, f"left out: {bug}")
             return None
+        self._own_port(case.body)
         before = self.ids() if case.method != "GET" else None
         try:
             resp = case.call(base_url=self.agent.url, timeout=60)
@@ -244,6 +246,15 @@ class Recorder:
         if before is not None:
             self._account(case, resp, before)
         return resp
+
+    def _own_port(self, body) -> None:
+        """A valid explicit service_port moves into this test's free range, so that no service
+        of ours takes a port some other test is about to use."""
+        config = body.get("config") if isinstance(body, dict) else None
+        port = config.get("service_port") if isinstance(config, dict) else None
+        if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
+            first, last = self.ports
+            config["service_port"] = first + port % (last - first + 1)
 
     def _count(self, label: str, outcome: str) -> None:
         counts = self.seen.setdefault(label, {})
@@ -369,7 +380,7 @@ def test_a_live_agent_keeps_to_its_document(make_agent, tmp_path):
     checks = [getattr(schemathesis.checks, name) for name in (
         "status_code_conformance", "content_type_conformance", "response_schema_conformance",
         "response_headers_conformance", "negative_data_rejection", "ignored_auth")]
-    recorder = Recorder(agent, checks)
+    recorder = Recorder(agent, checks, (first, last))
     started = time.monotonic()
     _known_good(recorder, schema)
     for result in schema.get_all_operations():
