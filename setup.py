@@ -35,6 +35,9 @@ setup(
             "schemathesis>=4,<5",             # and a live agent answers as it says
             "hypothesis>=6",
         ],
+        # GPUs: ONNX Runtime's CUDA provider (it replaces the CPU-only onnxruntime package:
+        # pip uninstall onnxruntime first) and NVML for the devices and their measured use.
+        "gpu": ["onnxruntime-gpu>=1.17", "nvidia-ml-py>=12"],
     },
     entry_points={
         "console_scripts": [

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,6 +18,7 @@ from typing import Callable, Sequence
 import psutil
 import yaml
 
+from .devices import Device, detect, numbered
 from .resources import Resources
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -72,6 +72,7 @@ class Config:
     advertise_address: str | None = None  # agent.advertise_address as configured
     advertise: str = "127.0.0.1"  # what other machines use to reach this node and its services
     capacity: Resources = field(default_factory=Resources)
+    gpus: list[Device] = field(default_factory=list)   # capacity.gpu devices, by uuid
     labels: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
     peers: list[str] = field(default_factory=list)
@@ -159,6 +160,9 @@ def from_dict(raw) -> Config:
 
     resources, where = sec("resources")
     cfg.capacity = _capacity(resources, where, cfg.data_path)
+    cfg.gpus = _gpus(resources, where)
+    cfg.capacity = Resources(cfg.capacity.cpu, cfg.capacity.memory, len(cfg.gpus),
+                             cfg.capacity.storage)
 
     parent, where = sec("parent")
     if parent.get("enabled", bool(parent.get("address"))):
@@ -305,8 +309,7 @@ def _capacity(raw: dict, where: str, data_path: Path) -> Resources:
     cpu = float(psutil.cpu_count(logical=True) or 1) if cpu is None else _number(cpu, f"{where}.cpu", 0, 1e6)
     memory = raw.get("memory")
     memory = psutil.virtual_memory().total if memory is None else _size(memory, f"{where}.memory")
-    gpu = raw.get("gpu")
-    gpu = detect_gpus() if gpu is None else int(_number(gpu, f"{where}.gpu", 0, 1e5, whole=True))
+    gpu = 0  # set from the devices (_gpus)
     storage = raw.get("storage")
     if storage is None:
         probe = data_path
@@ -318,16 +321,60 @@ def _capacity(raw: dict, where: str, data_path: Path) -> Resources:
     return Resources(cpu=cpu, memory=memory, gpu=gpu, storage=storage)
 
 
+MAX_GPUS = 1024
+
+
+def _gpus(raw: dict, where: str) -> list[Device]:
+    """This node's GPUs: ``gpus`` as a list of ``{index, uuid, name, memory}`` (or a count),
+    else the seed's count ``gpu: N`` (the first N detected, numbered ones beyond them), else
+    those detected (NVML, else nvidia-smi)."""
+    listed, count = raw.get("gpus"), raw.get("gpu")
+    if count is not None:
+        count = int(_number(count, f"{where}.gpu", 0, MAX_GPUS, whole=True))
+    if isinstance(listed, list):
+        devices = _gpu_list(listed, f"{where}.gpus")
+        if count is not None and count != len(devices):
+            raise ConfigError(f"{where}.gpu: {count} does not match the {len(devices)} "
+                              f"device(s) of {where}.gpus")
+        return devices
+    if listed is not None:
+        count = int(_number(listed, f"{where}.gpus", 0, MAX_GPUS, whole=True))
+    if count == 0:
+        return []
+    found, _source = detect()
+    if count is None:
+        return found
+    return found[:count] + numbered(count - len(found[:count]), start=len(found[:count]))
+
+
+def _gpu_list(items: list, where: str) -> list[Device]:
+    if len(items) > MAX_GPUS:
+        raise ConfigError(f"{where}: at most {MAX_GPUS} devices")
+    devices, seen = [], set()
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict) or not set(item) <= {"index", "uuid", "name", "memory"}:
+            raise ConfigError(f"{at}: must be a mapping of index, uuid, name, memory")
+        index = int(_number(item.get("index", i), f"{at}.index", 0, 1e6, whole=True))
+        uuid = item.get("uuid", str(index))
+        if not isinstance(uuid, (str, int)) or isinstance(uuid, bool) or not str(uuid).strip() \
+                or "," in str(uuid):
+            raise ConfigError(f"{at}.uuid: must be a device uuid (GPU-...) without commas")
+        name = item.get("name", "")
+        if not isinstance(name, str):
+            raise ConfigError(f"{at}.name: must be a string")
+        memory = _size(item.get("memory", 0), f"{at}.memory")
+        uuid = str(uuid).strip()
+        if uuid in seen or index in seen:
+            raise ConfigError(f"{at}: index {index} / uuid {uuid} named twice")
+        seen.update((uuid, index))
+        devices.append(Device(index, uuid, name, memory))
+    return devices
+
+
 def detect_gpus() -> int:
-    """Count NVIDIA GPUs with nvidia-smi where it exists, else 0."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return 0
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    """How many NVIDIA GPUs this machine has (NVML, else nvidia-smi), else 0."""
+    return len(detect()[0])
 
 
 def _section(raw: dict, name: str, where: str | None = None) -> dict:

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .devices import GPU_DEVICES
 from .errors import CnetError, Conflict, NotFound
 from .resources import Resources
 from .workload import (
@@ -52,6 +53,9 @@ class Manager:
         self._stops: dict[str, asyncio.Task] = {}
         self._deletes: dict[str, asyncio.Task] = {}
         self._starting: dict[str, asyncio.Future] = {}
+        gpus = getattr(config, "gpus", None)
+        if gpus and register.allocated.is_zero():
+            register.use_devices(gpus)   # the devices detected or configured, by uuid
 
     def add_executor(self, executor: "Executor") -> None:
         self.executors[executor.type] = executor
@@ -112,6 +116,8 @@ class Manager:
             del self.workloads[wl.id], self.live[wl.id]
             self.register.release(sub.id)   # whatever failed, no reservation stays behind
             raise
+        if sub.requirements.gpu:
+            wl.runtime[GPU_DEVICES] = self.register.gpu_devices(sub.id)
         started = asyncio.get_running_loop().create_future()
         self._starting[wl.id] = started
         start: asyncio.Future | None = None
@@ -325,7 +331,9 @@ class Manager:
                 self._finish(wl, FAILED, None, reason, release=False)
                 continue
             adopted += 1
-            self.register.adopt(wl.id, wl.requirements)
+            self.register.adopt(wl.id, wl.requirements, wl.runtime.get(GPU_DEVICES))
+            if wl.requirements.gpu:   # as rebuilt (a recorded device may be gone)
+                wl.runtime[GPU_DEVICES] = self.register.gpu_devices(wl.id)
             if wl.status == PENDING:
                 wl.started_at = time.time()
                 self._transition(wl, RUNNING, runtime=wl.runtime, started_at=wl.started_at)

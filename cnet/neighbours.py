@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .workload import Workload
 
 _FREE_KINDS = ("cpu", "memory", "gpu", "storage")
+MAX_DEVICES = 64   # devices listed in a snapshot
 
 
 def _map(value: Any) -> dict:
@@ -84,6 +85,8 @@ def self_snapshot(local: LocalView) -> dict:
         "allocated": resources["allocated"],
         "available": resources["available"],
         "usage": resources["usage"],
+        "devices": resources.get("devices", [])[:MAX_DEVICES],
+        "gpu_free_memory": local.register.devices.largest_free_memory(),
         "workloads": {"count": len(local.live),
                       "names": sorted({wl.name for wl in live})[:512],
                       "labels": sorted({f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]},
@@ -109,6 +112,7 @@ def summary(local: LocalView, neighbours: Iterable["NeighbourState"]) -> dict:
     reach = dict(free)
     reach_ids: set[str] = set()
     reach_labels: set[str] = set()
+    gpu_memory = reach_gpu_memory = local.register.devices.largest_free_memory()
     count = 1
     for state in neighbours:
         if state.status != "alive":
@@ -129,17 +133,22 @@ def summary(local: LocalView, neighbours: Iterable["NeighbourState"]) -> dict:
                 value = _num(child_free.get(kind))
                 max_free[kind] = max(max_free[kind], value)
                 reach[kind] = max(reach[kind], _num(child_reach.get(kind, value), value))
+            gpu_memory = max(gpu_memory, _int(child.get("max_free_gpu_memory")))
+            reach_gpu_memory = max(reach_gpu_memory, gpu_memory,
+                                   _int(child.get("reach_free_gpu_memory")))
         elif state.role == "peer":
             snap = _map(state.snapshot)
             avail = _map(snap.get("available"))
             for kind in _FREE_KINDS:
                 reach[kind] = max(reach[kind], _num(avail.get(kind)))
+            reach_gpu_memory = max(reach_gpu_memory, _int(snap.get("gpu_free_memory")))
             reach_ids.add(state.node_id)
             reach_labels.update(f"{k}={v}" for k, v in _map(snap.get("labels")).items())
     reach_ids.difference_update(node_ids)
     return {"nodes": count, "node_ids": node_ids[:1024], "labels": sorted(labels)[:256],
             "allocated": allocated, "live_workloads": live,
             "max_free": max_free, "reach_free": reach,
+            "max_free_gpu_memory": gpu_memory, "reach_free_gpu_memory": reach_gpu_memory,
             "reach_node_ids": sorted(reach_ids)[:1024], "reach_labels": sorted(reach_labels - labels)[:256]}
 
 
@@ -175,6 +184,7 @@ def node_entry(state: "NeighbourState", now: float) -> dict:
         "allocated": _vector(snap.get("allocated")),
         "available": _vector(snap.get("available")),
         "usage": _vector(snap.get("usage")),
+        "devices": _devices(snap.get("devices")),
         "workloads": _int(_map(snap.get("workloads")).get("count"), None),
         "seq": state.seq,
         "rejected": state.rejected or None,
@@ -185,8 +195,14 @@ def node_entry(state: "NeighbourState", now: float) -> dict:
                             "live_workloads": _int(summary.get("live_workloads"), None),
                             "allocated": _vector(summary.get("allocated")),
                             "max_free": _vector(summary.get("max_free")),
-                            "reach_free": _vector(summary.get("reach_free"))}
+                            "reach_free": _vector(summary.get("reach_free")),
+                            "max_free_gpu_memory": _int(summary.get("max_free_gpu_memory"), None)}
     return entry
+
+
+def _devices(value: Any) -> list[dict]:
+    """A neighbour's device list as shown: maps only, at most ``MAX_DEVICES``."""
+    return [d for d in value[:MAX_DEVICES] if isinstance(d, dict)] if isinstance(value, list) else []
 
 
 def _labels(pairs: Iterable[str]) -> frozenset:
@@ -199,6 +215,7 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
     me = self_snapshot(local)
     nodes = [NodeView(node_id=local.node_id, role="self", status="alive",
                       available=local.register.available, capacity=local.register.capacity,
+                      gpu_memory=local.register.devices.largest_free_memory(),
                       labels=dict(local.labels),
                       workload_names=frozenset(me["workloads"]["names"]),
                       workload_count=me["workloads"]["count"],
@@ -215,6 +232,8 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
             node_id=state.node_id, role=state.role, status=state.status,
             available=_resources(snap.get("available")),
             capacity=_resources(snap.get("capacity")),
+            gpu_memory=max(_int(snap.get("gpu_free_memory")),
+                           _int(subtree.get("reach_free_gpu_memory"))),
             labels=dict(_map(snap.get("labels"))),
             workload_names=frozenset(_strs(works.get("names"))),
             workload_count=_int(works.get("count")),

@@ -16,6 +16,7 @@ from typing import Callable
 
 import psutil
 
+from .devices import Device, DeviceTable, numbered
 from .errors import InsufficientResources
 from .resources import Resources
 
@@ -24,9 +25,14 @@ log = logging.getLogger(__name__)
 
 class Register:
     def __init__(self, node_id: str, capacity: Resources, data_path: Path | None = None,
-                 on_change: Callable[[], None] | None = None):
+                 on_change: Callable[[], None] | None = None,
+                 devices: DeviceTable | list[Device] | None = None):
         self.node_id = node_id
         self.capacity = capacity
+        # The GPUs a ``gpu: N`` request takes whole devices from (numbered ones by default).
+        self.devices = DeviceTable(numbered(capacity.gpu)) if devices is None else devices
+        if not isinstance(self.devices, DeviceTable):
+            self.devices = DeviceTable(self.devices)
         self.data_path = data_path
         self.on_change = on_change or (lambda: None)
         self._allocations: dict[str, Resources] = {}
@@ -50,17 +56,37 @@ class Register:
         if workload_id in self._allocations:
             return  # idempotent: a workload holds one reservation
         self._check_fits(request)
+        self.devices.take(workload_id, request.gpu, self.node_id)  # specific free devices
         self._allocations[workload_id] = request
         self._changed()
 
-    def adopt(self, workload_id: str, request: Resources) -> None:
-        """Rebuild a reservation after a restart; never refused (the workload already runs)."""
+    def adopt(self, workload_id: str, request: Resources,
+              gpu_devices: list[str] | None = None) -> None:
+        """Rebuild a reservation after a restart, on the devices it was recorded with; never
+        refused (the workload already runs)."""
         if workload_id not in self._allocations:
+            if request.gpu or gpu_devices:
+                self.devices.hold(workload_id, gpu_devices, request.gpu)
             self._allocations[workload_id] = request
+            self._changed()
+
+    def gpu_devices(self, workload_id: str) -> list[str]:
+        """The uuids of the devices a workload holds (empty for none)."""
+        return self.devices.held_by(workload_id)
+
+    def use_devices(self, devices: list[Device]) -> None:
+        """Name this node's devices (the config's or those detected) before anything holds one."""
+        if self._allocations:
+            raise RuntimeError("devices can only be set before any allocation")
+        self.devices = DeviceTable(devices)
+        if len(devices) != self.capacity.gpu:
+            self.capacity = Resources(self.capacity.cpu, self.capacity.memory, len(devices),
+                                      self.capacity.storage)
             self._changed()
 
     def release(self, workload_id: str) -> Resources | None:
         freed = self._allocations.pop(workload_id, None)
+        self.devices.release(workload_id)
         if freed is not None:
             self._changed()
         return freed
@@ -77,6 +103,8 @@ class Register:
                            max(total.gpu - held.gpu, 0), max(total.storage - held.storage, 0))
         if not growth.is_zero():
             self._check_fits(growth)
+        if total.gpu != held.gpu:
+            self.devices.resize(workload_id, total.gpu, self.node_id)
         self._allocations[workload_id] = total
         self._changed()
 
@@ -130,4 +158,5 @@ class Register:
             "allocated": self._allocated.to_dict(),
             "available": self.available.to_dict(),
             "usage": self.usage,
+            "devices": self.devices.view(),
         }

@@ -26,6 +26,7 @@ class NodeView:
     status: str = "alive"                      # alive | lost
     available: Resources = Resources()
     capacity: Resources = Resources()
+    gpu_memory: int = 0                        # largest free GPU's memory here (or below), bytes
     labels: dict = field(default_factory=dict)
     workload_names: frozenset = frozenset()    # names of live workloads on the node
     workload_count: int = 0                    # how many live workloads (replicas share a name)
@@ -267,6 +268,10 @@ class Fits(Rule):
 
     def why_not(self, node: NodeView) -> str:
         short = self.request.shortfalls(_reach(node))
+        if self.request.gpu and any(s.startswith("gpu ") for s in short):
+            # GPUs are whole devices: the count is of free devices.
+            short = [s.replace("free <", "free device(s) <", 1) if s.startswith("gpu ") else s
+                     for s in short]
         return f"{node.node_id}: " + ("; ".join(short) if short else "rejected")
 
 

@@ -45,7 +45,8 @@ def test_seed_process_example_verbatim(agent):
 def test_resources_before_after_and_after_stop(agent):
     """The seed's quota example: 8 cores/16 GiB -> 6/14 after a 2-core/2 GiB workload -> 8/16."""
     before = agent.resources()
-    assert set(before) == {"node_id", "capacity", "allocated", "available", "usage"}
+    assert set(before) == {"node_id", "capacity", "allocated", "available", "usage",
+                           "devices"}
     for section in ("capacity", "allocated", "available", "usage"):
         assert {"cpu", "memory", "gpu", "storage"} <= set(before[section])
     assert before["available"]["cpu"] == 8 and before["available"]["memory"] == 16 * GiB

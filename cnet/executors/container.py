@@ -20,12 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from ..devices import GPU_DEVICES
 from ..errors import BadRequest, CnetError, NotFound, Unavailable
 from ..workload import Workload
 from .base import Executor, ExecutorHost
 from .container_config import validate_config
 from .container_engine import CALL_TIMEOUT, Engine, describe_exit
 from .health_probe import url_host
+from .proc import gpu_env
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -44,6 +46,7 @@ HEALTH_TIMEOUT = 0.8    # /api/health answers quickly even when the engine hangs
 RETRY_MAX = 30.0        # longest pause between attempts to re-watch a container
 MIN_MEMORY_LIMIT = 6 * 1024 * 1024  # engines refuse smaller memory limits
 POOL_SIZE = 8
+NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"   # read by the NVIDIA container runtime
 
 T = TypeVar("T")
 
@@ -159,14 +162,19 @@ class ContainerExecutor(Executor):
         config = workload.config
         command = [*config.get("command", []), *config.get("args", [])]
         ports = {inside: host for inside, host in config.get("ports", {}).items()}
-        with self.engine.translated(f"creating a container from {config['image']}"):
+        gpus = workload.runtime.get(GPU_DEVICES, [])
+        doing = f"creating a container from {config['image']}"
+        if gpus:
+            doing += f" with GPUs {', '.join(gpus)}"
+        with self.engine.translated(doing):
             container = client.containers.create(
-                config["image"], command=command or None, environment=config.get("env"),
+                config["image"], command=command or None,
+                environment={**config.get("env", {}), **_gpu_env(gpus)},
                 ports=ports or None, volumes=config.get("volumes") or None,
                 working_dir=config.get("working_dir"), detach=True, stdin_open=False, tty=False,
                 labels={LABEL_WORKLOAD: workload.id, LABEL_NODE: self.node_id,
                         LABEL_NAME: workload.name[:200]},
-                **limits)
+                device_requests=_device_requests(gpus), **limits)
         try:
             with self.engine.translated(f"starting container {container.short_id}"):
                 container.start()
@@ -385,6 +393,21 @@ class ContainerExecutor(Executor):
         self._pool.shutdown(wait=False, cancel_futures=True)
         # Closing the client breaks the watchers' pending waits; containers keep running.
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+
+
+def _gpu_env(gpus: list[str]) -> dict[str, str]:
+    """What the container sees of its GPUs: exactly its devices, for CUDA and for the NVIDIA
+    container runtime; none at all without (``void``: not even an image's ``all``)."""
+    return {**gpu_env(gpus), NVIDIA_ENV: ",".join(gpus) if gpus else "void"}
+
+
+def _device_requests(gpus: list[str]) -> list | None:
+    """``HostConfig.DeviceRequests`` giving the container its GPUs by uuid (None: no GPU)."""
+    if not gpus:
+        return None
+    from docker.types import DeviceRequest  # noqa: PLC0415 -- the SDK is imported on first use
+
+    return [DeviceRequest(driver="nvidia", device_ids=list(gpus), capabilities=[["gpu"]])]
 
 
 def _host_ports(attrs: dict) -> dict[str, int | None]:

@@ -13,15 +13,17 @@ worker) and ``spin`` (let idle intra-op threads spin; the service's default is n
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..devices import GPU_DEVICES
 from ..errors import BadRequest, Unavailable
 from ..model_cache import ModelCache, model_ref
 from ..workload import Workload
 from .base import require_str
-from .launcher import LaunchSpec
+from .launcher import LaunchSpec, ServiceStartFailed
 from .service import Service, ServiceExecutor
 from .worker_pool import pool_args, validate_pool
 
@@ -35,12 +37,18 @@ class _Backend:
 
 
 BACKENDS = {"yolo": _Backend("cnet-inference-yolo", "yolo")}
+PROVIDER_UNAVAILABLE = "gpu_provider_unavailable"   # also the service's marker in its log
+_NO_PROVIDER = ("the workload asks for a GPU but ONNX Runtime's CUDA execution provider is not "
+                "usable here; install the gpu extra (pip install cnet[gpu]) or submit with "
+                '"gpu_fallback": "cpu"')
+_GPUS = "_gpu_devices"   # the service config key the workload's devices are passed in
 NOT_YET = ("tensorflow", "pytorch")
 
 
 class MLModelExecutor(ServiceExecutor):
     type = "mlmodel"
-    options = frozenset({"model_type", "model_path", "model", "workers", "threads", "spin"})
+    options = frozenset({"model_type", "model_path", "model", "workers", "threads", "spin",
+                         "gpu_fallback"})
 
     def __init__(self, host, *, ports, models: ModelCache | None = None):
         super().__init__(host, ports=ports)
@@ -55,7 +63,7 @@ class MLModelExecutor(ServiceExecutor):
             raise BadRequest(f"config.model_type: unknown model_type {model_type!r}; expected one of "
                              f"{', '.join([*BACKENDS, *NOT_YET])}", code="unknown_model_type")
         return {"model_type": model_type.lower(), **_model(config),
-                **validate_pool(config), **_spin(config)}
+                **validate_pool(config), **_spin(config), **_gpu_fallback(config)}
 
     def check_options_here(self, config: dict) -> None:
         if "model_path" in config:
@@ -69,11 +77,30 @@ class MLModelExecutor(ServiceExecutor):
         args = ["--model", config.get("model_path", ""), *pool_args(config)]
         if "spin" in config:
             args.append("--spin" if config["spin"] else "--no-spin")
+        if config.get(_GPUS):   # filled in by _new_service
+            args += ["--device", ",".join(config[_GPUS])]
+            if config.get("gpu_fallback"):
+                args += ["--gpu-fallback", config["gpu_fallback"]]
         return LaunchSpec(backend.program, args, backend.log_prefix)
 
     # -- a model named as data: fetched into the cache at start ---------------------------
 
     async def start(self, workload: Workload) -> dict:
+        """Start the service; a GPU workload needs ONNX Runtime's CUDA provider here (a 400
+        without it, unless ``gpu_fallback`` is ``cpu``)."""
+        fallback = workload.config.get("gpu_fallback")
+        if workload.requirements.gpu and fallback != "cpu" and not cuda_provider_installed():
+            raise BadRequest(_NO_PROVIDER + " (onnxruntime-gpu is not installed on this node)",
+                             code=PROVIDER_UNAVAILABLE)
+        try:
+            return await self._start_service(workload)
+        except ServiceStartFailed as exc:
+            if PROVIDER_UNAVAILABLE in str(exc.details.get("log_tail", "")):
+                raise BadRequest(f"{_NO_PROVIDER}: {exc.reason}", code=PROVIDER_UNAVAILABLE,
+                                 details=exc.details) from None
+            raise
+
+    async def _start_service(self, workload: Workload) -> dict:
         model = workload.config.get("model")
         if model is None:
             return await super().start(workload)
@@ -98,12 +125,35 @@ class MLModelExecutor(ServiceExecutor):
         cached = self.models.path_for(workload.id) if self.models is not None else None
         if "model" in workload.config and cached is not None:
             svc.config = {**svc.config, "model_path": str(cached)}
+        if workload.runtime.get(GPU_DEVICES):
+            svc.config = {**svc.config, _GPUS: list(workload.runtime[GPU_DEVICES])}
         return svc
 
     async def remove(self, workload: Workload) -> None:
         if self.models is not None:
             self.models.release(workload.id)
         await super().remove(workload)
+
+
+def cuda_provider_installed() -> bool:
+    """Does this node's ONNX Runtime ship the CUDA execution provider (onnxruntime-gpu)?
+    Looked up on disk: the agent never imports ONNX Runtime."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(any((Path(where) / "capi").glob("*onnxruntime_providers_cuda*"))
+               for where in spec.submodule_search_locations)
+
+
+def _gpu_fallback(config: dict) -> dict:
+    """``gpu_fallback: "cpu"``: run on the CPU where the GPU's provider is not usable."""
+    value = config.get("gpu_fallback")
+    if value is None:
+        return {}
+    if value != "cpu":
+        raise BadRequest('config.gpu_fallback: must be "cpu" (or left out: fail instead)',
+                         code="invalid_field")
+    return {"gpu_fallback": value}
 
 
 def _spin(config: dict) -> dict:

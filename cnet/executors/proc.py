@@ -11,11 +11,17 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import psutil
 
 WORKLOAD_ENV = "CNET_WORKLOAD_ID"
+CUDA_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+def gpu_env(gpu_devices: Sequence[str] = ()) -> dict[str, str]:
+    """The environment that shows a workload exactly its GPUs (none: an empty list)."""
+    return {CUDA_ENV: ",".join(gpu_devices)}
 
 
 def start_time_of(pid: int) -> float | None:
@@ -57,12 +63,14 @@ class ProcessHandle:
 
     @classmethod
     def spawn(cls, argv: list[str], *, env: dict[str, str], cwd: str | None,
-              log_path: Path) -> "ProcessHandle":
-        """Start ``argv`` (no shell) in a new session with stdout+stderr appended to ``log_path``.
+              log_path: Path, gpu_devices: Sequence[str] = ()) -> "ProcessHandle":
+        """Start ``argv`` (no shell) in a new session with stdout+stderr appended to ``log_path``,
+        seeing exactly the GPUs ``gpu_devices`` (uuids; none by default).
 
         Raises OSError (FileNotFoundError, PermissionError, ...) if it cannot start.
         """
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**env, **gpu_env(gpu_devices)}
         with open(log_path, "ab", buffering=0) as log:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=cwd, env=env,

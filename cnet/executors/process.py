@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..devices import GPU_DEVICES
 from ..errors import BadRequest
 from ..workload import Workload
 from . import logfile
@@ -80,7 +81,8 @@ class ProcessExecutor(Executor):
         log_path = self.log_dir / f"{workload.id}.log"
         try:
             handle = ProcessHandle.spawn([argv0, *config.get("args", [])], env=env,
-                                         cwd=config.get("working_dir"), log_path=log_path)
+                                         cwd=config.get("working_dir"), log_path=log_path,
+                                         gpu_devices=workload.runtime.get(GPU_DEVICES, []))
         except PermissionError:
             raise BadRequest(f"config.command: {config['command']}: permission denied",
                              code="command_not_executable") from None

@@ -83,6 +83,12 @@ def add_onnxruntime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spin", action=argparse.BooleanOptionalAction, default=False,
                         help="let idle ONNX Runtime intra-op threads spin: lower latency, busy "
                              "idle cores (default: --no-spin)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), or the GPUs to run on (uuids or indices, comma "
+                             "separated): the CUDA execution provider on the first of them")
+    parser.add_argument("--gpu-fallback", choices=["cpu"], default=None,
+                        help="with --device: run on the CPU when the CUDA provider is not "
+                             "usable (default: fail to start)")
 
 
 def config_from_args(program: str, model_type: str, model: str,

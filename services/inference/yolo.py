@@ -164,13 +164,42 @@ def nms_class_aware(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray
     return np.asarray(keep, dtype=np.int64)
 
 
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_UNAVAILABLE = "gpu_provider_unavailable"   # the marker the agent turns into a 400
+
+
+class ProviderUnavailable(RuntimeError):
+    """A GPU was asked for, ONNX Runtime cannot run on it, and no CPU fallback was allowed."""
+
+
+def session_providers(device: str, gpu_fallback: str | None,
+                      available: list[str]) -> list[Any]:
+    """The providers to ask ONNX Runtime for: the CPU for ``device="cpu"``; for ``"cuda"`` the
+    CUDA provider on the first visible device (CUDA_VISIBLE_DEVICES names the workload's), or
+    the CPU where ``gpu_fallback`` is ``"cpu"``; else ProviderUnavailable."""
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [(CUDA, {"device_id": 0}), CPU]
+    if gpu_fallback == "cpu":
+        log.warning("the CUDA execution provider is not available (%s); running on the CPU",
+                    ", ".join(available))
+        return [CPU]
+    raise ProviderUnavailable(
+        f"{PROVIDER_UNAVAILABLE}: this ONNX Runtime has no {CUDA} (available: "
+        f"{', '.join(available)}); install onnxruntime-gpu (pip install cnet[gpu]) or submit "
+        "with gpu_fallback: cpu")
+
+
 class YoloDetector:
     """One ONNX Runtime session and the pre/post-processing that matches its layout."""
 
     kind = "yolo"
 
     def __init__(self, model: str, threads: int = 1, layout: str | None = None,
-                 spin: bool = False) -> None:
+                 spin: bool = False, device: str = "cpu",
+                 gpu_fallback: str | None = None) -> None:
         if not os.path.isfile(model):
             raise FileNotFoundError(f"model file not found: {model}")
         if layout is not None and layout not in LAYOUTS:
@@ -186,11 +215,25 @@ class YoloDetector:
         # ORT's own default is to spin; ours is not to: K workers (and the shim) share the cores.
         # Spinning trades idle CPU for a little latency on a host the service has to itself.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        providers = session_providers(device, gpu_fallback, ort.get_available_providers())
+        if providers[0] != CPU and hasattr(ort, "preload_dlls"):
+            try:   # CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn])
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 -- system libraries may still do
+                log.warning("preloading the CUDA libraries failed: %s", exc)
         try:
-            self.session = ort.InferenceSession(model, sess_options=options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ValueError(f"cannot load ONNX model {model}: {exc}") from exc
+        # ORT falls back to the CPU by itself when the CUDA provider fails to load (no driver,
+        # no cuDNN): the providers in use are what the session says.
+        self.provider = self.session.get_providers()[0]
+        if device != "cpu" and self.provider != CUDA and gpu_fallback != "cpu":
+            raise ProviderUnavailable(
+                f"{PROVIDER_UNAVAILABLE}: {CUDA} failed to load on "
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} (the session "
+                f"runs on {self.provider}); check the driver and CUDA/cuDNN libraries, or submit "
+                "with gpu_fallback: cpu")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ValueError(f"expected one image input, got {len(inputs)} inputs")
@@ -232,6 +275,8 @@ class YoloDetector:
             "class_names": self.names,
             "threads": self.threads,
             "spin": self.spin,
+            "provider": self.provider,
+            "gpu_devices": _visible_gpus() if self.provider == CUDA else [],
         }
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, BoxMapping]:
@@ -295,3 +340,7 @@ class YoloDetector:
             }
             for box, s, c in zip(boxes, scores[keep], class_ids[keep])
         ]
+
+
+def _visible_gpus() -> list[str]:
+    return [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]

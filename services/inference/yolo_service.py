@@ -30,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROGRAM}: error: model file not found: {args.model}", file=sys.stderr)
         return 2
     config = config_from_args(PROGRAM, "yolo", args.model, args)
-    spec = WorkerSpec("yolo", {"model": model, "threads": config.threads, "layout": args.layout,
-                               "spin": args.spin})
+    options = {"model": model, "threads": config.threads, "layout": args.layout, "spin": args.spin}
+    env = {}
+    if args.device != "cpu":
+        # The workers see exactly these GPUs; their CUDA device 0 is the first.
+        env["CUDA_VISIBLE_DEVICES"] = args.device
+        options.update(device="cuda", gpu_fallback=args.gpu_fallback)
+    spec = WorkerSpec("yolo", options, env)
     return run(config, spec)
 
 

@@ -59,7 +59,28 @@ export function renderResources(container, node) {
   const legend = h('p', {class: 'legend'},
     h('span', {class: 'key'}, 'allocated to workloads'),
     h('span', {class: 'key key-used'}, 'measured use'));
-  replace(container, ...rows, legend);
+  replace(container, ...rows, deviceList(node), legend);
+}
+
+/** The node's GPUs: each device, the workload holding it, NVML's measured use (if any). */
+export function deviceList(node) {
+  const devices = Array.isArray(node.devices) ? node.devices : [];
+  if (!devices.length) return null;
+  return h('ul', {class: 'devices', 'aria-label': `GPUs of ${node.node_id || ''}`},
+    devices.map((d) => {
+      const measured = [
+        typeof d.utilization === 'number' ? `${d.utilization}% busy` : null,
+        typeof d.memory_used === 'number' && num(d.memory) > 0
+          ? `${fmt.bytes(d.memory_used)} / ${fmt.bytes(d.memory)}`
+          : (num(d.memory) > 0 ? fmt.bytes(d.memory) : null),
+      ].filter(Boolean).join(' · ');
+      return h('li', {class: `device${d.holder ? ' device-held' : ''}`,
+        dataset: {uuid: String(d.uuid ?? ''), holder: String(d.holder ?? '')}},
+      h('span', {class: 'device-name'}, `GPU ${d.index ?? '?'} ${d.name || ''}`.trim()),
+      h('span', {class: 'device-uuid', title: String(d.uuid ?? '')}, String(d.uuid ?? '')),
+      h('span', {class: 'device-holder'}, d.holder ? `held by ${d.holder}` : 'free'),
+      measured ? h('span', {class: 'device-use'}, measured) : null);
+    }));
 }
 
 /** One combined bar per kind (neighbour cards): allocated fill with a usage tick. */
@@ -112,7 +133,8 @@ function nodeCard(node, role, fetchedAt) {
     ageLabel(node.last_seen, fetchedAt),
     node.address ? safeLink(node.address) : null,
     subtreeText(node.subtree)),
-  node.capacity ? compactResources(node) : null);
+  node.capacity ? compactResources(node) : null,
+  deviceList(node));
 }
 
 /** A short text of a child's subtree summary, whatever fields it carries. */
