@@ -348,9 +348,27 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
         try:
             check_token(self.web.token, _bearer(self.request) or self.get_query_argument("token", ""))
         except CnetError as exc:
-            self.set_status(exc.status)
-            self.set_header("Content-Type", "application/json; charset=utf-8")
-            self.finish(json.dumps({"error": exc.to_dict()}))
+            self._json_error(exc.status, exc.to_dict())
+
+    async def get(self, *args, **kwargs):
+        headers = self.request.headers
+        connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
+        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            self._json_error(400, {"code": "bad_request", "message": "this is a WebSocket "
+                                   "stream: connect with Upgrade: websocket"})
+            return
+        await super().get(*args, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self._json_error(status_code, {"code": _CODES.get(status_code, "http_error"),
+                                       "message": message})
+
+    def _json_error(self, status: int, error: dict) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": error}))
 
     def check_origin(self, origin: str) -> bool:
         return True  # the token, not the origin, guards the stream

@@ -22,7 +22,7 @@ FROM = "_from"
 # The seed's workload types, each run by the executor of that name.
 TYPES = ("process", "container", "mlmodel", "opencv", "data", "datagateway")
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")   # \Z: "$" would let a final "\n" in
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SPEC_FIELDS = frozenset({"id", "name", "type", "config", "requirements", "placement", "labels"})
 

@@ -98,9 +98,6 @@ def test_undocumented_methods_are_405_errors(make_agent):
             assert resp.json()["error"]["code"] == "method_not_allowed"
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: /api/events answers a plain GET (no WebSocket "
-                   "upgrade) and other methods with Tornado's own text/html 400 and 405, not our "
-                   "JSON error")
 def test_the_event_stream_answers_plain_http_with_json_errors(make_agent):
     agent = make_agent()
     for method, status in (("GET", 400), ("POST", 405), ("DELETE", 405)):
@@ -143,33 +140,15 @@ FORBIDDEN = {
         "name": "m", "type": "mlmodel", "config": {
             "model_type": "yolo", "model_path": "/m.onnx", "model": {"data_key": "k", "path": "m"}}},
 }
-# Agent bugs, each a 400 due that is not one yet (a strict xfail: fixed, it says so). The fuzz
-# run below leaves these inputs out (see _known_bug) until they are fixed.
-AGENT_BUGS = {
-    "a null gateway bucket (500: check_bucket_name(None))":
+# Bugs this document's fuzzing found (500s, or a 201 for a bad id): each is a 400 now.
+FIXED_BUGS = {
+    "a null gateway bucket (was a 500: check_bucket_name(None))":
         {"name": "g", "type": "datagateway", "config": {"bucket": None}},
-    "an id with a trailing newline (201: ID_RE's $ matches before a final newline)":
+    "an id with a trailing newline (was a 201: ID_RE's $ matched before a final newline)":
         {"name": "p", "type": "process", "id": "abc\n", "config": {"command": "true"}},
-    "a service_host IDNA cannot encode (500: getaddrinfo's UnicodeError in port_problem)":
+    "a service_host IDNA cannot encode (was a 500: getaddrinfo's UnicodeError)":
         {"name": "o", "type": "opencv", "config": {"service_host": "a..b"}},
 }
-
-
-def _known_bug(body) -> str | None:
-    """Which of AGENT_BUGS a generated submission would run into, if any."""
-    body = body if isinstance(body, dict) else {}
-    config = body.get("config") if isinstance(body.get("config"), dict) else {}
-    if "bucket" in config and config["bucket"] is None:
-        return "null bucket"
-    if isinstance(body.get("id"), str) and body["id"].endswith("\n"):
-        return "id with a trailing newline"
-    host = config.get("service_host")
-    if isinstance(host, str):
-        try:
-            host.encode("idna")
-        except UnicodeError:
-            return "service_host IDNA cannot encode"
-    return None
 
 
 def _refused(agent, body: dict) -> None:
@@ -187,11 +166,9 @@ def test_what_the_document_forbids_is_refused(make_agent):
         _refused(agent, body)
 
 
-@pytest.mark.xfail(strict=True, reason="agent bugs: see AGENT_BUGS")
-@pytest.mark.parametrize("what", list(AGENT_BUGS))
-def test_known_agent_bugs(make_agent, what):
-    assert _known_bug(AGENT_BUGS[what])
-    _refused(make_agent(), AGENT_BUGS[what])
+@pytest.mark.parametrize("what", list(FIXED_BUGS))
+def test_bugs_the_fuzzing_found_stay_fixed(make_agent, what):
+    _refused(make_agent(), FIXED_BUGS[what])
 
 
 # -- a live agent, driven from the document -------------------------------------------------
@@ -222,10 +199,6 @@ class Recorder:
 
     def send(self, case) -> requests.Response | None:
         label = case.operation.label
-        bug = _known_bug(case.body) if label == "POST /api/workloads" else None
-        if bug is not None:
-            self._count(label, f"left out: {bug}")
-            return None
         self._own_port(case.body)
         before = self.ids() if case.method != "GET" else None
         try:

@@ -52,9 +52,11 @@ MAX_SECRET_CHARS = 1024
 MAX_OWNER_CHARS = 256
 
 
-def check_bucket_name(name: str) -> str:
+def check_bucket_name(name: str | None) -> str:
     """S3's bucket naming rules (general purpose buckets); raise BadRequest naming the rule."""
     where = "config.bucket"
+    if not isinstance(name, str):
+        raise BadRequest(f"{where}: must be a bucket name (a string)", code="invalid_field")
     if not _BUCKET_RE.match(name):
         raise BadRequest(f"{where}: {name!r} is not a valid S3 bucket name (3-63 characters: "
                          "lowercase letters, digits, '.' and '-', starting and ending with a "

@@ -53,6 +53,8 @@ def port_problem(host: str, port: int) -> OSError | None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host} ({exc.strerror})")
+    except UnicodeError:            # a name IDNA cannot encode ("a..b", stray bytes)
+        return OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r} (not a valid host name)")
     for family, kind, proto, _name, sockaddr in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

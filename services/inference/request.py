@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tornado.httputil import HTTPFile, parse_body_arguments
+from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from services.inference.protocol import PredictParams
 
@@ -95,7 +95,10 @@ def _from_json(body: bytes) -> PredictRequest:
 def _from_multipart(content_type: str, body: bytes, query: dict[str, str]) -> PredictRequest:
     fields: dict[str, list[bytes]] = {}
     files: dict[str, list[HTTPFile]] = {}
-    parse_body_arguments(content_type, body, fields, files)
+    try:
+        parse_body_arguments(content_type, body, fields, files)
+    except HTTPInputError as exc:
+        raise _bad("invalid_multipart", f"malformed multipart body: {exc}") from None
     if "image" in files:
         image = files["image"][0].body
     elif "image" in fields:  # a text field: base64

@@ -85,9 +85,6 @@ def test_deeply_nested_json_is_a_json_error(service, photos, data):
 
 
 JSON = "application/json"
-MULTIPART_BUG = pytest.mark.xfail(strict=True, reason="shim bug: a malformed multipart body is a "
-                                  "500 (request.py's _from_multipart does not catch "
-                                  "tornado.httputil.HTTPInputError)")
 _PARTS = (b'--b\r\nContent-Disposition: form-data; name=""\r\n\r\nx\r\n'
           b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
           b'\x89PNG\r\n--b--\r\n')
@@ -145,7 +142,6 @@ def test_hostile_bodies_are_json_errors(service, photos, what):
     _hostile(service, photos, *HOSTILE_BODIES[what])
 
 
-@MULTIPART_BUG
 @pytest.mark.parametrize("what", list(HOSTILE_MULTIPART))
 def test_hostile_multipart_bodies_are_json_errors(service, photos, what):
     _hostile(service, photos, *HOSTILE_MULTIPART[what], 400, None)
