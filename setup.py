@@ -7,6 +7,7 @@ setup(
     description="Distributed agent for resource management and workload scheduling",
     python_requires=">=3.11",
     packages=find_packages(include=["cnet", "cnet.*", "bus", "bus.*", "services", "services.*"]),
+    package_data={"cnet": ["openapi.json"], "services.inference": ["openapi.json"]},
     install_requires=[
         "pyzmq>=25",
         "msgpack>=1.0",
@@ -33,6 +34,7 @@ setup(
             "onnx>=1.16",                     # tests build small YOLO graphs of known output
             "openapi-spec-validator>=0.7",    # the REST API's OpenAPI document is valid
             "schemathesis>=4,<5",             # and a live agent answers as it says
+            "jsonschema-rs>=0.20",            # JSON Schema's own regex rules, for those checks
             "hypothesis>=6",
         ],
         # GPUs: ONNX Runtime's CUDA provider (it replaces the CPU-only onnxruntime package:
