@@ -57,6 +57,7 @@ class LaunchSpec:
     program: str          # console script name, e.g. "cnet-inference-yolo"
     args: list[str]       # arguments before --port/--host
     log_prefix: str       # "yolo" -> yolo_service_<port>.log
+    gpu_devices: tuple[str, ...] = ()   # the GPUs (uuids) the service process may see
 
 
 def find_program(name: str) -> str | None:
@@ -84,7 +85,8 @@ async def launch(spec: LaunchSpec, svc: "Where", cfg: "ServiceConfig") -> Proces
                 f"starts {' '.join(argv)}\n")
     env = {**os.environ, WORKLOAD_ENV: svc.workload_id, "PYTHONUNBUFFERED": "1"}
     try:
-        handle = ProcessHandle.spawn(argv, env=env, cwd=None, log_path=svc.log_path)
+        handle = ProcessHandle.spawn(argv, env=env, cwd=None, log_path=svc.log_path,
+                                     gpu_devices=spec.gpu_devices)
     except OSError as exc:
         raise ServiceStartFailed(f"{program}: cannot start ({exc.strerror or exc})",
                                  svc.log_path, "") from None

@@ -81,7 +81,8 @@ class MLModelExecutor(ServiceExecutor):
             args += ["--device", ",".join(config[_GPUS])]
             if config.get("gpu_fallback"):
                 args += ["--gpu-fallback", config["gpu_fallback"]]
-        return LaunchSpec(backend.program, args, backend.log_prefix)
+        return LaunchSpec(backend.program, args, backend.log_prefix,
+                          gpu_devices=tuple(config.get(_GPUS) or ()))
 
     # -- a model named as data: fetched into the cache at start ---------------------------
 

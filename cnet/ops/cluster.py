@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Health", "Nodes", "ResourcesOp"]
 
-_VECTORS = ("capacity", "allocated", "available", "usage")
+_VECTORS = ("capacity", "allocated", "available", "usage", "devices")
 
 
 @dataclass(frozen=True)
