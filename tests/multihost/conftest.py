@@ -68,3 +68,12 @@ def pytest_runtest_makereport(item, call):
     bed = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(bed, Cluster):
         report.sections.append(("agent output", bed.logs()))
+
+
+def side_root(tag: str) -> Path:
+    """Where a side cluster of this run (``machines.SideCluster``) keeps its files; skips
+    where the bed cannot run."""
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    return Path(os.environ.get("CNET_MULTIHOST_DIR", "/var/tmp")) / f"{netns.PREFIX}{os.getpid()}-{tag}"

@@ -210,3 +210,24 @@ class Cluster:
                 machine.proc.wait(timeout=10)
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def private_tmp(machine: Machine) -> Path:
+    """``machine``'s private ``/tmp`` seen from the host (through its agent's mount namespace):
+    a file written here exists on that machine only. The agent must be running."""
+    if machine.proc is None or machine.proc.poll() is not None:
+        raise RuntimeError(f"agent {machine.node_id} is not running: its /tmp is gone")
+    return Path(f"/proc/{machine.proc.pid}/root/tmp")
+
+
+class SideCluster(Cluster):
+    """A second, short-lived cluster beside the session's bed, on namespaces of its own
+    (``<run>-<tag>-*``: swept with the run's when stale, and removed by its own teardown
+    without touching the bed's); its own bridge, client and 10.77.0.0/24, isolated from the
+    bed's by the namespaces."""
+
+    def __init__(self, root: Path, topology: dict[str, dict], tag: str, **kwargs):
+        super().__init__(root, topology, **kwargs)
+        self.net.run_id = f"{self.net.run_id}-{tag}"
+        self.net.bridge_ns = f"{self.net.run_id}-bridge"
+        self.client = NamespaceClient(self.net.ns_name("client"), root / "client.err")
