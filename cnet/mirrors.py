@@ -11,6 +11,7 @@ the dashboard and the bus show them like any other workload.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["NEVER_STARTED", "MirrorBook", "is_newer"]
+
+log = logging.getLogger(__name__)
 
 # Keys of Workload.to_dict() that are fields, not runtime facts.
 _WORKLOAD_FIELDS = frozenset({
@@ -39,6 +42,7 @@ class MirrorBook:
         self.hub = hub
         self.records: dict[str, Workload] = {}
         self._expected: set[str] = set()              # ids being placed on a neighbour now
+        self._abandoned: dict[str, str] = {}          # id -> neighbour: lost in flight there
         self._early: dict[str, tuple[dict, str | None]] = {}   # id -> (newest report, via)
 
     def load(self, records: list[Workload]) -> None:
@@ -61,6 +65,12 @@ class MirrorBook:
     def expect(self, workload_id: str) -> None:
         """Its placement on a neighbour starts: keep reports about it until it is added."""
         self._expected.add(workload_id)
+
+    def abandon(self, workload_id: str | None, via: str) -> None:
+        """Its delegation through ``via`` was lost in flight: it may still start over there.
+        A report of it through ``via`` later adds it as a mirror (it is listed, not unseen)."""
+        if workload_id and len(self._abandoned) < MAX_EARLY:
+            self._abandoned[workload_id] = via
 
     def settled(self, workload_id: str) -> None:
         """Its placement ended (added as a mirror, or not placed at all)."""
@@ -94,6 +104,15 @@ class MirrorBook:
         ``via`` is given); None if it is not a mirror of ours."""
         workload_id = remote.get("id", "")
         wl = self.records.get(workload_id)
+        if wl is None and via is not None and self._abandoned.get(workload_id) == via:
+            del self._abandoned[workload_id]
+            try:
+                wl = self.add(remote, via)
+            except (KeyError, TypeError, ValueError):
+                return None
+            log.warning("workload %s runs on %s although its delegation was lost in flight; "
+                        "it is listed here now", workload_id, wl.node_id)
+            return wl
         if wl is None:
             self._keep_early(workload_id, remote, via)
             return None

@@ -27,10 +27,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from .errors import BadRequest, CnetError, InsufficientResources
-from .executors.data import _DATA_KEY_RE, fsync_dir
+from .data_locator import ModelRef, find, read_chunk
+from .errors import CnetError, InsufficientResources
+from .executors.data import fsync_dir
 from .resources import Resources
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .register import Register
     from .remote import NeighbourPort
 
-__all__ = ["CACHE_ALLOCATION", "CHUNK", "Entry", "ModelCache", "ModelRef", "model_ref"]
+__all__ = ["CACHE_ALLOCATION", "CHUNK", "Entry", "ModelCache"]
 
 log = logging.getLogger(__name__)
 
@@ -47,42 +48,6 @@ CHUNK = 1 << 20                     # bytes per fetch answer: well within the bu
 WINDOW = 4                          # chunks asked for ahead of the one being written
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL = ".partial-"
-MAX_PATH = 1024
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A file of a data upload: ``<data_key>/<path>`` in the tree's stores."""
-
-    data_key: str
-    path: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.data_key}/{self.path}"
-
-    def args(self) -> dict[str, str]:
-        return {"data_key": self.data_key, "path": self.path}
-
-
-def model_ref(value: Any, where: str = "config.model") -> ModelRef:
-    """``{"data_key": K, "path": P}`` checked (a data key; a relative path with no ``.`` or
-    ``..`` parts), or BadRequest naming what is wrong."""
-    if not isinstance(value, Mapping):
-        raise BadRequest(f"{where}: an object {{data_key, path}}", code="invalid_field")
-    unknown = sorted(set(value) - {"data_key", "path"})
-    if unknown:
-        raise BadRequest(f"{where}: unknown field(s) {', '.join(map(str, unknown))}",
-                         code="invalid_field")
-    key, path = value.get("data_key"), value.get("path")
-    if not isinstance(key, str) or not _DATA_KEY_RE.match(key):
-        raise BadRequest(f"{where}.data_key: the data key of a data upload (lower-case letters, "
-                         f"digits, '.', '_' and '-')", code="invalid_field")
-    if (not isinstance(path, str) or not path or len(path) > MAX_PATH or "\x00" in path
-            or "\\" in path or any(part in ("", ".", "..") for part in path.split("/"))):
-        raise BadRequest(f"{where}.path: a file's relative path inside the upload, without "
-                         f"'.' or '..' parts", code="invalid_field")
-    return ModelRef(key, path)
 
 
 @dataclass(frozen=True)
@@ -158,7 +123,6 @@ class ModelCache:
     # -- entries -------------------------------------------------------------------------
 
     async def _find(self, ref: ModelRef) -> tuple[list[str], int, str]:
-        from .ops.data import find  # the ops import this module
         found = await find(self.manager, self.port, ref, hops=0, visited=())
         size, sha256, route = found["size"], found["sha256"], found["route"]
         if (not isinstance(size, int) or isinstance(size, bool) or size < 0
@@ -253,7 +217,6 @@ class ModelCache:
                  ref.key, size, sha256[:12], route[-1], elapsed, size / elapsed / 1e6)
 
     async def _chunk(self, ref: ModelRef, route: list[str], offset: int) -> dict:
-        from .ops.data import read_chunk
         if len(route) == 1:                       # stored on this node
             return await read_chunk(self.manager, ref, offset, CHUNK)
         return await self.port.ask(route[1], "fetch", {**ref.args(), "offset": offset,

@@ -180,7 +180,9 @@ class Placer:
                     raise _NoAnswer(node_id) from None
             except LostInFlight as exc:
                 # It went out, so it may have arrived: not another node, and no guess either.
-                # If it did start there, the reconcile when the node is back lists it here.
+                # If it did start there, it is listed here once the node is back (its report
+                # or the reconcile at the next join adds the mirror).
+                self.mirrors.abandon(spec.get("id"), node_id)
                 raise Unavailable(f"{exc.message} (placing workload {spec.get('id')}); if it "
                                   f"started there it will be listed here once {node_id} is back",
                                   code="node_lost", details={"node_id": node_id}) from None
@@ -190,6 +192,11 @@ class Placer:
                 tried.append(f"{node_id}: {exc.message}")
                 return None
             except RemoteError as exc:
+                if exc.code == "node_lost":
+                    # Lost further on, in flight: it may still start there, reached through
+                    # ``node_id``; the same answer, and its report through node_id is taken.
+                    self.mirrors.abandon(spec.get("id"), node_id)
+                    raise remote_error(exc) from None
                 if exc.code == "insufficient_resources":
                     tried.extend(exc.details.get("reasons") or [f"{node_id}: {exc.message}"])
                     return None

@@ -14,7 +14,8 @@ import requests
 
 from cnet import model_cache
 from cnet.errors import BadRequest, CnetError, InsufficientResources
-from cnet.model_cache import CACHE_ALLOCATION, ModelRef
+from cnet.data_locator import ModelRef
+from cnet.model_cache import CACHE_ALLOCATION
 from cnet.ops import Stop, Submit
 from cnet.ops import data as data_ops
 

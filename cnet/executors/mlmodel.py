@@ -18,9 +18,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data_locator import model_ref
 from ..devices import GPU_DEVICES
 from ..errors import BadRequest, Unavailable
-from ..model_cache import ModelCache, model_ref
+from ..model_cache import ModelCache
 from ..workload import Workload
 from .base import require_str
 from .launcher import LaunchSpec, ServiceStartFailed

@@ -16,26 +16,21 @@ the hop limit.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import BadRequest, CnetError, NotFound
-from ..executors.data import DataLayout
-from ..model_cache import CHUNK, ModelRef, model_ref
+from ..data_locator import ModelRef, find, model_ref, read_chunk
+from ..errors import BadRequest
+from ..model_cache import CHUNK
 from ..placement import HOP_LIMIT
 from ..workload import ID_RE
 from .base import Caller, Operation, whole_number
 
 if TYPE_CHECKING:
-    from ..manager import Manager
     from ..node import Node
-    from ..remote import NeighbourPort
 
-__all__ = ["Fetch", "Locate", "find", "read_chunk", "stored_file"]
+__all__ = ["Fetch", "Locate"]
 
 log = logging.getLogger(__name__)
 
@@ -98,73 +93,3 @@ class Fetch(Operation):
         onward = {**self.args(), "route": list(self.route[1:])}
         return await node.port.ask(self.route[0], self.name, onward, hops=caller.hops + 1,
                                    visited=(*caller.visited, node.node_id))
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    path: Path
-    size: int
-    sha256: str
-
-
-def stored_file(manager: "Manager", ref: ModelRef) -> StoredFile | None:
-    """The file ``ref`` names in this node's store, from its ``data_objects`` row, or None."""
-    row = manager.store.db.execute_sql("SELECT size, sha256 FROM data_objects WHERE key = ?",
-                                       (ref.key,)).fetchone()
-    if row is None:
-        return None
-    root = DataLayout(manager.config.data_path).final_dir(ref.data_key)
-    return StoredFile(root / ref.path, int(row[0]), str(row[1]))
-
-
-async def read_chunk(manager: "Manager", ref: ModelRef, offset: int, length: int) -> dict[str, Any]:
-    """``length`` bytes (or fewer, at the end) at ``offset`` of a file stored here."""
-    found = stored_file(manager, ref)
-    if found is None:
-        raise NotFound(f"{manager.node_id}: no data {ref.key} stored here", code="data_not_found")
-    if offset >= found.size and not (offset == 0 and found.size == 0):
-        raise BadRequest(f"offset: {offset} is past the end of {ref.key} ({found.size} bytes)",
-                         code="invalid_argument")
-    try:
-        data = await asyncio.to_thread(_read, found.path, offset, min(length, found.size - offset))
-    except OSError as exc:
-        raise CnetError(f"{manager.node_id}: cannot read {ref.key} ({exc.strerror or exc})",
-                        code="storage_error", status=500) from None
-    return {"size": found.size, "sha256": found.sha256, "offset": offset, "data": data}
-
-
-def _read(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        return os.pread(f.fileno(), length, offset)
-
-
-async def find(manager: "Manager", port: "NeighbourPort", ref: ModelRef, *, hops: int,
-               visited: tuple[str, ...]) -> dict[str, Any]:
-    """Where ``ref`` is stored, seen from this node: ``{"route": [this node, ..., holder],
-    "size", "sha256"}``, or NotFound (``data_not_found``)."""
-    me = manager.node_id
-    here = stored_file(manager, ref)
-    if here is not None:
-        return {"route": [me], "size": here.size, "sha256": here.sha256}
-    visited = (*visited, me)
-    asked = [n.node_id for n in port.neighbours()
-             if n.status == "alive" and n.node_id not in visited]
-    if hops + 1 > HOP_LIMIT or not asked:
-        raise NotFound(f"data {ref.key} is not stored on {me} or any node it can ask",
-                       code="data_not_found")
-    answers = await asyncio.gather(*(port.ask(n, "locate", ref.args(), hops=hops + 1,
-                                              visited=visited) for n in asked),
-                                   return_exceptions=True)
-    best: dict[str, Any] | None = None
-    for node_id, answer in zip(asked, answers):
-        if isinstance(answer, BaseException):
-            if not (isinstance(answer, CnetError) and answer.code == "data_not_found"):
-                log.info("locating %s: %s did not answer (%s)", ref.key, node_id, answer)
-            continue
-        route = answer.get("route") if isinstance(answer, dict) else None
-        if isinstance(route, list) and route and (best is None or len(route) < len(best["route"])):
-            best = answer
-    if best is None:
-        raise NotFound(f"data {ref.key} is not stored on any node reachable from {me}",
-                       code="data_not_found")
-    return {**best, "route": [me, *best["route"]]}

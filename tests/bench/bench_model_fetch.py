@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cnet.model_cache import ModelRef  # noqa: E402
+from cnet.data_locator import ModelRef  # noqa: E402
 from tests.bench.bench_upload import post_file  # noqa: E402
 from tests.harness import AgentProcess, link_cluster, wait_linked  # noqa: E402
 from tests.inprocess import running  # noqa: E402

@@ -159,17 +159,8 @@ def test_submits_before_into_and_after_a_cut_are_placed_or_refused_in_time(clust
         if there is not None and there["status"] in LIVE:
             return _same(here, there)
         return here is None or here["status"] not in LIVE
-    try:
-        wait_for(settled, timeout=3, interval=0.05, message="the submit into the cut settled")
-    except TimeoutError:
-        there, here = seen["there"], seen["here"]
-        if here is None and there["origin"] == root.node_id:
-            holders = [o.node_id for o in others if during["id"] in _listed(o)]
-            pytest.xfail(f"known bug: {CUT} runs {during['id']} (origin {root.node_id}, started "
-                         f"{there['started_at'] - time.time():+.1f} s from now) that "
-                         f"{root.node_id} answered {reply.status_code} and does not list; "
-                         f"mirrored instead at {holders}")
-        raise AssertionError(f"the submit into the cut did not settle: {seen}") from None
+    wait_for(settled, timeout=3, interval=0.05,
+             message=f"the submit into the cut to be listed at {root.node_id} if it runs ({seen})")
     print(f"into the cut, after the heal: on {CUT}: {seen['there']}")
     _no_ghosts(root, city)
 
