@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from cnet import model_cache
-from cnet.errors import BadRequest, CnetError, InsufficientResources
 from cnet.data_locator import ModelRef
+from cnet.errors import BadRequest, CnetError, InsufficientResources
 from cnet.model_cache import CACHE_ALLOCATION
 from cnet.ops import Stop, Submit
 from cnet.ops import data as data_ops
