@@ -69,6 +69,7 @@ __all__ = ["BusNode"]
 log = logging.getLogger("bus.node")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
+_TICK_SLACK = 0.001   # seconds the tick sleeps past a deadline
 
 
 def _why(err: ProtocolError) -> str:
@@ -324,10 +325,15 @@ class BusNode:
         """One round of timers: heartbeats when due, link liveness, neighbour expiry."""
         now = self._clock()
         if now >= self._next_beat:
-            self._next_beat = now + self.interval
+            # Beats fall on whole multiples of the interval on the clock, so nodes that share
+            # one (those on one host) beat together: what an idle node sends and is sent then
+            # comes in one burst each interval, one wake-up rather than one per neighbour.
+            self._next_beat = (now // self.interval + 1) * self.interval
+            if self._next_beat <= now:
+                self._next_beat += self.interval
             joined = [link for link in self._links if link.joined]
             if joined:
-                beat = self._heartbeat()
+                beat = self._heartbeat(fresh=True)
                 for link in joined:
                     link.send(beat)
         for link in self._links:
@@ -338,22 +344,53 @@ class BusNode:
             self._fire(state)
 
     async def _tick_loop(self) -> None:
-        period = min(self.interval / 4, 0.25)
         while True:
             try:
                 self.tick()
             except Exception:
                 log.exception("bus tick failed")
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._until_due())
+
+    def _until_due(self) -> float:
+        """Seconds until the tick has work: the next heartbeat, or the moment a neighbour or a
+        joined link will have been silent too long; never more than one interval. So an idle
+        node wakes once a heartbeat, and a silent neighbour is marked lost on time."""
+        now = self._clock()
+        due = self._next_beat
+        for state in self._neighbours.all():
+            if state.status != LOST:
+                expires = state.last_seen + self.misses * state.interval
+                if now < expires < due:
+                    due = expires
+        window = self.misses * self.interval
+        for link in self._links:
+            if link.joined and now < link.last_heard + window < due:
+                due = link.last_heard + window
+        # Just past it: "silent for more than the window" then holds, and a timer that fires a
+        # hair early costs no second wake-up.
+        return min(self.interval, max(due - now, 0.0) + _TICK_SLACK)
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def _heartbeat(self) -> Heartbeat:
-        return Heartbeat(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(),
-                         snapshot=self._snapshot(), sent_at=time.time(),
-                         summary=self._summary() if self._summary else None)
+    _beat: Heartbeat | None = None    # the last heartbeat built, and when (on the clock)
+    _beat_at = float("-inf")
+
+    def _heartbeat(self, fresh: bool = False) -> Heartbeat:
+        """This node's heartbeat. The tick builds a fresh one; an answer to a neighbour's beat
+        sends the last one again (the same seq) while it is younger than an interval and
+        nothing was published since: no rebuild per neighbour, and a neighbour that already
+        took that snapshot just counts the beat as a sign of life."""
+        now = self._clock()
+        beat = self._beat
+        if fresh or beat is None or beat.seq != self._seq or not 0 <= now - self._beat_at < self.interval:
+            beat = self._beat = Heartbeat(node_id=self.node_id, epoch=self.epoch,
+                                          seq=self._next_seq(), snapshot=self._snapshot(),
+                                          sent_at=time.time(),
+                                          summary=self._summary() if self._summary else None)
+            self._beat_at = now
+        return beat
 
     def _hello(self, kind: str) -> Hello:
         return Hello(node_id=self.node_id, role="child" if kind == "parent" else "peer",
