@@ -15,7 +15,6 @@ from typing import Callable
 
 import tornado.httpserver
 import tornado.netutil
-from tornado.ioloop import PeriodicCallback
 
 from bus import BusNode, CurveKeys
 
@@ -49,8 +48,6 @@ from .workload import Workload
 
 log = logging.getLogger(__name__)
 
-USAGE_INTERVAL = 2.0
-
 
 class Agent:
     """One node. ``clock`` (monotonic seconds) drives the bus's heartbeats and liveness; tests
@@ -76,7 +73,6 @@ class Agent:
         self._server: tornado.httpserver.HTTPServer | None = None
         self._lock = StateLock(config)
         self.watch: NeighbourWatch | None = None
-        self._ticks: list[PeriodicCallback] = []
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -124,10 +120,10 @@ class Agent:
                                                      idle_connection_timeout=120,
                                                      xheaders=False)
         self._server.add_sockets(sockets)
+        # The first sample starts the cpu measurement. The agent runs no timer of its own: the
+        # bus's one tick (heartbeats, liveness) is all that wakes an idle agent, and usage is
+        # measured when a heartbeat or a reply shows it (Register.usage).
         self.register.sample_usage()
-        self._ticks.append(PeriodicCallback(self._sample_usage, USAGE_INTERVAL * 1000))
-        for tick in self._ticks:
-            tick.start()
         if not cfg.api_token and not is_loopback(cfg.address):
             log.warning("SECURITY: the API listens on %s without a token: anyone who can reach "
                         "this port can run commands here. Set api.token or CNET_API_TOKEN.",
@@ -177,8 +173,6 @@ class Agent:
                 ContainerExecutor(self.manager), DataExecutor(self.manager)]
 
     async def stop(self) -> None:
-        for tick in self._ticks:
-            tick.stop()
         for task in list(self._background):
             task.cancel()
         if self.bus is not None:
@@ -202,12 +196,6 @@ class Agent:
     def _resources_changed(self) -> None:
         if self.bus is not None:
             self.bus.publish()  # at once, so the parent's and peers' views follow in milliseconds
-        self.hub.publish({"type": "resources", "node_id": self.config.node_id,
-                          "seq": self.register.seq, "resources": self.register.resources()})
-
-    def _sample_usage(self) -> None:
-        """Measure usage; the dashboard sees it at once, neighbours with the next heartbeat."""
-        self.register.sample_usage()
         self.hub.publish({"type": "resources", "node_id": self.config.node_id,
                           "seq": self.register.seq, "resources": self.register.resources()})
 

@@ -22,6 +22,8 @@ from .resources import Resources
 
 log = logging.getLogger(__name__)
 
+USAGE_MAX_AGE = 2.0
+
 
 class Register:
     def __init__(self, node_id: str, capacity: Resources, data_path: Path | None = None,
@@ -127,8 +129,12 @@ class Register:
 
     # -- measured usage ------------------------------------------------------------------
 
+    usage_max_age = USAGE_MAX_AGE   # seconds a sample is shown before it is measured again
+    _sampled = -math.inf            # monotonic time of the last sample
+
     def sample_usage(self) -> None:
-        """Measure real usage with psutil (called by the agent's periodic tick)."""
+        """Measure real usage with psutil now (the cpu share is the average since the last)."""
+        self._sampled = time.monotonic()
         percent = psutil.cpu_percent(interval=None)
         vm = psutil.virtual_memory()
         storage = 0
@@ -146,6 +152,11 @@ class Register:
 
     @property
     def usage(self) -> dict:
+        """Measured usage, sampled when read if the last sample is older than
+        ``usage_max_age``: measured no more often than something shows it (a heartbeat, a
+        REST reply), and no timer of its own wakes the agent for it."""
+        if time.monotonic() - self._sampled >= self.usage_max_age:
+            self.sample_usage()
         return dict(self._usage)
 
     # -- views ---------------------------------------------------------------------------
