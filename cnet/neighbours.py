@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .resources import Resources
@@ -70,6 +70,9 @@ class LocalView:
     register: "Register"
     live: Mapping[str, "Workload"]    # the Manager's live workloads (the same mapping, current)
     started_at: float
+    # What scheduler_snapshot made of each neighbour's last report (node id -> what it was
+    # made from, and the view).
+    views: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def self_snapshot(local: LocalView) -> dict:
@@ -211,39 +214,55 @@ def _labels(pairs: Iterable[str]) -> frozenset:
 
 def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
                        exclude: Iterable[str] = ()) -> Snapshot:
-    """Candidates for the scheduler: this node, alive-or-lost children and peers (not parents)."""
-    me = self_snapshot(local)
+    """Candidates for the scheduler: this node, alive-or-lost children and peers (not parents).
+
+    A neighbour's view is made once per report it sent (``local.views``), not per request.
+    """
+    live = local.live.values()
     nodes = [NodeView(node_id=local.node_id, role="self", status="alive",
                       available=local.register.available, capacity=local.register.capacity,
                       gpu_memory=local.register.devices.largest_free_memory(),
                       labels=dict(local.labels),
-                      workload_names=frozenset(me["workloads"]["names"]),
-                      workload_count=me["workloads"]["count"],
-                      workload_labels=_labels(me["workloads"]["labels"]))]
+                      workload_names=frozenset(sorted({wl.name for wl in live})[:512]),
+                      workload_count=len(local.live),
+                      workload_labels=_labels(sorted(
+                          {f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]))]
     skip = set(exclude)
     for state in neighbours:
         if state.role not in ("child", "peer") or state.node_id in skip:
             continue
-        snap = _map(state.snapshot)
-        works = _map(snap.get("workloads"))
-        subtree = _map(state.summary) if state.role == "child" else {}
-        reach = _map(subtree.get("reach_free"))
-        nodes.append(NodeView(
-            node_id=state.node_id, role=state.role, status=state.status,
-            available=_resources(snap.get("available")),
-            capacity=_resources(snap.get("capacity")),
-            gpu_memory=max(_int(snap.get("gpu_free_memory")),
-                           _int(subtree.get("reach_free_gpu_memory"))),
-            labels=dict(_map(snap.get("labels"))),
-            workload_names=frozenset(_strs(works.get("names"))),
-            workload_count=_int(works.get("count")),
-            workload_labels=_labels(_strs(works.get("labels"))),
-            # What the child reaches through peers counts, as its reach_free does.
-            subtree_nodes=frozenset(n for n in [*_strs(subtree.get("node_ids")),
-                                                *_strs(subtree.get("reach_node_ids"))]
-                                    if n != state.node_id),
-            subtree_free=_resources(reach) if reach else None,
-            subtree_labels=_labels([*_strs(subtree.get("labels")),
-                                    *_strs(subtree.get("reach_labels"))])))
+        # A new report is a new snapshot (or summary) object; the cache holds the old one, so
+        # the identity test cannot be fooled by a reused address.
+        cached = local.views.get(state.node_id)
+        if (cached is None or cached[0] != (state.role, state.status)
+                or cached[1] is not state.snapshot or cached[2] is not state.summary):
+            cached = local.views[state.node_id] = ((state.role, state.status), state.snapshot,
+                                                   state.summary, _neighbour_view(state))
+        nodes.append(cached[3])
     return Snapshot(local.node_id, nodes)
+
+
+def _neighbour_view(state: "NeighbourState") -> NodeView:
+    """A child or a peer as the scheduler sees it, from the last snapshot it sent."""
+    snap = _map(state.snapshot)
+    works = _map(snap.get("workloads"))
+    subtree = _map(state.summary) if state.role == "child" else {}
+    reach = _map(subtree.get("reach_free"))
+    return NodeView(
+        node_id=state.node_id, role=state.role, status=state.status,
+        available=_resources(snap.get("available")),
+        capacity=_resources(snap.get("capacity")),
+        gpu_memory=max(_int(snap.get("gpu_free_memory")),
+                       _int(subtree.get("reach_free_gpu_memory"))),
+        labels=dict(_map(snap.get("labels"))),
+        workload_names=frozenset(_strs(works.get("names"))),
+        workload_count=_int(works.get("count")),
+        workload_labels=_labels(_strs(works.get("labels"))),
+        # What the child reaches through peers counts, as its reach_free does.
+        subtree_nodes=frozenset(n for n in [*_strs(subtree.get("node_ids")),
+                                            *_strs(subtree.get("reach_node_ids"))]
+                                if n != state.node_id),
+        subtree_free=_resources(reach) if reach else None,
+        subtree_labels=_labels([*_strs(subtree.get("labels")),
+                                *_strs(subtree.get("reach_labels"))]))
 
