@@ -368,7 +368,7 @@ class BusNode:
                 due = link.last_heard + window
         # Just past it: "silent for more than the window" then holds, and a timer that fires a
         # hair early costs no second wake-up.
-        return min(self.interval, max(due - now, 0.0) + _TICK_SLACK)
+        return min(self.interval, max(due - now, 0.0)) + _TICK_SLACK
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -1,0 +1,138 @@
+"""What keeps an idle agent small and quiet, without sockets: the bus tick's deadlines, the
+reused heartbeat, usage sampled on demand, the scheduler's cached neighbour views, metrics
+without prometheus-client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bus import BusNode
+from cnet.metrics import AgentMetrics
+from cnet.neighbours import LocalView, scheduler_snapshot
+from cnet.register import Register
+from cnet.resources import Resources
+
+from .inprocess import ManualClock
+
+
+def _node(clock: ManualClock, **kwargs) -> BusNode:
+    return BusNode("jiangsu", heartbeat_interval=1.0, heartbeat_misses=3, clock=clock, **kwargs)
+
+
+def test_the_tick_sleeps_until_the_next_beat_or_the_first_silence_that_runs_out():
+    clock = ManualClock(100.0)
+    node = _node(clock)
+    node.tick()                                   # beats on whole seconds: the next at 101
+    assert abs(node._until_due() - 1.001) < 1e-9
+    node._neighbours.joined("nanjing", "child", 97.5, epoch=1, http="", router="", pub="",
+                            interval=1.0)          # silent since 97.5: lost after 100.5
+    assert abs(node._until_due() - 0.501) < 1e-9
+    clock.advance(0.501)
+    node.tick()
+    assert node.neighbour("nanjing").status == "lost"
+    assert abs(node._until_due() - 0.5) < 1e-9     # the beat at 101 is next (just past it)
+
+
+def test_the_tick_never_sleeps_longer_than_an_interval_and_beats_on_its_multiples():
+    clock = ManualClock(100.25)
+    node = _node(clock)
+    node.tick()
+    assert node._next_beat == 101.0
+    clock.advance(0.75)
+    node.tick()
+    assert node._next_beat == 102.0
+    assert node._until_due() <= node.interval + 0.001
+
+
+def test_answers_reuse_the_heartbeat_until_it_is_stale_or_something_was_published():
+    clock = ManualClock(100.0)
+    built = []
+    node = _node(clock, snapshot=lambda: built.append(1) or {"n": len(built)})
+    first = node._heartbeat(fresh=True)
+    assert node._heartbeat() is first and len(built) == 1
+    node._next_seq()                               # what publish() does: a newer seq is out
+    second = node._heartbeat()
+    assert second.seq > first.seq and len(built) == 2
+    clock.advance(1.0)                             # an interval old
+    assert node._heartbeat().seq > second.seq
+    assert node._heartbeat(fresh=True).seq > second.seq + 1
+
+
+def test_usage_is_sampled_when_read_at_most_once_per_max_age(monkeypatch):
+    import cnet.register as register_mod
+
+    calls = []
+    real = register_mod.psutil.cpu_percent
+    monkeypatch.setattr(register_mod.psutil, "cpu_percent",
+                        lambda interval=None: calls.append(1) or real(interval=None))
+    reg = Register("n1", Resources(cpu=4.0))
+    assert calls == []                             # no sample until something reads it
+    first = reg.usage
+    assert reg.usage == first and len(calls) == 1
+    reg._sampled -= reg.usage_max_age              # as if the sample were that old
+    reg.resources()
+    assert len(calls) == 2
+
+
+def _local() -> LocalView:
+    return LocalView("n1", "http://x", {}, Register("n1", Resources(cpu=4.0)), {}, 0.0)
+
+
+def _child(snapshot: dict, status: str = "alive"):
+    from bus import NeighbourState
+
+    return NeighbourState(node_id="c1", role="child", status=status, snapshot=snapshot,
+                          summary={"nodes": 1, "node_ids": ["c1"]})
+
+
+def test_the_scheduler_makes_a_neighbours_view_once_per_report():
+    local = _local()
+    report = _child({"available": {"cpu": 2.0}})
+    first = scheduler_snapshot(local, [report]).nodes[1]
+    assert scheduler_snapshot(local, [report]).nodes[1] is first
+    newer = _child({"available": {"cpu": 1.0}})
+    assert scheduler_snapshot(local, [newer]).nodes[1].available.cpu == 1.0
+    lost = _child(newer.snapshot, status="lost")
+    lost.summary = newer.summary
+    assert scheduler_snapshot(local, [lost]).nodes[1].status == "lost"
+
+
+def test_the_scheduler_sees_this_nodes_live_workloads_at_once():
+    from cnet.workload import Workload
+
+    local = _local()
+    assert scheduler_snapshot(local, []).nodes[0].workload_count == 0
+    local.live["w1"] = Workload(id="w1", name="web", type="process", config={},
+                                requirements=Resources(), labels={"app": "web"}, node_id="n1",
+                                origin="n1")
+    me = scheduler_snapshot(local, []).nodes[0]
+    assert me.workload_names == {"web"} and ("app", "web") in me.workload_labels
+
+
+def test_metrics_are_valid_prometheus_text():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reg = Register("n1", Resources(cpu=4.0, memory=1 << 30))
+    reg.allocate("w1", Resources(cpu=1.0))
+    metrics = AgentMetrics([], reg)
+    metrics.requests.labels("GET", '/api/x"\\', "200").observe(0.003)
+    metrics.requests.labels("GET", '/api/x"\\', "200").observe(9.0)
+    metrics.count_submission("process", "created")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    buckets = {s.labels["le"]: s.value for s in families["cnet_http_request_duration_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert buckets["0.0025"] == 0 and buckets["0.005"] == 1 and buckets["+Inf"] == 2
+    route = families["cnet_http_request_duration_seconds"].samples[0].labels["route"]
+    assert route == '/api/x"\\'
+    counted = families["cnet_workload_submissions"].samples[0]
+    assert counted.labels == {"type": "process", "result": "created"} and counted.value == 1
+    allocated = {s.labels["resource"]: s.value for s in families["cnet_resources_allocated"].samples}
+    assert allocated["cpu"] == 1.0
+
+
+def test_the_agent_imports_no_heavy_library():
+    code = ("import sys, cnet.agent, cnet.cli; heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('numpy', 'cv2', 'onnxruntime', 'docker', 'prometheus_client')]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
