@@ -7,7 +7,8 @@ setup(
     description="Distributed agent for resource management and workload scheduling",
     python_requires=">=3.11",
     packages=find_packages(include=["cnet", "cnet.*", "bus", "bus.*", "services", "services.*"]),
-    package_data={"cnet": ["openapi.json"], "services.inference": ["openapi.json"]},
+    package_data={"cnet": ["openapi.json"], "services.inference": ["openapi.json"],
+                  "services.gateway": ["openapi.json"]},
     install_requires=[
         "pyzmq>=25",
         "msgpack>=1.0",

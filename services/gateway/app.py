@@ -1,13 +1,17 @@
-"""The gateway's Tornado application: its own ``/health``, ``/info`` and ``/metrics``, and S3
+"""The gateway's Tornado application: its own ``/health``, ``/info``, ``/metrics`` and
+``/openapi.json`` (the document of this API, ``openapi.json`` beside this file), and S3
 everywhere else, at the root (``/<bucket>/<key>``) and under ``/s3`` alike.
 
-A bucket may be named ``health``, ``info`` or ``metrics``. Then a plain ``GET /health`` (no
-query string, unsigned) is still the gateway's own endpoint, which the agent's health probe
-sends; any other request to that path (a query, a signature, another method) is S3.
+A bucket may be named ``health``, ``info``, ``metrics`` or ``openapi.json``. Then a plain
+``GET /health`` (no query string, unsigned) is still the gateway's own endpoint, which the
+agent's health probe sends; any other request to that path (a query, a signature, another
+method) is S3.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import tornado.routing
@@ -17,9 +21,10 @@ from services.gateway.paths import MOUNT
 from services.gateway.s3 import S3Handler
 from services.gateway.state import SERVER_NAME, Gateway
 
-__all__ = ["OWN_PATHS", "GatewayApp", "make_app"]
+__all__ = ["OPENAPI", "OWN_PATHS", "GatewayApp", "make_app"]
 
-OWN_PATHS = ("/health", "/info", "/metrics")
+OWN_PATHS = ("/health", "/info", "/metrics", "/openapi.json")
+OPENAPI = json.loads((Path(__file__).resolve().parent / "openapi.json").read_text())
 
 
 class OwnPath(tornado.routing.Matcher):
@@ -84,8 +89,15 @@ class MetricsHandler(_OwnHandler):
         self.write(gw.metrics.render(objects=gw.index.count(), uptime=gw.uptime()))
 
 
+class OpenAPIHandler(_OwnHandler):
+    """This API's OpenAPI document, naming this gateway as its server."""
+
+    def get(self) -> None:
+        self.write({**OPENAPI, "servers": [{"url": f"{self.request.protocol}://{self.request.host}"}]})
+
+
 def make_app(gateway: Gateway) -> GatewayApp:
-    own = dict(zip(OWN_PATHS, (HealthHandler, InfoHandler, MetricsHandler)))
+    own = dict(zip(OWN_PATHS, (HealthHandler, InfoHandler, MetricsHandler, OpenAPIHandler)))
     args = {"gateway": gateway}
     rules = [tornado.routing.Rule(OwnPath(path, gateway.bucket), handler, args)
              for path, handler in own.items()]

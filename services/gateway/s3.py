@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -67,6 +68,11 @@ RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-expires": "Expires",
 }
+# Characters an XML 1.0 document cannot hold, even as references (controls but tab, LF, CR).
+XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# A response-* override becomes a header: Latin-1 text without control characters (tab aside).
+HEADER_VALUE = re.compile("[\t\x20-\x7e\x80-\xff]*")
+ECHOED_LISTING_PARAMS = ("prefix", "delimiter", "marker", "start-after")
 CODE_BY_STATUS = {400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey",
                   405: "MethodNotAllowed", 416: "InvalidRange"}
 
@@ -253,6 +259,12 @@ class S3Handler(tornado.web.RequestHandler):
         encoding_type = params.get("encoding-type") or None
         if encoding_type not in (None, "url"):
             raise S3Error("InvalidArgument", "encoding-type must be url.")
+        if encoding_type is None:
+            # The answer echoes these; one XML cannot carry would make it unparseable.
+            for name in ECHOED_LISTING_PARAMS:
+                if XML_INVALID.search(params.get(name, "")):
+                    raise S3Error("InvalidArgument", f"{name} holds a character XML 1.0 cannot "
+                                  "carry; use encoding-type=url.")
         index = self.gateway.index
         if list_type == "2":
             token = params.get("continuation-token")
@@ -307,6 +319,8 @@ class S3Handler(tornado.web.RequestHandler):
         self.set_header("Content-Type", info.content_type)
         for param, header in RESPONSE_OVERRIDES.items():
             if param in params:
+                if not HEADER_VALUE.fullmatch(params[param]):
+                    raise S3Error("InvalidArgument", f"{param} is not a valid header value.")
                 self.set_header(header, params[param])
         outcome = evaluate_conditions(headers, info.etag, info.last_modified)
         if outcome == 304:
