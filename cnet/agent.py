@@ -22,11 +22,9 @@ from . import __version__, neighbours
 from .api import Web, make_app
 from .config import Config, ConfigError, is_loopback
 from .events import EventHub
+from .executors import Deferred
 from .executors.container import ContainerExecutor
 from .executors.data import DataExecutor
-from .executors.datagateway import DataGatewayExecutor
-from .executors.mlmodel import MLModelExecutor
-from .executors.opencv import OpenCVExecutor
 from .executors.ports import PortBook
 from .executors.process import ProcessExecutor
 from .manager import Manager
@@ -166,11 +164,24 @@ class Agent:
 
     def _executors(self):
         ports = PortBook()  # one book for all service executors: ports are machine-wide
-        return [ProcessExecutor(self.manager),
-                MLModelExecutor(self.manager, ports=ports, models=self.models),
-                OpenCVExecutor(self.manager, ports=ports),
-                DataGatewayExecutor(self.manager, ports=ports),
-                ContainerExecutor(self.manager), DataExecutor(self.manager)]
+        manager, models = self.manager, self.models
+
+        # The service types are imported with their first workload (executors.Deferred).
+        def mlmodel():
+            from .executors.mlmodel import MLModelExecutor
+            return MLModelExecutor(manager, ports=ports, models=models)
+
+        def opencv():
+            from .executors.opencv import OpenCVExecutor
+            return OpenCVExecutor(manager, ports=ports)
+
+        def datagateway():
+            from .executors.datagateway import DataGatewayExecutor
+            return DataGatewayExecutor(manager, ports=ports)
+
+        return [ProcessExecutor(manager), Deferred("mlmodel", mlmodel), Deferred("opencv", opencv),
+                Deferred("datagateway", datagateway), ContainerExecutor(manager),
+                DataExecutor(manager)]
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -136,3 +136,23 @@ def test_the_agent_imports_no_heavy_library():
             "('numpy', 'cv2', 'onnxruntime', 'docker', 'prometheus_client')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_service_executors_are_built_by_their_first_use(tmp_path):
+    from cnet.agent import Agent
+    from cnet.config import from_dict
+    from cnet.executors import Deferred
+    from cnet.manager import Manager
+    from cnet.store import Store
+
+    cfg = from_dict({"agent": {"node_id": "n1", "state_dir": str(tmp_path / "state")}})
+    agent = Agent(cfg)
+    agent.store = Store(cfg.db_path)
+    agent.manager = Manager(cfg, agent.store, agent.register, agent.hub)
+    agent.models = None
+    deferred = [e for e in agent._executors() if isinstance(e, Deferred)]
+    assert {e.type for e in deferred} == {"mlmodel", "opencv", "datagateway"}
+    assert not any(e.built for e in deferred)
+    for executor in deferred:
+        assert executor.executor.type == executor.type and executor.built
+    agent.store.close()
