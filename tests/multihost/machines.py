@@ -14,14 +14,40 @@ from pathlib import Path
 
 import yaml
 
-from ..harness import AgentProcess, deep_merge, wait_for, wait_linked
+from ..harness import MODELS_DIR, REPO, AgentProcess, deep_merge, wait_for, wait_linked
 from .client import NamespaceClient, Reply
 from .netns import CLIENT_ADDRESS, Host, Network
 
 HTTP_PORT = 8080              # every machine: the same ports on its own address
 TOKEN = "multihost-token"
 # sh -c script: a private /tmp for the agent and everything it starts, then the agent itself.
-_PRIVATE_TMP = 'mount -t tmpfs -o mode=1777,size=256m cnet-tmp /tmp && exec "$@"'
+# What the agent needs from the host's /tmp (the checkout, its venv, the shared models, when
+# they live there) is bound back in from $1, the host's /tmp seen from a side directory.
+_PRIVATE_TMP = """h="$1"; shift
+mount --bind /tmp "$h" && mount -t tmpfs -o mode=1777,size=256m cnet-tmp /tmp || exit 1
+IFS=:
+for p in $CNET_MH_KEEP; do
+  [ -n "$p" ] || continue
+  mkdir -p "$p" && mount --bind "$h${p#/tmp}" "$p" || exit 1
+done
+unset IFS
+umount -l "$h"
+exec "$@"
+"""
+
+
+def _kept_from_host_tmp() -> str:
+    """The host paths under /tmp an agent needs (outermost only), ``:``-separated."""
+    tmp = Path("/tmp")
+    wanted = [REPO, Path(sys.prefix), Path(sys.base_prefix), MODELS_DIR,
+              *(Path(p) for p in os.environ.get("PYTHONPATH", "").split(":") if p)]
+    under = sorted({p.absolute() for p in wanted if p.exists()
+                    and tmp in p.absolute().parents}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in under:
+        if not any(k == path or k in path.parents for k in kept):
+            kept.append(path)
+    return ":".join(str(p) for p in kept)
 
 
 class Machine(AgentProcess):
@@ -32,7 +58,7 @@ class Machine(AgentProcess):
     def __init__(self, root: Path, host: Host, client: NamespaceClient, config: dict):
         self.node_id, self.host, self.client = host.name, host, client
         self.root = root / host.name
-        for sub in ("state", "work", "bin", "home"):
+        for sub in ("state", "work", "bin", "home", "host-tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.port = HTTP_PORT
         base = {"agent": {"node_id": host.name, "address": host.address, "port": HTTP_PORT,
@@ -74,9 +100,10 @@ class Machine(AgentProcess):
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.host.ns, "unshare", "--mount", "--propagation",
-                 "private", "sh", "-c", _PRIVATE_TMP, "sh", sys.executable, "-m", "cnet",
-                 "agent", "--config", str(self.config_path)],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.work_dir)
+                 "private", "sh", "-c", _PRIVATE_TMP, "sh", str(self.root / "host-tmp"),
+                 sys.executable, "-m", "cnet", "agent", "--config", str(self.config_path)],
+                stdout=out, stderr=subprocess.STDOUT,
+                env={**self.env, "CNET_MH_KEEP": _kept_from_host_tmp()}, cwd=self.work_dir)
 
     def start(self, timeout: float = 30.0) -> Machine:
         if self.proc is None or self.proc.poll() is not None:

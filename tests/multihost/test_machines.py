@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..harness import process_spec, wait_for
+from .machines import private_tmp
 
 
 def test_a_command_only_one_machine_has_runs_there_pinned_and_is_not_found_elsewhere(cluster):
@@ -32,6 +33,8 @@ def test_a_command_only_one_machine_has_runs_there_pinned_and_is_not_found_elsew
     assert here.status_code == 400 and here.json()["error"]["code"] == "command_not_found", here.text
 
     # The file it wrote is in nanjing's /tmp only: not the host's, not another machine's.
+    wait_for(lambda: (private_tmp(nanjing) / marker).exists(), timeout=10,
+             message="the tool's file in nanjing's /tmp")
     assert not Path("/tmp", marker).exists()
     reads = {node: root.submit(process_spec(f"cat-{node}", command="cat", args=(f"/tmp/{marker}",),
                                             cpu=0.1, placement={"node": node}))
