@@ -54,6 +54,10 @@ class NeighbourWatch:
         self._joins[state.node_id] = state.joins
         if rejoined:   # joined, or back: a handshake both ways just completed
             self.spawn(self.reconciler.reconcile(state.node_id))
+        elif state.status == "alive" and self.reconciler.due(state.node_id, self.clock()):
+            # Its view changed (a workload of ours may have ended there) and a mirror through
+            # it is still live: a workload event is a broadcast, which PUB/SUB may drop.
+            self.spawn(self.reconciler.reconcile(state.node_id))
         if self._statuses.get(state.node_id) == state.status:
             return
         self._statuses[state.node_id] = state.status

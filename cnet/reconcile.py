@@ -28,6 +28,7 @@ __all__ = ["Reconciler"]
 log = logging.getLogger(__name__)
 
 FIRST_RETRY = 0.2
+RECHECK = 2.0        # seconds between two checks of live mirrors through one alive neighbour
 MAX_RETRY = 2.0
 MAX_IDS = 10_000     # ids in one request, and records in one answer
 
@@ -37,6 +38,18 @@ class Reconciler:
         self.mirrors = mirrors
         self.port = port
         self._rounds: dict[str, int] = {}   # neighbour -> the latest reconcile asked for
+        self._checked: dict[str, float] = {}  # neighbour -> when its live mirrors were checked
+
+    def due(self, via: str, now: float) -> bool:
+        """Whether the live mirrors through ``via`` should be checked again now: when its view
+        changes, at most every ``RECHECK`` s, and only while one of them is live. Heartbeats
+        carry views reliably; workload events are broadcasts, which may be dropped."""
+        if now - self._checked.get(via, float("-inf")) < RECHECK:
+            return False
+        if not any(wl.live for wl in self.mirrors.via(via)):
+            return False
+        self._checked[via] = now
+        return True
 
     async def reconcile(self, via: str) -> bool:
         """Reconcile the mirrors through ``via``; False if it was given up (lost, superseded)."""

@@ -84,3 +84,25 @@ async def test_reconcile_answers_only_for_what_was_asked_and_what_the_asker_dele
         assert answer["extra"] == []
         stranger = await cluster.run("nanjing", Reconcile(), Caller(node_id="suqian"))
         assert stranger["workloads"] == stranger["extra"] == []
+
+
+async def test_a_dropped_workload_event_is_healed_by_the_next_view_change(inprocess_cluster):
+    """Workload events are broadcasts (PUB/SUB may drop one); a neighbour's heartbeats carry its
+    view reliably, so a changed view with a live mirror through it checks that mirror again."""
+    async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
+        root, nanjing = cluster["jiangsu"], cluster["nanjing"]
+        wl = await submit(cluster, "jiangsu", process_spec("ends"))
+        # As if the broadcast of its end were lost: jiangsu takes no report while it stops.
+        take = root.mirrors.update
+        root.mirrors.update = lambda *args, **kwargs: None
+        try:
+            await cluster.run("nanjing", Stop(id=wl["id"]))
+            await cluster.published("nanjing")
+        finally:
+            root.mirrors.update = take
+        assert root.mirrors.get(wl["id"]).status == "running"
+        assert nanjing.manager.get(wl["id"]).status == "stopped"
+        await cluster.advance(3 * cluster.interval)
+        await submit(cluster, "nanjing", process_spec("another"))     # nanjing's view changes
+        await until(lambda: root.mirrors.get(wl["id"]).status == "stopped", 5,
+                    "the mirror healed from nanjing's record")
