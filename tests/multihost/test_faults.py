@@ -12,6 +12,7 @@ from ..harness import process_spec, wait_for
 from .conftest import CUT, DELAYED, TOPOLOGY
 
 INTERVAL, MISSES = 1.0, 3           # the bus defaults: a neighbour is lost after 3 silent seconds
+SLOW_LINK_SECONDS = 60              # how long the slow, lossy link lasts (the 60 s)
 
 
 def _alive(machine, node_id: str) -> bool:
@@ -61,7 +62,7 @@ def test_a_slow_lossy_link_keeps_its_city_alive_and_answers_every_delegation(clu
     cluster.net.loss(DELAYED, 0.05)
 
     answered: list[float] = []
-    until = time.monotonic() + 20
+    until = time.monotonic() + SLOW_LINK_SECONDS
     while time.monotonic() < until:
         started = time.monotonic()
         wl = root.submit(process_spec(f"slow-{len(answered)}", cpu=0.5,
@@ -74,7 +75,7 @@ def test_a_slow_lossy_link_keeps_its_city_alive_and_answers_every_delegation(clu
         assert all(_alive(cluster[DELAYED], n) for n in watchers), cluster[DELAYED].nodes()
         time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))    # about one a second
     print(f"{len(answered)} delegations, {min(answered):.2f}..{max(answered):.2f} s each")
-    assert len(answered) >= 10
+    assert len(answered) >= SLOW_LINK_SECONDS // 2
     assert min(answered) >= 0.2, "the delay was not in the path"   # 100 ms each way
     assert {n: _losses(m, DELAYED) for n, m in watchers.items()} == before
     assert cluster.net.dropped(DELAYED) > 0, "the loss was not in the path"
