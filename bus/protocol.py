@@ -1,7 +1,8 @@
 """The CNET bus protocol: version tag, envelope layout, message types, msgpack codec.
 
 This module is the single source of truth for what travels between agents and clients (so it
-stays one file, over our usual ~400 lines: STYLE.md #2).
+stays one file, over our usual ~400 lines: STYLE.md #2; the generic payload checker it
+declares its schemas with is in ``bus.schema``).
 
 Envelope (ZeroMQ multipart; a ROUTER sees its peer's routing id as an extra first frame)::
 
@@ -54,7 +55,6 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
@@ -95,6 +95,17 @@ __all__ = [
     "new_epoch",
 ]
 
+from bus.schema import (
+    ListOf,
+    MapOf,
+    Maybe,
+    Number,
+    Plain,
+    Record,
+    Schema,
+    Text,
+)
+
 PROTOCOL = 1
 VERSION = b"CNET%d" % PROTOCOL
 MAX_FRAME_SIZE = 4 * 1024 * 1024       # largest BODY accepted or sent
@@ -108,9 +119,6 @@ _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 _OP = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _CORR = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _ENDPOINT = re.compile(r"(tcp|ipc|inproc)://[^\s\x00]{1,250}")
-MAX_TEXT = 1 << 20          # characters in one string of a payload
-MAX_ITEMS = 1024            # entries in a declared list or map of a payload
-MAX_PLAIN_ITEMS = 1 << 16   # entries in one list or map of free-form data
 MAX_DEPTH = 32              # nesting of free-form data (a workload's config)
 MAX_RECORDS = 10_000        # workload records in one answer
 
@@ -335,148 +343,6 @@ class Bye(Message):
 # ----------------------------------------------------------------- payload schemas
 
 
-class Schema:
-    """A declared payload shape: ``check(value, where)`` returns what to keep (a record without
-    its undeclared keys) or raises ValueError naming the first bad field."""
-
-    def check(self, value: Any, where: str) -> Any:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Number(Schema):
-    """A finite number in [lo, hi]; ``whole``: an integer. Never a bool."""
-
-    lo: float
-    hi: float
-    whole: bool = False
-
-    def check(self, value: Any, where: str) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int if self.whole else (int, float)):
-            raise ValueError(f"{where} must be {'an integer' if self.whole else 'a number'}")
-        if (isinstance(value, float) and not math.isfinite(value)) or not self.lo <= value <= self.hi:
-            raise ValueError(f"{where} must be a finite number in [{self.lo:g}, {self.hi:g}]")
-        return value
-
-
-@dataclass(frozen=True)
-class Text(Schema):
-    """A string of at most ``max_len`` characters, without NUL, matching ``pattern`` if given."""
-
-    max_len: int = MAX_TEXT
-    pattern: re.Pattern[str] | None = None
-
-    def check(self, value: Any, where: str) -> Any:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string")
-        if len(value) > self.max_len:
-            raise ValueError(f"{where} is longer than {self.max_len} characters")
-        if "\x00" in value:
-            raise ValueError(f"{where} holds a NUL character")
-        if self.pattern is not None and not self.pattern.fullmatch(value):
-            raise ValueError(f"{where} {value[:40]!r} is not a valid value")
-        return value
-
-
-@dataclass(frozen=True)
-class Maybe(Schema):
-    """``inner``, or null."""
-
-    inner: Schema
-
-    def check(self, value: Any, where: str) -> Any:
-        return None if value is None else self.inner.check(value, where)
-
-
-@dataclass(frozen=True)
-class ListOf(Schema):
-    item: Schema
-    max_len: int = MAX_ITEMS
-
-    def check(self, value: Any, where: str) -> Any:
-        if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list")
-        if len(value) > self.max_len:
-            raise ValueError(f"{where} has more than {self.max_len} entries")
-        return [self.item.check(v, f"{where}[{i}]") for i, v in enumerate(value)]
-
-
-@dataclass(frozen=True)
-class MapOf(Schema):
-    """A map of ``key`` strings to ``value``s (labels)."""
-
-    key: Text
-    value: Schema
-    max_len: int = MAX_ITEMS
-
-    def check(self, value: Any, where: str) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a map")
-        if len(value) > self.max_len:
-            raise ValueError(f"{where} has more than {self.max_len} entries")
-        return {self.key.check(k, f"{where} key"): self.value.check(v, f"{where}.{k[:40]}")
-                for k, v in value.items()}
-
-
-@dataclass(frozen=True)
-class Record(Schema):
-    """A map of declared ``fields`` (optional unless ``required``). An undeclared key is dropped,
-    or kept when ``extra`` is given and its value passes it (at most ``MAX_ITEMS`` of them)."""
-
-    fields: Mapping[str, Schema]
-    required: frozenset[str] = frozenset()
-    extra: Schema | None = None
-
-    def check(self, value: Any, where: str) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a map")
-        missing = self.required - value.keys()
-        if missing:
-            raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
-        if len(value) > len(self.fields) + MAX_ITEMS:
-            raise ValueError(f"{where} has more than {len(self.fields) + MAX_ITEMS} keys")
-        out = {}
-        for key, item in value.items():
-            spec = self.fields.get(key) if isinstance(key, str) else None
-            if spec is None:
-                if self.extra is None:
-                    continue
-                spec = self.extra
-                _FIELD_NAME.check(key, f"{where} key")
-            out[key] = spec.check(item, f"{where}.{key}")
-        return out
-
-
-@dataclass(frozen=True)
-class Plain(Schema):
-    """Free-form data as JSON has it (string keys, lists, strings, finite numbers within 64 bits,
-    booleans, null), nested at most ``depth`` levels, each list or map of bounded size."""
-
-    depth: int = 8
-
-    def check(self, value: Any, where: str, level: int = 0) -> Any:
-        if value is None or isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            return _TEXT.check(value, where)
-        if isinstance(value, int):
-            return _PLAIN_INT.check(value, where)
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise ValueError(f"{where} must be a finite number")
-            return value
-        if level >= self.depth:
-            raise ValueError(f"{where} is nested deeper than {self.depth} levels")
-        if isinstance(value, (list, dict)) and len(value) > MAX_PLAIN_ITEMS:
-            raise ValueError(f"{where} has more than {MAX_PLAIN_ITEMS} entries")
-        if isinstance(value, list):
-            return [self.check(v, f"{where}[{i}]", level + 1) for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {_FIELD_NAME.check(k, f"{where} key"): self.check(v, f"{where}.{k[:40]}", level + 1)
-                    for k, v in value.items()}
-        raise ValueError(f"{where} must be plain data, not {type(value).__name__}")
-
-
 def _vector(cpu: float, whole: int) -> Record:
     """cpu cores (a float), memory and storage bytes, gpu count; negative when over-allocated."""
     return Record({"cpu": Number(-cpu, cpu), "memory": Number(-whole, whole, whole=True),
@@ -484,18 +350,16 @@ def _vector(cpu: float, whole: int) -> Record:
                    "storage": Number(-whole, whole, whole=True)})
 
 
-_TEXT = Text()
-_PLAIN_INT = Number(-2**63, 2**63 - 1, whole=True)
-_FIELD_NAME = Text(256)
 _KEY = Text(64)                          # a Z85 Curve public key (40 characters)
 _URL = Text(1024)
 _ID = Text(64, re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"))    # a node or workload id
 _WORD = Text(64, re.compile(r"[A-Za-z0-9_.:-]{1,64}"))             # a status, type or role
 _CLOCK = Number(-1e12, 1e12)             # seconds: a wall-clock time or an uptime
 _COUNT = Number(0, 2**63 - 1, whole=True)
+_ANY_TEXT = Text()
 _FREE_MAP = Record({}, extra=Plain(MAX_DEPTH))
-_LABELS = MapOf(Text(1024), _TEXT)
-_PAIRS = ListOf(_TEXT)                   # labels as "key=value"
+_LABELS = MapOf(Text(1024), _ANY_TEXT)
+_PAIRS = ListOf(_ANY_TEXT)                   # labels as "key=value"
 
 NODE_VECTOR = _vector(1e6, 2**62)        # one node's capacity, allocation or free amounts
 TOTAL_VECTOR = _vector(1e12, 2**63 - 1)  # summed over a subtree
@@ -521,7 +385,7 @@ WORKLOAD = Record({
     "id": _ID, "name": Text(1024), "type": _WORD, "status": _WORD, "node_id": _ID,
     "origin": Maybe(_ID), "via": Maybe(_ID), "process_pid": Maybe(Number(0, 2**31, whole=True)),
     "endpoint": Maybe(_URL), "exit_code": Maybe(Number(-2**31, 2**31, whole=True)),
-    "message": Maybe(_TEXT), "restart_count": Maybe(_COUNT), "created_at": Maybe(_CLOCK),
+    "message": Maybe(_ANY_TEXT), "restart_count": Maybe(_COUNT), "created_at": Maybe(_CLOCK),
     "started_at": Maybe(_CLOCK), "finished_at": Maybe(_CLOCK), "config": _FREE_MAP,
     "requirements": NODE_VECTOR, "placement": _FREE_MAP, "labels": _LABELS, "version": _COUNT,
 }, required=frozenset({"id"}), extra=Plain(MAX_DEPTH))
@@ -536,9 +400,9 @@ EVENT_DATA: dict[str, Schema] = {
 }
 """An event's data by kind; any other kind's data is free-form (bounded plain data)."""
 
-ERROR = Record({"code": Text(64), "message": _TEXT,
+ERROR = Record({"code": Text(64), "message": _ANY_TEXT,
                 "details": Record({"status": Number(100, 599, whole=True),
-                                   "reasons": ListOf(_TEXT)}, extra=Plain(MAX_DEPTH))},
+                                   "reasons": ListOf(_ANY_TEXT)}, extra=Plain(MAX_DEPTH))},
                required=frozenset({"code", "message"}))
 """An error reply's ``error``."""
 

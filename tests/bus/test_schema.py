@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from bus import protocol as p
+from bus import schema
 from bus.liveness import MAX_SEQ_STEP, Neighbours
 
 SNAPSHOT = {
@@ -45,7 +46,7 @@ def test_a_real_snapshot_summary_and_workload_pass_unchanged() -> None:
     (p.SUMMARY, {"nodes": 0}, "summary.nodes"),
     (p.SUMMARY, {"node_ids": ["ok", "not an id"]}, "summary.node_ids[1]"),
     (p.SUMMARY, {"max_free": {"cpu": math.inf}}, "summary.max_free.cpu"),
-    (p.SUMMARY, {"node_ids": ["n"] * (p.MAX_ITEMS + 1)}, "summary.node_ids"),
+    (p.SUMMARY, {"node_ids": ["n"] * (schema.MAX_ITEMS + 1)}, "summary.node_ids"),
     (p.SNAPSHOT, {"workloads": [1]}, "snapshot.workloads"),
     (p.SNAPSHOT, {"workloads": {"count": -1}}, "snapshot.workloads.count"),
     (p.SNAPSHOT, {"available": {"cpu": 1e9}}, "snapshot.available.cpu"),
@@ -63,7 +64,7 @@ def test_a_real_snapshot_summary_and_workload_pass_unchanged() -> None:
     (p.WORKLOAD, {"id": "w1", "requirements": {"cpu": "1"}}, "workload.requirements.cpu"),
     (p.WORKLOAD, {"id": "w1", "labels": {"a": ["b"]}}, "workload.labels.a"),
 ])
-def test_junk_is_refused_naming_the_field(schema: p.Schema, value: dict, where: str) -> None:
+def test_junk_is_refused_naming_the_field(schema: schema.Schema, value: dict, where: str) -> None:
     name = "workload" if schema is p.WORKLOAD else "summary" if schema is p.SUMMARY else "snapshot"
     with pytest.raises(ValueError) as caught:
         schema.check(value, name)
