@@ -33,7 +33,7 @@ DELAYED = "changzhou"           # the machine whose link the delay test slows do
 def _bed():
     reason = netns.unavailable()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"the multi-host bed cannot run here: {reason}")
     parent = Path(os.environ.get("CNET_MULTIHOST_DIR", "/var/tmp"))
     netns.sweep_stale(parent)
     cluster = Cluster(parent / f"{netns.PREFIX}{os.getpid()}", TOPOLOGY, config=FAST_SERVICES,
@@ -75,5 +75,5 @@ def side_root(tag: str) -> Path:
     where the bed cannot run."""
     reason = netns.unavailable()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"the multi-host bed cannot run here: {reason}")
     return Path(os.environ.get("CNET_MULTIHOST_DIR", "/var/tmp")) / f"{netns.PREFIX}{os.getpid()}-{tag}"
