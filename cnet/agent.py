@@ -19,8 +19,9 @@ import tornado.netutil
 from bus import BusNode, CurveKeys
 
 from . import __version__, neighbours
+from .addresses import is_loopback
 from .api import Web, make_app
-from .config import Config, ConfigError, is_loopback
+from .config import Config, ConfigError
 from .events import EventHub
 from .executors import Deferred
 from .executors.container import ContainerExecutor

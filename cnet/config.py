@@ -10,14 +10,13 @@ import ipaddress
 import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import psutil
 import yaml
 
+from .addresses import advertised_host
 from .devices import Device, detect, numbered
 from .resources import Resources
 
@@ -26,7 +25,6 @@ _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IG
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
           "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4, "PI": 1024**5}
 STRATEGIES = ("local_first", "least_loaded", "binpack", "spread")
-WILDCARDS = ("0.0.0.0", "::", "")  # bind addresses that mean every interface
 _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
 _HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 
@@ -202,53 +200,6 @@ def from_dict(raw) -> Config:
     cfg.bus = _bus(*sec("bus"), node_id, cfg.address)
     cfg.services = _services(*sec("services"))
     return cfg
-
-
-def route_source(host: str, port: int) -> str | None:
-    """The local address this machine sends from to reach ``host:port``, or None.
-
-    A UDP socket's ``connect()`` only picks the route: no packet is sent.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError):
-        return None
-    for family, kind, proto, _name, sockaddr in infos:
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.connect(sockaddr)
-                return sock.getsockname()[0]
-        except OSError:
-            continue
-    return None
-
-
-def advertised_host(address: str, explicit: str | None, neighbours: Sequence[str], *,
-                    probe: Callable[[str, int], str | None] = route_source,
-                    hostname: Callable[[], str] = socket.gethostname) -> str:
-    """What other machines use to reach this node: ``explicit`` (agent.advertise_address);
-    else ``address`` unless it is a wildcard; else the address of the interface that reaches
-    the first neighbour (``host:port``: parent, then peers) reached other than over loopback;
-    else the host name.
-    """
-    if explicit:
-        return explicit
-    if address not in WILDCARDS:
-        return address
-    for hostport in neighbours:
-        host, _, port = hostport.rpartition(":")
-        found = probe(host.strip("[]"), int(port))
-        if found and found not in WILDCARDS and not is_loopback(found):
-            return found
-    return hostname()
-
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback IP address (or "localhost")."""
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _advertise_address(value, where: str) -> str | None:

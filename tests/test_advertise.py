@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from cnet import config
-from cnet.config import ConfigError, advertised_host, from_dict, route_source
+from cnet.addresses import advertised_host, route_source
+from cnet.config import ConfigError, from_dict
 
 from .harness import deep_merge, free_port_range
 from .service_helpers import FAST_SERVICES, fake_install
