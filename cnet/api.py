@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .events import EventHub
     from .metrics import AgentMetrics
     from .node import Node
+    from .svc_router import ReplicaSource
     from .uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Web:
     max_json_body: int = 1 << 20
     upload_limit: int = 1 << 30
     upload_idle_timeout: float = 60.0
+    replicas: "ReplicaSource | None" = None   # the sets served at /svc/<id>/; None: every /svc/ is 404
 
 
 class BaseHandler(tornado.web.RequestHandler):
