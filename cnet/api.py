@@ -434,6 +434,7 @@ def close_app(app: tornado.web.Application) -> None:
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
-    level = logging.WARNING if status >= 500 else logging.DEBUG
+    relayed = getattr(handler, "relayed", False)   # a service's answer through /svc/
+    level = logging.WARNING if status >= 500 and not relayed else logging.DEBUG
     log.log(level, "%d %s %.1fms", status, handler._request_summary(),
             1000.0 * handler.request.request_time())

@@ -73,6 +73,7 @@ class SvcHandler(tornado.web.RequestHandler):
         self._started = time.perf_counter()
         self._body = bytearray()
         self._too_large = False
+        self.relayed = False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -206,6 +207,7 @@ class SvcHandler(tornado.web.RequestHandler):
 
     def _start_reply(self, response: Response, replica_id: str, whole: int | None) -> None:
         head = self.request.method == "HEAD"
+        self.relayed = True   # the service's own status: not logged as the agent's error
         self.set_status(response.status, _reason(response))
         for name in ("Content-Type", "Cache-Control", "Server", "Date"):
             self.clear_header(name)
@@ -217,7 +219,10 @@ class SvcHandler(tornado.web.RequestHandler):
                 continue
             if lower == "content-length" and whole is not None and not head:
                 continue   # set below from what arrived
-            self.add_header(name, value)
+            try:
+                self.add_header(name, value)
+            except ValueError:
+                log.info("svc: dropped header %r from %s: control characters", name, replica_id)
         if whole is not None and not head and response.status not in (204, 304):
             self.set_header("Content-Length", whole)
         self.set_header(REPLICA_HEADER, replica_id)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 CHUNK = 64 * 1024
 MAX_HEAD = 64 * 1024       # status line and headers of one response
+ONE_WRITE = 1 << 20        # a request body up to this is sent in one write with its head
 NO_BODY = {204, 304}
 
 
@@ -201,8 +202,10 @@ class UpstreamPool:
         read_any = False
         try:
             async with asyncio.timeout(self.read_timeout):
-                conn.writer.write(head)
-                if body:
+                if len(body) <= ONE_WRITE:
+                    conn.writer.write(head + body)   # one send: cheaper than the copy
+                else:
+                    conn.writer.write(head)
                     conn.writer.write(body)
                 await conn.writer.drain()
                 while True:
