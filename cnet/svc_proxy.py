@@ -16,7 +16,8 @@ import tornado.web
 
 from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
 from .svc_router import Chooser, ReplicaSource, ServiceSet
-from .svc_upstream import ConnectFailed, Response, TimedOut, UpstreamError, UpstreamPool
+from .svc_upstream import (ConnectFailed, Response, TimedOut, UpstreamError, UpstreamPool,
+                           connection_tokens)
 from .workload import ID_RE
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,9 @@ class SvcHandler(tornado.web.RequestHandler):
             else:
                 self.router.chooser.reached(replica_id)
                 self._start_reply(response, replica_id, whole=size)
-                self.finish(b"".join(held))
+                if held:
+                    self.write(b"".join(held))
+                self.finish()
                 return
         except BaseException:
             response.close()
@@ -186,8 +189,7 @@ class SvcHandler(tornado.web.RequestHandler):
         self.finish()
 
     def _upstream_headers(self) -> list[tuple[str, str]]:
-        named = {t.strip().lower() for t in self.request.headers.get_list("Connection")
-                 for t in t.split(",")}
+        named = connection_tokens(self.request.headers.get_all())
         out, forwarded_for = [], []
         for name, value in self.request.headers.get_all():
             if any(c in name or c in value for c in "\r\n\x00"):
@@ -211,8 +213,7 @@ class SvcHandler(tornado.web.RequestHandler):
         self.set_status(response.status, _reason(response))
         for name in ("Content-Type", "Cache-Control", "Server", "Date"):
             self.clear_header(name)
-        named = {t.strip().lower() for k, v in response.headers if k.lower() == "connection"
-                 for t in v.split(",")}
+        named = connection_tokens(response.headers)
         for name, value in response.headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named or lower == REPLICA_HEADER.lower():

@@ -227,8 +227,7 @@ class UpstreamPool:
         return self._response(key, conn, method, status, reason, headers, version)
 
     def _response(self, key, conn, method, status, reason, headers, version) -> Response:
-        tokens = {t.strip().lower() for k, v in headers if k.lower() == "connection"
-                  for t in v.split(",")}
+        tokens = connection_tokens(headers)
         keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
         encodings = [v.strip().lower() for k, v in headers if k.lower() == "transfer-encoding"]
         lengths = {v.strip() for k, v in headers if k.lower() == "content-length"}
@@ -288,6 +287,13 @@ class UpstreamPool:
             while idle:
                 idle.popleft().close()
         self._idle.clear()
+
+
+def connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
+    """What the Connection headers list (options, and header names that are hop-by-hop too),
+    lower-cased."""
+    return {token.strip().lower() for name, value in headers if name.lower() == "connection"
+            for token in value.split(",")}
 
 
 def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]], str]:

@@ -161,6 +161,10 @@ async def test_a_service_error_status_is_passed_through_not_retried():
         assert resp.code == 503
         assert json.loads(resp.body) == {"name": resp.headers["X-CNET-Replica"], "status": 503}
         assert b.state("a")["requests"] + b.state("b")["requests"] == 1
+        for code in (204, 304, 404):
+            resp = await b.fetch(f"/svc/s/status/{code}")
+            assert resp.code == code and "X-CNET-Replica" in resp.headers
+            assert resp.body == b"" if code != 404 else json.loads(resp.body)["status"] == 404
 
 
 async def test_requests_in_flight_spread_over_the_replicas():
