@@ -5,7 +5,6 @@ safe, the answer passed back as it came with ``X-CNET-Replica`` naming who gave 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -14,10 +13,25 @@ from urllib.parse import unquote
 import tornado.iostream
 import tornado.web
 
-from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
+from .errors import (
+    BadGateway,
+    BadRequest,
+    CnetError,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from .http_errors import JsonErrors
 from .svc_router import Chooser, ReplicaSource, ServiceSet
-from .svc_upstream import (ConnectFailed, Response, TimedOut, UpstreamError, UpstreamPool,
-                           connection_tokens)
+from .svc_upstream import (
+    ConnectFailed,
+    Response,
+    TimedOut,
+    UpstreamError,
+    UpstreamPool,
+    connection_tokens,
+)
 from .workload import ID_RE
 
 log = logging.getLogger(__name__)
@@ -30,21 +44,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 OWN_REQUEST = {"host", "content-length", "expect", "x-forwarded-proto", "x-forwarded-host"}
 COMMIT_AFTER = 256 * 1024   # response bytes held back (so a break before them can be retried)
 REPLICA_HEADER = "X-CNET-Replica"
-
-
-class NoReplica(CnetError):
-    status = 503
-    code = "no_replica"
-
-
-class BadGateway(CnetError):
-    status = 502
-    code = "bad_gateway"
-
-
-class GatewayTimeout(CnetError):
-    status = 504
-    code = "gateway_timeout"
 
 
 class ServiceRouter:
@@ -61,7 +60,7 @@ class ServiceRouter:
 
 
 @tornado.web.stream_request_body
-class SvcHandler(tornado.web.RequestHandler):
+class SvcHandler(JsonErrors):
     """One request to a set: checked here, forwarded to a replica, its answer relayed.
 
     No agent token: this is the services' own data plane, which answers without one on the
@@ -75,10 +74,6 @@ class SvcHandler(tornado.web.RequestHandler):
         self._body = bytearray()
         self._too_large = False
         self.relayed = False
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
 
     def compute_etag(self) -> None:
         return None   # the service's answer goes back as it came, never turned into a 304
@@ -121,7 +116,7 @@ class SvcHandler(tornado.web.RequestHandler):
             replica = chooser.pick(svc.replicas, exclude=tried)
             if replica is None:
                 if failure is None:
-                    raise NoReplica(f"no usable replica in set {set_id!r}")
+                    raise Unavailable(f"no usable replica in set {set_id!r}", code="no_replica")
                 raise _gateway_error(failure, tried)
             tried.append(replica.id)
             chooser.started(replica.id)
@@ -228,24 +223,6 @@ class SvcHandler(tornado.web.RequestHandler):
             self.set_header("Content-Length", whole)
         self.set_header(REPLICA_HEADER, replica_id)
 
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, CnetError):
-            body = exc.to_dict()
-        elif isinstance(exc, tornado.web.HTTPError):
-            body = {"code": "method_not_allowed" if status_code == 405 else "bad_request",
-                    "message": exc.log_message or self._reason}
-        else:
-            body = {"code": "internal", "message": "internal error; see the agent log"}
-        self.finish(json.dumps({"error": body}))
-
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, CnetError):
-            if not self._finished:
-                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
-
     def on_finish(self) -> None:
         if self.metrics is not None:
             self.metrics.requests.labels(self.request.method, "/svc/{id}",
@@ -277,7 +254,8 @@ def _gateway_error(exc: UpstreamError, tried: list[str]) -> CnetError:
     if isinstance(exc, TimedOut):
         return GatewayTimeout(f"the replica did not answer in time: {exc}", details=details)
     if isinstance(exc, ConnectFailed):
-        return NoReplica(f"no replica could be reached: {exc}", details=details)
+        return Unavailable(f"no replica could be reached: {exc}", code="no_replica",
+                           details=details)
     return BadGateway(f"the replica broke off its answer: {exc}", details=details)
 
 
