@@ -28,7 +28,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.bench.bench_inference import CORES, MODELS_DIR, Service, percentile, photo_jpeg  # noqa: E402
+from tests.bench.bench_inference import (  # noqa: E402
+    CORES,
+    MODELS_DIR,
+    Service,
+    percentile,
+    photo_jpeg,
+    throughput,
+)
 from tests.ports import free_port  # noqa: E402
 
 MODEL = "yolo11n-320-int8.onnx"
@@ -107,39 +114,6 @@ def latency(targets: dict[str, tuple[int, str]], body: bytes, n: int) -> dict[st
     return samples
 
 
-def throughput(port: int, path: str, body: bytes, n: int, concurrency: int
-               ) -> tuple[float, Counter]:
-    per_client = max(1, n // concurrency)
-    barrier = threading.Barrier(concurrency + 1)
-    errors: list[BaseException] = []
-    served: Counter = Counter()
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        try:
-            post(conn, path, body)
-            barrier.wait()
-            for _ in range(per_client):
-                served[post(conn, path, body)] += 1
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    return per_client * concurrency / elapsed, served
-
-
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -172,14 +146,27 @@ def routing_latency(urls_of, body: bytes, path: str, n: int, title: str) -> None
         report_latency(title, latency(targets, body, n))
 
 
+def counting(path: str, served: Counter):
+    """A sender for bench_inference.throughput: POST through the set, count who answered."""
+    lock = threading.Lock()
+
+    def send(conn: http.client.HTTPConnection, body: bytes) -> None:
+        replica = post(conn, f"/svc/bench{path}", body)
+        with lock:
+            served[replica] += 1
+    return send
+
+
 def scaling(urls_of, body: bytes, path: str, n: int, title: str) -> None:
     rates = {}
     for count in (1, 3):
+        served = Counter()
         with urls_of(count) as urls, router(urls) as port:
-            rates[count], served = throughput(port, f"/svc/bench{path}", body, n, 8)
+            rates[count] = throughput(port, body, n, 8, send=counting(path, served))
         spread = ", ".join(f"{k} {v}" for k, v in sorted(served.items()))
-        print(f"  {count} replica{'s' if count > 1 else ' '} {rates[count]:9.1f} req/s   ({spread})")
-    print(f"{title}: 3 replicas = {rates[3] / rates[1]:.2f}x of 1 at concurrency 8 "
+        print(f"  {count} replica{'s' if count > 1 else ' '} {rates[count]:9.1f} req/s"
+              f"   (answers: {spread})")
+    print(f"{title}: 3 replicas = {rates[3] / rates[1]:.2f}x of 1 (baseline) at concurrency 8 "
           f"(on {CORES} cores)")
 
 
@@ -200,7 +187,7 @@ def main() -> int:
     print(f"\n== {MODEL} (cnet-inference-yolo, 1 worker)")
     threads = max(1, CORES // 3)
     routing_latency(lambda count: yolo_services(model, count, CORES), image,
-                    "/predict?confidence=0.25", max(50, args.requests // 3),
+                    "/predict?confidence=0.25", args.requests,
                     f"yolo ({CORES} threads)")
     print(f"yolo, throughput through the router ({threads} thread(s) per replica):")
     scaling(lambda count: yolo_services(model, count, threads), image,
