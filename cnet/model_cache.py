@@ -1,7 +1,8 @@
 """The model cache: model files named as data stored on some node of the tree, copied here.
 
 A service workload may name its model as ``{"data_key": K, "path": P}``: the file ``P`` of the
-``type=data`` upload ``K``, on whichever node stores it. ``ModelCache.acquire`` finds that node
+``type=data`` upload ``K``, on whichever node stores it, or as ``s3://BUCKET/KEY``, an object of
+a CNET data gateway (the stored file it serves). ``ModelCache.acquire`` finds that node
 (:func:`cnet.ops.data.find`), streams the file from it in chunks over the bus (a few chunks in
 flight, never the whole file in memory), checks its size and sha256 against the upload's record
 while it arrives, and keeps it, content-addressed, as ``<state_dir>/models/<sha256>`` (written
@@ -13,12 +14,17 @@ resized as entries come and go. Room for a new entry is made by evicting the lea
 used ones (last use = the file's mtime, so it survives a restart), never one a live workload
 uses. An entry is verified again whenever a workload takes it: a corrupt one is removed and
 fetched again.
+
+What each model named here was last found to be (its sha256) is kept in ``names.json`` beside
+the entries, so a ``locate`` passing through this node can tell that it has a copy
+(``copy_of``) -- the placement's preference -- also after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data_locator import ModelRef, find, read_chunk
+from .data_locator import ModelRef, Source, find, model_ref, read_chunk
 from .errors import CnetError, InsufficientResources
 from .executors.data import fsync_dir
 from .resources import Resources
@@ -48,6 +54,8 @@ CHUNK = 1 << 20                     # bytes per fetch answer: well within the bu
 WINDOW = 4                          # chunks asked for ahead of the one being written
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL = ".partial-"
+NAMES = "names.json"                # what each model named here was last found to be
+MAX_NAMES = 1024
 
 
 @dataclass(frozen=True)
@@ -76,31 +84,37 @@ class ModelCache:
         self._sizes: dict[str, int] = {}       # sha256 -> bytes of the entries on disk
         self._incoming = 0                     # bytes reserved for entries being fetched
         self._users: dict[str, str] = {}       # workload id -> the sha256 it uses
-        self._names: dict[ModelRef, str] = {}  # what each model named here was last found to be
+        self._names: dict[str, str] = {}       # a source's key (ref.key) -> the sha256 it was
         self._fetching: dict[str, asyncio.Future] = {}
         self._scan()
 
     # -- the workloads' side -------------------------------------------------------------
 
-    async def acquire(self, workload_id: str, ref: ModelRef) -> Entry:
-        """The verified cache entry of ``ref`` for ``workload_id``, fetched first if it is not
-        here (or corrupt). Raises CnetError: not stored anywhere reachable, no room, a copy
+    async def acquire(self, workload_id: str, source: Source) -> Entry:
+        """The verified cache entry of ``source`` for ``workload_id``, fetched first if it is
+        not here (or corrupt). Raises CnetError: not stored anywhere reachable, no room, a copy
         that does not match its record."""
         try:
-            route, size, sha256 = await self._find(ref)
+            route, size, sha256, ref = await self._find(source)
         except CnetError:
-            sha256 = self._names.get(ref)   # the holder is out of reach: a copy here will do
+            sha256 = self._names.get(source.key)   # the holder is out of reach: a copy will do
             if sha256 is None or sha256 not in self._sizes:
                 raise
-            route, size = None, self._sizes[sha256]
+            route, size, ref = None, self._sizes[sha256], source
         self._users[workload_id] = sha256    # pinned from here on: never evicted under it
         try:
             entry = await self._entry(ref, route, size, sha256)
         except BaseException:
             self._users.pop(workload_id, None)
             raise
-        self._names[ref] = sha256
+        for named in {source, ref}:
+            self._name(named, sha256)
         return entry
+
+    def copy_of(self, source: Source) -> str | None:
+        """The sha256 of the entry here that ``source`` was last found to be, if it is here."""
+        sha256 = self._names.get(source.key)
+        return sha256 if sha256 in self._sizes else None
 
     def adopt(self, workload_id: str, sha256: str) -> Entry | None:
         """After an agent restart: ``workload_id`` uses entry ``sha256`` again (None if gone)."""
@@ -122,16 +136,21 @@ class ModelCache:
 
     # -- entries -------------------------------------------------------------------------
 
-    async def _find(self, ref: ModelRef) -> tuple[list[str], int, str]:
-        found = await find(self.manager, self.port, ref, hops=0, visited=())
+    async def _find(self, source: Source) -> tuple[list[str], int, str, ModelRef]:
+        found = await find(self.manager, self.port, source, hops=0, visited=())
         size, sha256, route = found["size"], found["sha256"], found["route"]
-        if (not isinstance(size, int) or isinstance(size, bool) or size < 0
+        try:
+            ref = source if isinstance(source, ModelRef) else model_ref(
+                {"data_key": found.get("data_key"), "path": found.get("path")})
+        except CnetError:
+            ref = None
+        if (ref is None or not isinstance(size, int) or isinstance(size, bool) or size < 0
                 or not isinstance(sha256, str) or not _SHA_RE.match(sha256)
                 or not isinstance(route, list) or not route
                 or not all(isinstance(n, str) for n in route)):
-            raise CnetError(f"model {ref.key}: a malformed answer about where it is stored",
+            raise CnetError(f"model {source.key}: a malformed answer about where it is stored",
                             code="model_fetch_failed", status=502)
-        return route, size, sha256
+        return route, size, sha256, ref
 
     async def _entry(self, ref: ModelRef, route: list[str] | None, size: int,
                      sha256: str) -> Entry:
@@ -264,6 +283,31 @@ class ModelCache:
         self._sizes.pop(sha256, None)
         self._resize()
 
+    # -- names ---------------------------------------------------------------------------
+
+    def _name(self, source: Source, sha256: str) -> None:
+        if self._names.get(source.key) == sha256:
+            return
+        self._names.pop(source.key, None)
+        self._names[source.key] = sha256              # the newest last: kept when trimming
+        kept = {k: s for k, s in self._names.items() if s in self._sizes}
+        self._names = dict(list(kept.items())[-MAX_NAMES:])
+        tmp = self.root / f"{NAMES}.tmp"
+        try:
+            tmp.write_text(json.dumps(self._names), encoding="utf-8")
+            os.replace(tmp, self.root / NAMES)
+        except OSError as exc:                        # only the preference depends on it
+            log.warning("model cache: cannot save %s (%s)", NAMES, exc)
+
+    def _load_names(self) -> None:
+        try:
+            names = json.loads((self.root / NAMES).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(names, dict):
+            self._names = {k: s for k, s in names.items()
+                           if isinstance(k, str) and isinstance(s, str) and s in self._sizes}
+
     def _resize(self) -> None:
         total = sum(self._sizes.values()) + self._incoming
         if total:
@@ -282,6 +326,7 @@ class ModelCache:
         total = sum(self._sizes.values())
         if total:
             self.register.adopt(CACHE_ALLOCATION, Resources(storage=total))
+        self._load_names()
 
 
 def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str) -> bytes:

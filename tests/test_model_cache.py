@@ -129,7 +129,7 @@ async def test_a_model_nowhere_in_the_tree_is_a_clear_error_that_leaves_nothing(
     async with inprocess_cluster(TREE, config=services()) as cluster:
         with pytest.raises(CnetError) as caught:
             await cluster.run("jiangsu", Submit(workload=yolo_spec("no-such-key", "m.onnx")))
-        assert caught.value.code == "data_not_found"
+        assert (caught.value.code, caught.value.status) == ("model_not_found", 404)
         assert "no-such-key/m.onnx" in caught.value.message
         for agent in cluster.agents.values():
             assert agent.manager.list() == [] and agent.register.allocated.is_zero()
