@@ -215,26 +215,35 @@ def _here(manager: "Manager", ref: Source) -> tuple[dict[str, Any] | None, str |
 
 
 async def find(manager: "Manager", port: "NeighbourPort", ref: Source, *, hops: int,
-               visited: tuple[str, ...], copies: Copies | None = None) -> dict[str, Any]:
+               visited: tuple[str, ...], copies: Copies | None = None,
+               survey: bool = False) -> dict[str, Any]:
     """Where ``ref`` is stored, seen from this node: ``{"route": [this node, ..., holder],
     "size", "sha256", "data_key", "path", "holders": [...], "copies": {node: sha256}}``, or
-    NotFound (``data_not_found``; ``bucket_not_found`` when no node serves the bucket)."""
+    NotFound (``data_not_found``; ``bucket_not_found`` when no node serves the bucket).
+
+    A holder answers at once; with ``survey`` (for placement) it asks on too, so the holders
+    and copies beyond it are listed as well."""
     me = manager.node_id
     mine = copies(ref) if copies is not None else None
     here, reason = _here(manager, ref)
-    if here is not None:
+    if here is not None and not survey:
         return here
     visited = (*visited, me)
     asked = [n.node_id for n in port.neighbours()
              if n.status == "alive" and n.node_id not in visited]
     found_copies: dict[str, str] = {me: mine} if mine else {}
     if hops + 1 > HOP_LIMIT or not asked:
+        if here is not None:
+            return {**here, "copies": found_copies}
         raise _missing(ref, f"on {me} or any node it can ask", reason, found_copies)
-    answers = await asyncio.gather(*(port.ask(n, "locate", ref.args(), hops=hops + 1,
+    args = {**ref.args(), "survey": True} if survey else ref.args()
+    answers = await asyncio.gather(*(port.ask(n, "locate", args, hops=hops + 1,
                                               visited=visited) for n in asked),
                                    return_exceptions=True)
     best: dict[str, Any] | None = None
     holders: set[str] = set()
+    if here is not None:
+        best, holders = {**here, "route": []}, {me}
     for node_id, answer in zip(asked, answers):
         if isinstance(answer, CnetError) and answer.code in ("data_not_found", "bucket_not_found"):
             _add_copies(found_copies, answer.details.get("copies"))

@@ -34,7 +34,7 @@ async def model_holders(manager: "Manager", port: "NeighbourPort", models: "Mode
     if source is None:
         return frozenset()
     try:
-        found = await find(manager, port, source, hops=0, visited=(),
+        found = await find(manager, port, source, hops=0, visited=(), survey=True,
                            copies=models.copy_of if models is not None else None)
     except CnetError as exc:
         if exc.code not in ("data_not_found", "bucket_not_found"):

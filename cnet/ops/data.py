@@ -50,20 +50,28 @@ class Locate(Operation):
     path: str = ""
     bucket: str = ""
     key: str = ""
+    survey: bool = False
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
+        survey = args.get("survey", False)
+        if not isinstance(survey, bool):
+            raise BadRequest("args.survey: true or false", code="invalid_argument")
+        return cls._parse(args, survey)
+
+    @classmethod
+    def _parse(cls, args: dict[str, Any], survey: bool) -> Self:
         if "bucket" in args:
             bucket, key = args.get("bucket"), args.get("key")
             if not isinstance(bucket, str) or not isinstance(key, str):
                 raise BadRequest("args: bucket and key are strings", code="invalid_argument")
             obj = model_url(f"{SCHEME}{bucket}/{key}", "args")
-            return cls(bucket=obj.bucket, key=obj.object_key)
+            return cls(bucket=obj.bucket, key=obj.object_key, survey=survey)
         ref = model_ref({k: args.get(k) for k in ("data_key", "path")}, "args")
-        return cls(data_key=ref.data_key, path=ref.path)
+        return cls(data_key=ref.data_key, path=ref.path, survey=survey)
 
     def args(self) -> dict[str, Any]:
-        return self.source().args()
+        return {**self.source().args(), **({"survey": True} if self.survey else {})}
 
     def source(self) -> Source:
         return ObjectRef(self.bucket, self.key) if self.bucket else ModelRef(self.data_key,
@@ -72,7 +80,7 @@ class Locate(Operation):
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
         copies = node.models.copy_of if node.models is not None else None
         return await find(node.manager, node.port, self.source(), hops=caller.hops,
-                          visited=caller.visited, copies=copies)
+                          visited=caller.visited, copies=copies, survey=self.survey)
 
 
 @dataclass(frozen=True)
