@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from .data_locator import ModelRef, Source, find, model_ref, read_chunk
 from .errors import CnetError, InsufficientResources
 from .executors.data import fsync_dir
+from .model_sink import FileSink
 from .resources import Resources
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ALLOCATION = "cache:models"   # the register's name for the cache's storage (not a workload id)
 CHUNK = 1 << 20                     # bytes per fetch answer: well within the bus's 4 MiB frames
-WINDOW = 4                          # chunks asked for ahead of the one being written
+WINDOW = 4                          # chunk requests in flight
+BACKLOG = 8                         # chunks waiting to be hashed and written, at most
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL = ".partial-"
 NAMES = "names.json"                # what each model named here was last found to be
@@ -187,52 +189,40 @@ class ModelCache:
         return Entry(sha256, self.root / sha256, self._sizes[sha256])
 
     async def _fetch(self, ref: ModelRef, route: list[str], size: int, sha256: str) -> None:
-        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked."""
+        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked: ``WINDOW``
+        chunk requests in flight, the chunks that came hashed and written (``FileSink``)."""
         started = time.monotonic()
         fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
         tmp = Path(tmp_name)
-        digest = hashlib.sha256()
         offsets = iter(range(0, size, CHUNK))
-        ahead: deque[asyncio.Future] = deque()
-        sink: asyncio.Future | None = None        # the chunk being hashed and written
+        ahead: deque[asyncio.Future] = deque(
+            asyncio.ensure_future(self._chunk(ref, route, offset))
+            for _, offset in zip(range(WINDOW), offsets))   # range first: no offset lost
+        sink = FileSink(fd, BACKLOG)
         try:
-            with os.fdopen(fd, "wb") as out:
-                for offset in offsets:
-                    ahead.append(asyncio.ensure_future(self._chunk(ref, route, offset)))
-                    if len(ahead) >= WINDOW:
-                        break
-                written = 0
+            try:
                 while ahead:
                     answer = await ahead.popleft()
                     nxt = next(offsets, None)
                     if nxt is not None:
                         ahead.append(asyncio.ensure_future(self._chunk(ref, route, nxt)))
-                    data = _checked_chunk(ref, answer, written, size, sha256)
-                    written += len(data)
-                    if sink is not None:
-                        await sink                # chunks are hashed and written in order
-                    # Hashed and written on two threads (both let go of the GIL), while the
-                    # next chunks arrive.
-                    sink = asyncio.gather(asyncio.to_thread(digest.update, data),
-                                          asyncio.to_thread(out.write, data))
-                if sink is not None:
-                    sink, last = None, sink
-                    await last
-                await asyncio.to_thread(_sync, out)
-            if digest.hexdigest() != sha256:
+                    await sink.put(_checked_chunk(ref, answer, sink.written, size, sha256))
+                digest = await sink.finish()
+            finally:
+                for task in ahead:
+                    task.cancel()
+                await sink.close()
+                os.close(fd)
+            if digest != sha256:
                 raise CnetError(f"model {ref.key}: the copy fetched from {route[-1]} does not "
                                 f"match its sha256 {sha256}", code="model_corrupt", status=502)
             os.replace(tmp, self.root / sha256)
             fsync_dir(self.root)
         except BaseException:
-            for task in ahead:
-                task.cancel()
-            if sink is not None:                  # let its threads finish with the file
-                await asyncio.wait({sink})
             tmp.unlink(missing_ok=True)
             raise
         elapsed = max(time.monotonic() - started, 1e-6)
-        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.2fs (%.1f MB/s)",
+        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.3fs (%.1f MB/s)",
                  ref.key, size, sha256[:12], route[-1], elapsed, size / elapsed / 1e6)
 
     async def _chunk(self, ref: ModelRef, route: list[str], offset: int) -> dict:
@@ -339,11 +329,6 @@ def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: s
                         f"the recorded file (was it replaced meanwhile?)",
                         code="model_fetch_failed", status=502)
     return data
-
-
-def _sync(out) -> None:
-    out.flush()
-    os.fsync(out.fileno())
 
 
 def _digest(path: Path) -> str | None:
