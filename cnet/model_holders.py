@@ -27,14 +27,15 @@ MODEL_TYPES = ("mlmodel", "opencv")
 
 
 async def model_holders(manager: "Manager", port: "NeighbourPort", models: "ModelCache | None",
-                        sub: "Submission") -> frozenset[str]:
+                        sub: "Submission", *, survey: bool = True) -> frozenset[str]:
     """The nodes holding the model ``sub`` (validated) names as data; empty when it names
-    none. NotFound (``model_not_found``) when no reachable node stores it."""
+    none. NotFound (``model_not_found``) when no reachable node stores it. Without ``survey``
+    (only whether it exists) the search stops at the first holder."""
     source = model_source(sub.config) if sub.type in MODEL_TYPES else None
     if source is None:
         return frozenset()
     try:
-        found = await find(manager, port, source, hops=0, visited=(), survey=True,
+        found = await find(manager, port, source, hops=0, visited=(), survey=survey,
                            copies=models.copy_of if models is not None else None)
     except CnetError as exc:
         if exc.code not in ("data_not_found", "bucket_not_found"):

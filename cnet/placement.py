@@ -53,7 +53,7 @@ class Placer:
     def __init__(self, local: LocalView, manager: "Manager", mirrors: "MirrorBook",
                  port: "NeighbourPort", *, default_strategy: str,
                  spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 holders: Callable[[Any], Awaitable[frozenset[str]]] | None = None):
+                 holders: Callable[..., Awaitable[frozenset[str]]] | None = None):
         self.local = local
         self.node_id = local.node_id
         self.manager = manager
@@ -61,8 +61,9 @@ class Placer:
         self.port = port
         self.default_strategy = default_strategy
         self.spawn = spawn
-        # The nodes already holding what a submission needs (its model): checked before it is
-        # placed (a missing model is an error here) and preferred (cnet/model_holders.py).
+        # The nodes already holding what a submission needs (its model), ``holders(sub,
+        # survey=...)``: checked where it is submitted (a missing model is an error there) and
+        # preferred where it is scheduled (cnet/model_holders.py).
         self.holders = holders
         # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
         self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
@@ -95,9 +96,16 @@ class Placer:
         if sub.id in self._placing:   # a retry while the first try is still under way: one answer
             wl = await asyncio.shield(self._placing[sub.id][0])
             return self.manager.same_or_conflict(wl, sub), False
-        holders = await self.holders(sub) if self.holders is not None else frozenset()
-        if stays_here(sub.requirements, placement, self.node_id, self.local.labels,
-                      self.local.register.available):
+        here = stays_here(sub.requirements, placement, self.node_id, self.local.labels,
+                          self.local.register.available)
+        holders: frozenset[str] = frozenset()
+        if self.holders is not None and (hops == 0 or not here):
+            holders = await self.holders(sub, survey=not here and placement.node is None)
+            if self.known(sub.id) is not None or sub.id in self._placing:
+                # A retry came meanwhile: answered as one.
+                return await self.submit(body, hops=hops, visited=visited, upstream=upstream,
+                                         origin=origin, deadline=deadline)
+        if here:
             return await self.manager.admit(sub, origin=origin, upstream=upstream,
                                             ready_within=_ready_within(deadline)), True
         outcome = asyncio.get_running_loop().create_future()

@@ -5,6 +5,7 @@ hold the model (the data node, a node with a cached copy, also after its restart
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import sys
@@ -240,3 +241,20 @@ async def test_an_opencv_custom_cascade_named_as_data_detects_like_the_bundled_o
                 "config": {"model": {"data_key": stored["data_key"], "path": "broken.xml"}}}))
         assert "not a cascade classifier file" in str(caught.value.details) + caught.value.message
         assert [w.name for w in cluster["nanjing"].manager.list() if w.live] == ["bundled", "custom"]
+
+
+async def test_a_retry_that_comes_while_the_model_is_located_gets_the_same_workload(
+        inprocess_cluster, fake_yolo):
+    async with inprocess_cluster(TREE, config=services()) as cluster:
+        stored = await upload(cluster["suzhou"], "detector", {"model.onnx": BLOB})
+        model = {"data_key": stored["data_key"], "path": "model.onnx"}
+        for placement in ({}, {"strategy": "spread"}):     # staying here, and delegated
+            spec = {**yolo("twice", placement, model=model), "id": f"twice-{len(placement)}"}
+            first, second = await asyncio.gather(
+                cluster.run("jiangsu", Submit(workload=spec)),
+                cluster.run("jiangsu", Submit(workload=spec)))
+            assert first["workload"]["id"] == second["workload"]["id"] == spec["id"]
+            statuses = {first["workload"]["status"], second["workload"]["status"]}
+            assert "running" in statuses and statuses <= {"pending", "running"}  # the retry
+            live = [w.id for a in cluster.agents.values() for w in a.manager.list() if w.live]
+            assert live.count(spec["id"]) == 1

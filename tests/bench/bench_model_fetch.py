@@ -13,6 +13,12 @@ disk (``shutil.copyfile`` + fsync) in the same run. Two setups:
   driven directly: both ends share one core and one GIL, a floor.
 
 Target: fetch >= 50 % of the raw copy's MB/s.
+
+A third setup, ``start``: the time from submit to running (healthy) of a real YOLO service
+(``--model``, the shared models) on nanjing whose model is already in nanjing's model cache
+(named as data stored on jiangsu: located before placing and again at the start, the cached
+copy's sha256 checked) beside the same service with ``model_path`` on nanjing's disk, both
+submitted at jiangsu, interleaved; p50 of ``--starts`` each. Target: within 10 %.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from cnet.data_locator import ModelRef  # noqa: E402
 from tests.bench.bench_upload import post_file  # noqa: E402
-from tests.harness import AgentProcess, link_cluster, wait_linked  # noqa: E402
+from tests.harness import (MODELS_DIR, AgentProcess, free_port_range, link_cluster,  # noqa: E402
+                           wait_linked)
 from tests.inprocess import running  # noqa: E402
 from tests.service_helpers import fake_install  # noqa: E402
 from tests.test_model_cache import TREE, upload  # noqa: E402
@@ -104,6 +111,48 @@ def processes(args: argparse.Namespace, root: Path) -> None:
     report("processes", args.mb, fetch, copy)
 
 
+def starts(args: argparse.Namespace, root: Path) -> None:
+    model = args.model
+    services = {"services": {"port_range": list(free_port_range(2 * args.starts + 4))}}
+    agents = {n: AgentProcess(root, n, config=services) for n in TREE}
+    link_cluster(agents, TREE)
+    try:
+        for agent in agents.values():
+            agent.start()
+        wait_linked(agents, TREE)
+        status, body, _ = post_file(agents["jiangsu"].port, "/api/workloads", model)
+        assert status == 201, body
+        stored = json.loads(body)
+        ways = {"cached": {"model": {"data_key": stored["data_key"], "path": model.name}},
+                "local path": {"model_path": str(model)}}
+
+        def start(name: str, how: dict) -> float:
+            spec = {"name": name, "type": "mlmodel", "placement": {"node": "nanjing"},
+                    "config": {"model_type": "yolo", "workers": 1, "threads": 1, **how},
+                    "requirements": {"cpu": 0.5}}
+            started = time.perf_counter()
+            wl = agents["jiangsu"].submit(spec)
+            took = time.perf_counter() - started
+            assert wl["status"] == "running" and wl["node_id"] == "nanjing", wl
+            agents["jiangsu"].api("DELETE", f"/api/workloads/{wl['id']}")
+            return took
+
+        start("fill-the-cache", ways["cached"])        # untimed: the one fetch
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        for i in range(args.starts):
+            for way in (ways if i % 2 == 0 else reversed(ways)):
+                times[way].append(start(f"start-{i}-{way.split()[0]}", ways[way]))
+    finally:
+        for agent in agents.values():
+            agent.cleanup()
+    cached, local = (statistics.median(times[w]) for w in ("cached", "local path"))
+    print(f"start: submit to running of a YOLO service ({model.name}, {model.stat().st_size} "
+          f"bytes) on nanjing, submitted at jiangsu, p50 of {args.starts} each:")
+    print(f"  model in the cache (named as data): {cached * 1000:7.1f} ms")
+    print(f"  model_path on local disk:           {local * 1000:7.1f} ms")
+    print(f"  cached / local: {cached / local:.0%} (target <= 110 %)")
+
+
 async def in_process(args: argparse.Namespace, root: Path) -> None:
     source = make_source(root, args.mb)
     size = source.stat().st_size
@@ -131,13 +180,18 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temp dir)")
-    parser.add_argument("--setup", choices=("processes", "in-process", "both"), default="both")
+    parser.add_argument("--setup", choices=("processes", "in-process", "start", "both", "all"),
+                        default="all", help="both: processes and in-process; all: and start")
+    parser.add_argument("--starts", type=int, default=7, help="starts of each kind (setup start)")
+    parser.add_argument("--model", type=Path, default=MODELS_DIR / "yolo11n-320-int8.onnx")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        if args.setup in ("processes", "both"):
+        if args.setup in ("processes", "both", "all"):
             processes(args, Path(tmp) / "processes")
-        if args.setup in ("in-process", "both"):
+        if args.setup in ("in-process", "both", "all"):
             asyncio.run(in_process(args, Path(tmp) / "in-process"))
+        if args.setup in ("start", "all"):
+            starts(args, Path(tmp) / "start")
 
 
 if __name__ == "__main__":
