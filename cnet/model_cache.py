@@ -175,11 +175,11 @@ class ModelCache:
             self._reserve(size, sha256)
             try:
                 await self._fetch(ref, route, size, sha256)
+                self._sizes[sha256] = size
+                self.fetches += 1
             finally:
                 self._incoming -= size
-            self._sizes[sha256] = size
-            self._resize()
-            self.fetches += 1
+                self._resize()                    # a failed fetch holds nothing after it
         finally:
             del self._fetching[sha256]
             done.set_result(None)
@@ -218,6 +218,10 @@ class ModelCache:
                                 f"match its sha256 {sha256}", code="model_corrupt", status=502)
             os.replace(tmp, self.root / sha256)
             fsync_dir(self.root)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CnetError(f"{self.node_id}: cannot write model {ref.key} to its cache "
+                            f"({exc.strerror or exc})", code="storage_error") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

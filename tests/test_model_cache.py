@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -195,3 +197,27 @@ async def test_eviction_is_least_recently_used_and_never_of_an_entry_in_use(
         await cache.acquire(four, refs["a"])                 # so "b" goes
         assert entries(cache) == sorted([sha["a"], sha["c"]])
         assert cache.stats()["fetches"] == 4 and chunk_reads["jiangsu"] == 4
+
+
+async def test_a_cache_that_cannot_be_written_is_a_clear_error_that_leaves_nothing(
+        inprocess_cluster):
+    async with inprocess_cluster(TREE) as cluster:
+        stored = await upload(cluster["jiangsu"], "models", {"a": os.urandom(3 * MB)})
+        nanjing = cluster["nanjing"]
+        placed = await cluster.run("nanjing", Submit(workload=process_spec("user", cpu=0.1)))
+        # Files of this process may not grow past 2 MB for a while: the fetch's writes fail
+        # (EFBIG) as on a full disk.
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * MB, limits[1]))
+        try:
+            with pytest.raises(CnetError) as caught:
+                await nanjing.models.acquire(placed["workload"]["id"],
+                                             ModelRef(stored["data_key"], "a"))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+        assert caught.value.code == "storage_error", caught.value.message
+        assert "cannot write model" in caught.value.message
+        assert entries(nanjing.models) == [] and nanjing.models.stats()["entries"] == 0
+        assert nanjing.register.resources()["allocated"]["storage"] == 0
