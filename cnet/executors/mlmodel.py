@@ -21,12 +21,11 @@ from pathlib import Path
 
 from ..devices import GPU_DEVICES
 from ..errors import BadRequest
-from ..model_cache import ModelCache
 from ..workload import Workload
 from .base import require_str
 from .launcher import LaunchSpec, ServiceStartFailed
-from .model_data import DataModels, model_options
-from .service import Service, ServiceExecutor
+from .model_data import ModelServiceExecutor, model_options
+from .supervisor import Service
 from .worker_pool import pool_args, validate_pool
 
 __all__ = ["MLModelExecutor"]
@@ -47,14 +46,11 @@ _GPUS = "_gpu_devices"   # the service config key the workload's devices are pas
 NOT_YET = ("tensorflow", "pytorch")
 
 
-class MLModelExecutor(ServiceExecutor):
+class MLModelExecutor(ModelServiceExecutor):
     type = "mlmodel"
     options = frozenset({"model_type", "model_path", "model", "model_url", "workers", "threads",
                          "spin", "gpu_fallback"})
-
-    def __init__(self, host, *, ports, models: ModelCache | None = None):
-        super().__init__(host, ports=ports)
-        self.models = DataModels(models)
+    cached_model_key = "model_path"   # the service runs on the cached copy
 
     def validate_options(self, config: dict) -> dict:
         model_type = require_str(config, "model_type")
@@ -70,7 +66,7 @@ class MLModelExecutor(ServiceExecutor):
     def check_options_here(self, config: dict) -> None:
         if "model_path" in config:
             _check_readable(config["model_path"])
-        self.models.check_here(config)
+        super().check_options_here(config)
 
     def launch_spec(self, config: dict) -> LaunchSpec:
         backend = BACKENDS[config["model_type"]]
@@ -85,7 +81,7 @@ class MLModelExecutor(ServiceExecutor):
         return LaunchSpec(backend.program, args, backend.log_prefix,
                           gpu_devices=tuple(config.get(_GPUS) or ()))
 
-    # -- a model named as data: fetched into the cache at start ---------------------------
+    # -- starting (a model named as data is fetched first: ModelServiceExecutor) ---------
 
     async def start(self, workload: Workload) -> dict:
         """Start the service; a GPU workload needs ONNX Runtime's CUDA provider here (a 400
@@ -95,28 +91,18 @@ class MLModelExecutor(ServiceExecutor):
             raise BadRequest(_NO_PROVIDER + " (onnxruntime-gpu is not installed on this node)",
                              code=PROVIDER_UNAVAILABLE)
         try:
-            return await self.models.start(workload, super().start)
+            return await super().start(workload)
         except ServiceStartFailed as exc:
             if PROVIDER_UNAVAILABLE in str(exc.details.get("log_tail", "")):
                 raise BadRequest(f"{_NO_PROVIDER}: {exc.reason}", code=PROVIDER_UNAVAILABLE,
                                  details=exc.details) from None
             raise
 
-    def adopt(self, workload: Workload) -> str | None:
-        return self.models.adopt(workload, super().adopt)
-
     def _new_service(self, workload: Workload, host: str, port: int) -> Service:
         svc = super()._new_service(workload, host, port)
-        cached = self.models.file(workload)
-        if cached is not None:
-            svc.config = {**svc.config, "model_path": str(cached)}
         if workload.runtime.get(GPU_DEVICES):
             svc.config = {**svc.config, _GPUS: list(workload.runtime[GPU_DEVICES])}
         return svc
-
-    async def remove(self, workload: Workload) -> None:
-        self.models.release(workload)
-        await super().remove(workload)
 
 
 def cuda_provider_installed() -> bool:

@@ -5,21 +5,25 @@ opencv): ``model: {"data_key", "path"}`` (a file of a ``type=data`` upload) or `
 ``model_options`` checks the config (one way of naming the model); ``DataModels`` fetches the
 named model into this node's model cache (:mod:`cnet.model_cache`) when the workload starts,
 holds the entry while it runs (and again after an agent restart) and lets it go after.
+``ModelServiceExecutor`` is the service executor that does so, handing the service the cached
+file's path in its config key ``cached_model_key``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar
 
 from ..data_locator import model_ref, model_source, model_url
 from ..errors import BadRequest, Unavailable
 from ..workload import Workload
+from .service import ServiceExecutor
+from .supervisor import Service
 
 if TYPE_CHECKING:
     from ..model_cache import ModelCache
 
-__all__ = ["DataModels", "model_options"]
+__all__ = ["DataModels", "ModelServiceExecutor", "model_options"]
 
 DATA_FIELDS = ("model", "model_url")
 
@@ -85,3 +89,33 @@ class DataModels:
     def release(self, workload: Workload) -> None:
         if self.cache is not None:
             self.cache.release(workload.id)
+
+
+class ModelServiceExecutor(ServiceExecutor):
+    """A service executor whose model may be named as data (``model``, ``model_url``)."""
+
+    cached_model_key: ClassVar[str] = ""   # the service config key the cached file goes in
+
+    def __init__(self, host, *, ports, models: "ModelCache | None" = None):
+        super().__init__(host, ports=ports)
+        self.models = DataModels(models)
+
+    def check_options_here(self, config: dict) -> None:
+        self.models.check_here(config)
+
+    async def start(self, workload: Workload) -> dict:
+        return await self.models.start(workload, super().start)
+
+    def adopt(self, workload: Workload) -> str | None:
+        return self.models.adopt(workload, super().adopt)
+
+    def _new_service(self, workload: Workload, host: str, port: int) -> Service:
+        svc = super()._new_service(workload, host, port)
+        cached = self.models.file(workload)
+        if cached is not None:
+            svc.config = {**svc.config, self.cached_model_key: str(cached)}
+        return svc
+
+    async def remove(self, workload: Workload) -> None:
+        self.models.release(workload)
+        await super().remove(workload)

@@ -10,12 +10,8 @@ gives its detection settings and the class name of its detections.
 from __future__ import annotations
 
 from ..errors import BadRequest
-from ..model_cache import ModelCache
-from ..workload import Workload
 from .launcher import LaunchSpec
-from .model_data import DataModels, model_options
-from .service import ServiceExecutor
-from .supervisor import Service
+from .model_data import ModelServiceExecutor, model_options
 from .worker_pool import pool_args, validate_pool
 
 __all__ = ["OpenCVExecutor"]
@@ -24,13 +20,10 @@ CASCADE_TYPES = ("face", "eye", "smile")
 _FILE = "_cascade_file"   # the service config key the cached cascade file is passed in
 
 
-class OpenCVExecutor(ServiceExecutor):
+class OpenCVExecutor(ModelServiceExecutor):
     type = "opencv"
     options = frozenset({"cascade_type", "model", "model_url", "workers", "threads"})
-
-    def __init__(self, host, *, ports, models: ModelCache | None = None):
-        super().__init__(host, ports=ports)
-        self.models = DataModels(models)
+    cached_model_key = _FILE
 
     def validate_options(self, config: dict) -> dict:
         cascade = config.get("cascade_type", "face")
@@ -39,28 +32,8 @@ class OpenCVExecutor(ServiceExecutor):
                              f"(got {cascade!r})", code="invalid_field")
         return {"cascade_type": cascade, **model_options(config, None), **validate_pool(config)}
 
-    def check_options_here(self, config: dict) -> None:
-        self.models.check_here(config)
-
     def launch_spec(self, config: dict) -> LaunchSpec:
         args = ["--cascade", config["cascade_type"], *pool_args(config)]
         if config.get(_FILE):   # filled in by _new_service
             args += ["--cascade-file", config[_FILE]]
         return LaunchSpec("cnet-inference-opencv", args, "opencv")
-
-    async def start(self, workload: Workload) -> dict:
-        return await self.models.start(workload, super().start)
-
-    def adopt(self, workload: Workload) -> str | None:
-        return self.models.adopt(workload, super().adopt)
-
-    def _new_service(self, workload: Workload, host: str, port: int) -> Service:
-        svc = super()._new_service(workload, host, port)
-        cached = self.models.file(workload)
-        if cached is not None:
-            svc.config = {**svc.config, _FILE: str(cached)}
-        return svc
-
-    async def remove(self, workload: Workload) -> None:
-        self.models.release(workload)
-        await super().remove(workload)

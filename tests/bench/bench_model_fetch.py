@@ -41,6 +41,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -99,19 +101,29 @@ def cpu_ms(proc: psutil.Process) -> float:
     return (times.user + times.system) * 1000
 
 
-def processes(args: argparse.Namespace, root: Path) -> None:
-    source = make_source(root, args.mb)
-    size = source.stat().st_size
-    env, _flags = fake_install(root)
-    agents = {n: AgentProcess(root, n, env=env) for n in TREE}
+@contextmanager
+def two_agents(root: Path, upload: Path, **kwargs) -> Iterator[tuple[dict, dict]]:
+    """jiangsu and nanjing (its child) as agent processes, ``upload`` stored on jiangsu:
+    (the agents, the data workload)."""
+    agents = {n: AgentProcess(root, n, **kwargs) for n in TREE}
     link_cluster(agents, TREE)
     try:
         for agent in agents.values():
             agent.start()
         wait_linked(agents, TREE)
-        status, body, _ = post_file(agents["jiangsu"].port, "/api/workloads", source)
+        status, body, _ = post_file(agents["jiangsu"].port, "/api/workloads", upload)
         assert status == 201, body
-        stored = json.loads(body)
+        yield agents, json.loads(body)
+    finally:
+        for agent in agents.values():
+            agent.cleanup()
+
+
+def processes(args: argparse.Namespace, root: Path) -> None:
+    source = make_source(root, args.mb)
+    size = source.stat().st_size
+    env, _flags = fake_install(root)
+    with two_agents(root, source, env=env) as (agents, stored):
         held = Path(stored["path"]) / source.name
         procs = {n: psutil.Process(a.proc.pid) for n, a in agents.items()}
         fetch, copy = [], []
@@ -136,9 +148,6 @@ def processes(args: argparse.Namespace, root: Path) -> None:
             raw_copy(held, root / "copy.bin")
             copy.append(size / (time.perf_counter() - started) / 1e6)
             (root / "copy.bin").unlink()
-    finally:
-        for agent in agents.values():
-            agent.cleanup()
     print("(the CPU times are of the whole submit: placing, the fetch, starting the service)")
     report("processes", args.mb, fetch, copy, cpu)
 
@@ -146,15 +155,7 @@ def processes(args: argparse.Namespace, root: Path) -> None:
 def starts(args: argparse.Namespace, root: Path) -> None:
     model = args.model
     services = {"services": {"port_range": list(free_port_range(2 * args.starts + 4))}}
-    agents = {n: AgentProcess(root, n, config=services) for n in TREE}
-    link_cluster(agents, TREE)
-    try:
-        for agent in agents.values():
-            agent.start()
-        wait_linked(agents, TREE)
-        status, body, _ = post_file(agents["jiangsu"].port, "/api/workloads", model)
-        assert status == 201, body
-        stored = json.loads(body)
+    with two_agents(root, model, config=services) as (agents, stored):
         ways = {"cached": {"model": {"data_key": stored["data_key"], "path": model.name}},
                 "local path": {"model_path": str(model)}}
 
@@ -174,9 +175,6 @@ def starts(args: argparse.Namespace, root: Path) -> None:
         for i in range(args.starts):
             for way in (ways if i % 2 == 0 else reversed(ways)):
                 times[way].append(start(f"start-{i}-{way.split()[0]}", ways[way]))
-    finally:
-        for agent in agents.values():
-            agent.cleanup()
     cached, local = (statistics.median(times[w]) for w in ("cached", "local path"))
     print(f"start: submit to running of a YOLO service ({model.name}, {model.stat().st_size} "
           f"bytes) on nanjing, submitted at jiangsu, p50 of {args.starts} each:")
