@@ -60,7 +60,8 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """The object ``key`` of the CNET gateway bucket ``bucket``: ``s3://<bucket>/<key>``."""
+    """The object ``object_key`` of the CNET gateway bucket ``bucket``:
+    ``s3://<bucket>/<object_key>``."""
 
     bucket: str
     object_key: str
@@ -88,6 +89,7 @@ def model_source(config: Mapping[str, Any]) -> Source | None:
 def model_url(value: Any, where: str = "config.model_url") -> ObjectRef:
     """``s3://BUCKET/KEY`` checked (an S3 bucket name; a key without empty, ``.`` or ``..``
     segments), or BadRequest naming what is wrong."""
+    # Here, not at the top: the gateway's executor module loads with its first workload.
     from .executors.datagateway import check_bucket_name
 
     if not isinstance(value, str) or not value.startswith(SCHEME):

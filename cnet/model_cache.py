@@ -192,7 +192,10 @@ class ModelCache:
         """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked: ``WINDOW``
         chunk requests in flight, the chunks that came hashed and written (``FileSink``)."""
         started = time.monotonic()
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
+        except OSError as exc:
+            raise _unwritable(self.node_id, ref, exc) from None
         tmp = Path(tmp_name)
         offsets = iter(range(0, size, CHUNK))
         ahead: deque[asyncio.Future] = deque(
@@ -220,8 +223,7 @@ class ModelCache:
             fsync_dir(self.root)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise CnetError(f"{self.node_id}: cannot write model {ref.key} to its cache "
-                            f"({exc.strerror or exc})", code="storage_error") from None
+            raise _unwritable(self.node_id, ref, exc) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -321,6 +323,11 @@ class ModelCache:
         if total:
             self.register.adopt(CACHE_ALLOCATION, Resources(storage=total))
         self._load_names()
+
+
+def _unwritable(node_id: str, ref: ModelRef, exc: OSError) -> CnetError:
+    return CnetError(f"{node_id}: cannot write model {ref.key} to its cache "
+                     f"({exc.strerror or exc})", code="storage_error")
 
 
 def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str) -> bytes:
