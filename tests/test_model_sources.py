@@ -260,3 +260,24 @@ async def test_a_retry_that_comes_while_the_model_is_located_gets_the_same_workl
             assert "running" in statuses and statuses <= {"pending", "running"}  # the retry
             live = [w.id for a in cluster.agents.values() for w in a.manager.list() if w.live]
             assert live.count(spec["id"]) == 1
+
+
+async def test_a_node_that_does_not_answer_the_survey_does_not_hold_up_the_placement(
+        inprocess_cluster, fake_yolo, monkeypatch):
+    tree = {**TREE, "pukou": {"parent": "nanjing"}}
+    real = ops.Locate.run
+    stuck = asyncio.Event()            # never set: pukou never answers a locate
+
+    async def silent_below_the_holder(self, node, caller):
+        if node.node_id == "pukou":
+            await stuck.wait()
+        return await real(self, node, caller)
+    async with inprocess_cluster(tree, config=services()) as cluster:
+        stored = await upload(cluster["nanjing"], "detector", {"model.onnx": BLOB})
+        monkeypatch.setattr(ops.Locate, "run", silent_below_the_holder)
+        spec = yolo("placed", {"strategy": "spread"},
+                    model={"data_key": stored["data_key"], "path": "model.onnx"})
+        # The survey past nanjing waits on pukou; the check stops at nanjing, and the placement
+        # goes on with what it found (a bound only so that a regression fails, not hangs).
+        wl = (await asyncio.wait_for(cluster.run("jiangsu", Submit(workload=spec)), 60))["workload"]
+        assert (wl["status"], wl["node_id"]) == ("running", "nanjing"), wl.get("message")
