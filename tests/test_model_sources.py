@@ -281,3 +281,18 @@ async def test_a_node_that_does_not_answer_the_survey_does_not_hold_up_the_place
         # goes on with what it found (a bound only so that a regression fails, not hangs).
         wl = (await asyncio.wait_for(cluster.run("jiangsu", Submit(workload=spec)), 60))["workload"]
         assert (wl["status"], wl["node_id"]) == ("running", "nanjing"), wl.get("message")
+
+
+@pytest.mark.parametrize("args", [
+    {"bucket": "models", "key": "k/../m"}, {"bucket": "models"}, {"bucket": 7, "key": "k/m"},
+    {"bucket": "Models", "key": "k/m"}, {"data_key": "k", "path": "m", "survey": "yes"},
+    {"data_key": "k"}, {"data_key": "k", "path": "/etc/passwd"}])
+def test_a_locate_with_bad_arguments_from_a_node_is_refused(args):
+    with pytest.raises(BadRequest):
+        ops.Locate.parse(args)
+
+
+def test_a_locate_names_what_it_asks_for_the_same_way_on_every_hop():
+    for args in ({"bucket": "models", "key": "k/m.onnx"}, {"data_key": "k", "path": "m.onnx"},
+                 {"data_key": "k", "path": "m.onnx", "survey": True}):
+        assert ops.Locate.parse(args).args() == args

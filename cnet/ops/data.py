@@ -57,18 +57,14 @@ class Locate(Operation):
         survey = args.get("survey", False)
         if not isinstance(survey, bool):
             raise BadRequest("args.survey: true or false", code="invalid_argument")
-        return cls._parse(args, survey)
-
-    @classmethod
-    def _parse(cls, args: dict[str, Any], survey: bool) -> Self:
-        if "bucket" in args:
-            bucket, key = args.get("bucket"), args.get("key")
-            if not isinstance(bucket, str) or not isinstance(key, str):
-                raise BadRequest("args: bucket and key are strings", code="invalid_argument")
-            obj = model_url(f"{SCHEME}{bucket}/{key}", "args")
-            return cls(bucket=obj.bucket, key=obj.object_key, survey=survey)
-        ref = model_ref({k: args.get(k) for k in ("data_key", "path")}, "args")
-        return cls(data_key=ref.data_key, path=ref.path, survey=survey)
+        if "bucket" not in args:
+            ref = model_ref({k: args.get(k) for k in ("data_key", "path")}, "args")
+            return cls(data_key=ref.data_key, path=ref.path, survey=survey)
+        bucket, key = args.get("bucket"), args.get("key")
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            raise BadRequest("args: bucket and key are strings", code="invalid_argument")
+        obj = model_url(f"{SCHEME}{bucket}/{key}", "args")
+        return cls(bucket=obj.bucket, key=obj.object_key, survey=survey)
 
     def args(self) -> dict[str, Any]:
         return {**self.source().args(), **({"survey": True} if self.survey else {})}
