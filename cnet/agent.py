@@ -11,6 +11,7 @@ import errno
 import logging
 import signal
 import time
+from functools import partial
 from typing import Callable
 
 import tornado.httpserver
@@ -32,6 +33,7 @@ from .manager import Manager
 from .metrics import AgentMetrics
 from .mirrors import MirrorBook
 from .model_cache import ModelCache
+from .model_holders import model_holders
 from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
@@ -96,14 +98,16 @@ class Agent:
             self.local = LocalView(cfg.node_id, cfg.url, cfg.labels, self.register,
                                    self.manager.live, self.started_at)
             self.placer = Placer(self.local, self.manager, self.mirrors, self.port,
-                                 default_strategy=cfg.placement_strategy, spawn=self.spawn)
+                                 default_strategy=cfg.placement_strategy, spawn=self.spawn,
+                                 holders=partial(model_holders, self.manager, self.port,
+                                                 self.models))
             self.watch = NeighbourWatch(self.hub, self.mirrors,
                                         Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
                                         clock=self.clock)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
                              self.port, on_submission=self.metrics.count_submission,
-                             clock=self.clock)
+                             clock=self.clock, models=self.models)
             await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
         except BaseException:
             for sock in sockets:
@@ -175,7 +179,7 @@ class Agent:
 
         def opencv():
             from .executors.opencv import OpenCVExecutor
-            return OpenCVExecutor(manager, ports=ports)
+            return OpenCVExecutor(manager, ports=ports, models=models)
 
         def datagateway():
             from .executors.datagateway import DataGatewayExecutor

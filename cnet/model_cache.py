@@ -1,7 +1,8 @@
 """The model cache: model files named as data stored on some node of the tree, copied here.
 
 A service workload may name its model as ``{"data_key": K, "path": P}``: the file ``P`` of the
-``type=data`` upload ``K``, on whichever node stores it. ``ModelCache.acquire`` finds that node
+``type=data`` upload ``K``, on whichever node stores it, or as ``s3://BUCKET/KEY``, an object of
+a CNET data gateway (the stored file it serves). ``ModelCache.acquire`` finds that node
 (:func:`cnet.ops.data.find`), streams the file from it in chunks over the bus (a few chunks in
 flight, never the whole file in memory), checks its size and sha256 against the upload's record
 while it arrives, and keeps it, content-addressed, as ``<state_dir>/models/<sha256>`` (written
@@ -13,12 +14,17 @@ resized as entries come and go. Room for a new entry is made by evicting the lea
 used ones (last use = the file's mtime, so it survives a restart), never one a live workload
 uses. An entry is verified again whenever a workload takes it: a corrupt one is removed and
 fetched again.
+
+What each model named here was last found to be (its sha256) is kept in ``names.json`` beside
+the entries, so a ``locate`` passing through this node can tell that it has a copy
+(``copy_of``) -- the placement's preference -- also after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data_locator import ModelRef, find, read_chunk
+from .data_locator import ModelRef, Source, find, model_ref, read_chunk
 from .errors import CnetError, InsufficientResources
 from .executors.data import fsync_dir
+from .model_sink import FileSink
 from .resources import Resources
 
 if TYPE_CHECKING:
@@ -45,9 +52,12 @@ log = logging.getLogger(__name__)
 
 CACHE_ALLOCATION = "cache:models"   # the register's name for the cache's storage (not a workload id)
 CHUNK = 1 << 20                     # bytes per fetch answer: well within the bus's 4 MiB frames
-WINDOW = 4                          # chunks asked for ahead of the one being written
+WINDOW = 4                          # chunk requests in flight
+BACKLOG = 8                         # chunks waiting to be hashed and written, at most
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL = ".partial-"
+NAMES = "names.json"                # what each model named here was last found to be
+MAX_NAMES = 1024
 
 
 @dataclass(frozen=True)
@@ -76,31 +86,37 @@ class ModelCache:
         self._sizes: dict[str, int] = {}       # sha256 -> bytes of the entries on disk
         self._incoming = 0                     # bytes reserved for entries being fetched
         self._users: dict[str, str] = {}       # workload id -> the sha256 it uses
-        self._names: dict[ModelRef, str] = {}  # what each model named here was last found to be
+        self._names: dict[str, str] = {}       # a source's key (ref.key) -> the sha256 it was
         self._fetching: dict[str, asyncio.Future] = {}
         self._scan()
 
     # -- the workloads' side -------------------------------------------------------------
 
-    async def acquire(self, workload_id: str, ref: ModelRef) -> Entry:
-        """The verified cache entry of ``ref`` for ``workload_id``, fetched first if it is not
-        here (or corrupt). Raises CnetError: not stored anywhere reachable, no room, a copy
+    async def acquire(self, workload_id: str, source: Source) -> Entry:
+        """The verified cache entry of ``source`` for ``workload_id``, fetched first if it is
+        not here (or corrupt). Raises CnetError: not stored anywhere reachable, no room, a copy
         that does not match its record."""
         try:
-            route, size, sha256 = await self._find(ref)
+            route, size, sha256, ref = await self._find(source)
         except CnetError:
-            sha256 = self._names.get(ref)   # the holder is out of reach: a copy here will do
+            sha256 = self._names.get(source.key)   # the holder is out of reach: a copy will do
             if sha256 is None or sha256 not in self._sizes:
                 raise
-            route, size = None, self._sizes[sha256]
+            route, size, ref = None, self._sizes[sha256], source
         self._users[workload_id] = sha256    # pinned from here on: never evicted under it
         try:
             entry = await self._entry(ref, route, size, sha256)
         except BaseException:
             self._users.pop(workload_id, None)
             raise
-        self._names[ref] = sha256
+        for named in {source, ref}:
+            self._name(named, sha256)
         return entry
+
+    def copy_of(self, source: Source) -> str | None:
+        """The sha256 of the entry here that ``source`` was last found to be, if it is here."""
+        sha256 = self._names.get(source.key)
+        return sha256 if sha256 in self._sizes else None
 
     def adopt(self, workload_id: str, sha256: str) -> Entry | None:
         """After an agent restart: ``workload_id`` uses entry ``sha256`` again (None if gone)."""
@@ -122,16 +138,21 @@ class ModelCache:
 
     # -- entries -------------------------------------------------------------------------
 
-    async def _find(self, ref: ModelRef) -> tuple[list[str], int, str]:
-        found = await find(self.manager, self.port, ref, hops=0, visited=())
+    async def _find(self, source: Source) -> tuple[list[str], int, str, ModelRef]:
+        found = await find(self.manager, self.port, source, hops=0, visited=())
         size, sha256, route = found["size"], found["sha256"], found["route"]
-        if (not isinstance(size, int) or isinstance(size, bool) or size < 0
+        try:
+            ref = source if isinstance(source, ModelRef) else model_ref(
+                {"data_key": found.get("data_key"), "path": found.get("path")})
+        except CnetError:
+            ref = None
+        if (ref is None or not isinstance(size, int) or isinstance(size, bool) or size < 0
                 or not isinstance(sha256, str) or not _SHA_RE.match(sha256)
                 or not isinstance(route, list) or not route
                 or not all(isinstance(n, str) for n in route)):
-            raise CnetError(f"model {ref.key}: a malformed answer about where it is stored",
+            raise CnetError(f"model {source.key}: a malformed answer about where it is stored",
                             code="model_fetch_failed", status=502)
-        return route, size, sha256
+        return route, size, sha256, ref
 
     async def _entry(self, ref: ModelRef, route: list[str] | None, size: int,
                      sha256: str) -> Entry:
@@ -154,11 +175,11 @@ class ModelCache:
             self._reserve(size, sha256)
             try:
                 await self._fetch(ref, route, size, sha256)
+                self._sizes[sha256] = size
+                self.fetches += 1
             finally:
                 self._incoming -= size
-            self._sizes[sha256] = size
-            self._resize()
-            self.fetches += 1
+                self._resize()                    # a failed fetch holds nothing after it
         finally:
             del self._fetching[sha256]
             done.set_result(None)
@@ -168,52 +189,46 @@ class ModelCache:
         return Entry(sha256, self.root / sha256, self._sizes[sha256])
 
     async def _fetch(self, ref: ModelRef, route: list[str], size: int, sha256: str) -> None:
-        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked."""
+        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked: ``WINDOW``
+        chunk requests in flight, the chunks that came hashed and written (``FileSink``)."""
         started = time.monotonic()
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
-        tmp = Path(tmp_name)
-        digest = hashlib.sha256()
-        offsets = iter(range(0, size, CHUNK))
-        ahead: deque[asyncio.Future] = deque()
-        sink: asyncio.Future | None = None        # the chunk being hashed and written
         try:
-            with os.fdopen(fd, "wb") as out:
-                for offset in offsets:
-                    ahead.append(asyncio.ensure_future(self._chunk(ref, route, offset)))
-                    if len(ahead) >= WINDOW:
-                        break
-                written = 0
+            fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
+        except OSError as exc:
+            raise _unwritable(self.node_id, ref, exc) from None
+        tmp = Path(tmp_name)
+        offsets = iter(range(0, size, CHUNK))
+        ahead: deque[asyncio.Future] = deque(
+            asyncio.ensure_future(self._chunk(ref, route, offset))
+            for _, offset in zip(range(WINDOW), offsets))   # range first: no offset lost
+        sink = FileSink(fd, BACKLOG)
+        try:
+            try:
                 while ahead:
                     answer = await ahead.popleft()
                     nxt = next(offsets, None)
                     if nxt is not None:
                         ahead.append(asyncio.ensure_future(self._chunk(ref, route, nxt)))
-                    data = _checked_chunk(ref, answer, written, size, sha256)
-                    written += len(data)
-                    if sink is not None:
-                        await sink                # chunks are hashed and written in order
-                    # Hashed and written on two threads (both let go of the GIL), while the
-                    # next chunks arrive.
-                    sink = asyncio.gather(asyncio.to_thread(digest.update, data),
-                                          asyncio.to_thread(out.write, data))
-                if sink is not None:
-                    sink, last = None, sink
-                    await last
-                await asyncio.to_thread(_sync, out)
-            if digest.hexdigest() != sha256:
+                    await sink.put(_checked_chunk(ref, answer, sink.written, size, sha256))
+                digest = await sink.finish()
+            finally:
+                for task in ahead:
+                    task.cancel()
+                await sink.close()
+                os.close(fd)
+            if digest != sha256:
                 raise CnetError(f"model {ref.key}: the copy fetched from {route[-1]} does not "
                                 f"match its sha256 {sha256}", code="model_corrupt", status=502)
             os.replace(tmp, self.root / sha256)
             fsync_dir(self.root)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _unwritable(self.node_id, ref, exc) from None
         except BaseException:
-            for task in ahead:
-                task.cancel()
-            if sink is not None:                  # let its threads finish with the file
-                await asyncio.wait({sink})
             tmp.unlink(missing_ok=True)
             raise
         elapsed = max(time.monotonic() - started, 1e-6)
-        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.2fs (%.1f MB/s)",
+        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.3fs (%.1f MB/s)",
                  ref.key, size, sha256[:12], route[-1], elapsed, size / elapsed / 1e6)
 
     async def _chunk(self, ref: ModelRef, route: list[str], offset: int) -> dict:
@@ -264,6 +279,31 @@ class ModelCache:
         self._sizes.pop(sha256, None)
         self._resize()
 
+    # -- names ---------------------------------------------------------------------------
+
+    def _name(self, source: Source, sha256: str) -> None:
+        if self._names.get(source.key) == sha256:
+            return
+        self._names.pop(source.key, None)
+        self._names[source.key] = sha256              # the newest last: kept when trimming
+        kept = {k: s for k, s in self._names.items() if s in self._sizes}
+        self._names = dict(list(kept.items())[-MAX_NAMES:])
+        tmp = self.root / f"{NAMES}.tmp"
+        try:
+            tmp.write_text(json.dumps(self._names), encoding="utf-8")
+            os.replace(tmp, self.root / NAMES)
+        except OSError as exc:                        # only the preference depends on it
+            log.warning("model cache: cannot save %s (%s)", NAMES, exc)
+
+    def _load_names(self) -> None:
+        try:
+            names = json.loads((self.root / NAMES).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(names, dict):
+            self._names = {k: s for k, s in names.items()
+                           if isinstance(k, str) and isinstance(s, str) and s in self._sizes}
+
     def _resize(self) -> None:
         total = sum(self._sizes.values()) + self._incoming
         if total:
@@ -282,6 +322,12 @@ class ModelCache:
         total = sum(self._sizes.values())
         if total:
             self.register.adopt(CACHE_ALLOCATION, Resources(storage=total))
+        self._load_names()
+
+
+def _unwritable(node_id: str, ref: ModelRef, exc: OSError) -> CnetError:
+    return CnetError(f"{node_id}: cannot write model {ref.key} to its cache "
+                     f"({exc.strerror or exc})", code="storage_error")
 
 
 def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str) -> bytes:
@@ -294,11 +340,6 @@ def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: s
                         f"the recorded file (was it replaced meanwhile?)",
                         code="model_fetch_failed", status=502)
     return data
-
-
-def _sync(out) -> None:
-    out.flush()
-    os.fsync(out.fileno())
 
 
 def _digest(path: Path) -> str | None:

@@ -15,6 +15,7 @@ from .errors import NotFound
 if TYPE_CHECKING:
     from .manager import Manager
     from .mirrors import MirrorBook
+    from .model_cache import ModelCache
     from .neighbours import LocalView
     from .placement import Placer
     from .register import Register
@@ -34,6 +35,7 @@ class Node:
     port: "NeighbourPort"         # the neighbours and what this node asks of them
     on_submission: Callable[[str, str], None] = lambda wtype, result: None  # (type, outcome)
     clock: Callable[[], float] = time.monotonic   # the bus's clock: neighbour ages are on it
+    models: "ModelCache | None" = None            # the model cache (its copies, for locate)
 
     @property
     def node_id(self) -> str:

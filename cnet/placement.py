@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from bus import LostInFlight, RemoteError, RequestTimeout, Unreachable
 
@@ -52,7 +52,8 @@ class _NoAnswer(Exception):
 class Placer:
     def __init__(self, local: LocalView, manager: "Manager", mirrors: "MirrorBook",
                  port: "NeighbourPort", *, default_strategy: str,
-                 spawn: Callable[[Coroutine[Any, Any, None]], None]):
+                 spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 holders: Callable[..., Awaitable[frozenset[str]]] | None = None):
         self.local = local
         self.node_id = local.node_id
         self.manager = manager
@@ -60,6 +61,10 @@ class Placer:
         self.port = port
         self.default_strategy = default_strategy
         self.spawn = spawn
+        # The nodes already holding what a submission needs (its model), ``holders(sub,
+        # survey=...)``: checked where it is submitted (a missing model is an error there) and
+        # preferred where it is scheduled (cnet/model_holders.py).
+        self.holders = holders
         # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
         self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
 
@@ -91,15 +96,24 @@ class Placer:
         if sub.id in self._placing:   # a retry while the first try is still under way: one answer
             wl = await asyncio.shield(self._placing[sub.id][0])
             return self.manager.same_or_conflict(wl, sub), False
-        if stays_here(sub.requirements, placement, self.node_id, self.local.labels,
-                      self.local.register.available):
+        here = stays_here(sub.requirements, placement, self.node_id, self.local.labels,
+                          self.local.register.available)
+        holders: frozenset[str] = frozenset()
+        if self.holders is not None and (hops == 0 or not here):
+            holders = await self.holders(sub, survey=not here and placement.node is None)
+            if self.known(sub.id) is not None or sub.id in self._placing:
+                # A retry came meanwhile: answered as one.
+                return await self.submit(body, hops=hops, visited=visited, upstream=upstream,
+                                         origin=origin, deadline=deadline)
+        if here:
             return await self.manager.admit(sub, origin=origin, upstream=upstream,
                                             ready_within=_ready_within(deadline)), True
         outcome = asyncio.get_running_loop().create_future()
         self._placing[sub.id] = (outcome, self._pending_record(sub, self.node_id, origin))
         self.mirrors.expect(sub.id)
         try:
-            wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline)
+            wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline,
+                                   holders)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 outcome.set_exception(exc)
@@ -120,12 +134,14 @@ class Placer:
         return entry[1] if entry is not None else None
 
     async def _place(self, sub, body, placement: Placement, hops: int, visited: tuple[str, ...],
-                     upstream: str | None, origin: str | None, deadline: float | None) -> Workload:
+                     upstream: str | None, origin: str | None, deadline: float | None,
+                     holders: frozenset[str] = frozenset()) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
         exclude = set(visited) | ({upstream} if upstream else set())
         decision = schedule(sub.requirements, placement,
-                            scheduler_snapshot(self.local, self.port.neighbours(), exclude=exclude))
+                            scheduler_snapshot(self.local, self.port.neighbours(), exclude=exclude),
+                            prefer=holders)
         if decision.impossible and hops == 0:
             # Only where it was submitted: further down, the view leaves out the nodes behind us.
             raise BadRequest(decision.impossible, code="impossible_placement")

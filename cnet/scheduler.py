@@ -330,8 +330,15 @@ def stays_here(request: Resources, placement: Placement, node_id: str, labels: d
     return all(rule.keep(here, [0]) for rule in hard_rules(request, placement))
 
 
-def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> Decision:
-    """Order the snapshot's nodes for ``request`` under ``placement``; no I/O, no side effects."""
+def schedule(request: Resources, placement: Placement, snapshot: Snapshot,
+             prefer: frozenset = frozenset()) -> Decision:
+    """Order the snapshot's nodes for ``request`` under ``placement``; no I/O, no side effects.
+
+    ``prefer``: node ids that already hold what the workload needs (its model). A soft
+    preference: among the nodes that pass every rule, those in it (or, for a child, with one
+    below it) come before the others -- after this node under ``local_first``, and the affinity
+    terms still weigh more; no effect when ``placement.node`` pins the workload.
+    """
     snap, rules = snapshot, hard_rules(request, placement)
     pinned_elsewhere = impossible = None
     idx = snap.by_id
@@ -343,6 +350,8 @@ def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> De
         return Decision(snap, request, placement, [], rules, pinned_elsewhere, impossible)
     key = _strategy_key(request, placement.strategy, snap, idx)
     order = sorted(range(len(idx)), key=key.__getitem__)   # stable: equal keys stay in id order
+    if prefer and placement.node is None:
+        order.sort(key=_preference(snap, placement, idx, prefer).__getitem__)
     if placement.affinity or placement.anti_affinity:
         # Soft constraints come first: affinity pulls, anti-affinity pushes.
         soft = [0] * len(idx)
@@ -353,6 +362,16 @@ def schedule(request: Resources, placement: Placement, snapshot: Snapshot) -> De
         order.sort(key=soft.__getitem__)
     return Decision(snap, request, placement, [idx[p] for p in order], rules, pinned_elsewhere,
                     impossible)
+
+
+def _preference(snap: Snapshot, placement: Placement, idx: list[int],
+                prefer: frozenset) -> list[int]:
+    """0 for this node under ``local_first``, 1 for a node holding (or with below it) one of
+    ``prefer``, 2 for the others; per position in ``idx``."""
+    held = snap.mask(("prefer", prefer), lambda n: n.node_id in prefer
+                     or not prefer.isdisjoint(n.subtree_nodes))[0]
+    first = set(snap.selves) if placement.strategy == "local_first" else set()
+    return [0 if i in first else 1 if held[i] else 2 for i in idx]
 
 
 def _strategy_key(request: Resources, strategy: str, snap: Snapshot, idx: list[int]) -> list[float]:

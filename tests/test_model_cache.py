@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -74,6 +76,11 @@ def chunk_reads(monkeypatch) -> Counter:
     return reads
 
 
+def entries(cache) -> list[str]:
+    """The cache's entries (its index of names left out)."""
+    return sorted(p.name for p in cache.root.iterdir() if p.name != model_cache.NAMES)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -129,7 +136,7 @@ async def test_a_model_nowhere_in_the_tree_is_a_clear_error_that_leaves_nothing(
     async with inprocess_cluster(TREE, config=services()) as cluster:
         with pytest.raises(CnetError) as caught:
             await cluster.run("jiangsu", Submit(workload=yolo_spec("no-such-key", "m.onnx")))
-        assert caught.value.code == "data_not_found"
+        assert (caught.value.code, caught.value.status) == ("model_not_found", 404)
         assert "no-such-key/m.onnx" in caught.value.message
         for agent in cluster.agents.values():
             assert agent.manager.list() == [] and agent.register.allocated.is_zero()
@@ -176,17 +183,41 @@ async def test_eviction_is_least_recently_used_and_never_of_an_entry_in_use(
         three = await user("three")
         entry = await cache.acquire(three, refs["c"])        # room made by evicting "a" only
         assert entry.path.read_bytes() == blobs["c"]
-        assert sorted(p.name for p in cache.root.iterdir()) == sorted([sha["b"], sha["c"]])
+        assert entries(cache) == sorted([sha["b"], sha["c"]])
         assert nanjing.register.resources()["allocated"]["storage"] == 2 * MB
 
         four = await user("four")
         with pytest.raises(InsufficientResources, match="in use"):
             await cache.acquire(four, refs["a"])             # "b" and "c" are both in use
-        assert sorted(p.name for p in cache.root.iterdir()) == sorted([sha["b"], sha["c"]])
+        assert entries(cache) == sorted([sha["b"], sha["c"]])
         assert nanjing.register.resources()["allocated"]["storage"] == 2 * MB
 
         await cluster.run("nanjing", Stop(id=two))
         os.utime(cache.root / sha["c"], (1, 1))              # "c" looks oldest, but is in use
         await cache.acquire(four, refs["a"])                 # so "b" goes
-        assert sorted(p.name for p in cache.root.iterdir()) == sorted([sha["a"], sha["c"]])
+        assert entries(cache) == sorted([sha["a"], sha["c"]])
         assert cache.stats()["fetches"] == 4 and chunk_reads["jiangsu"] == 4
+
+
+async def test_a_cache_that_cannot_be_written_is_a_clear_error_that_leaves_nothing(
+        inprocess_cluster):
+    async with inprocess_cluster(TREE) as cluster:
+        stored = await upload(cluster["jiangsu"], "models", {"a": os.urandom(3 * MB)})
+        nanjing = cluster["nanjing"]
+        placed = await cluster.run("nanjing", Submit(workload=process_spec("user", cpu=0.1)))
+        # Files of this process may not grow past 2 MB for a while: the fetch's writes fail
+        # (EFBIG) as on a full disk.
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * MB, limits[1]))
+        try:
+            with pytest.raises(CnetError) as caught:
+                await nanjing.models.acquire(placed["workload"]["id"],
+                                             ModelRef(stored["data_key"], "a"))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+        assert caught.value.code == "storage_error", caught.value.message
+        assert "cannot write model" in caught.value.message
+        assert entries(nanjing.models) == [] and nanjing.models.stats()["entries"] == 0
+        assert nanjing.register.resources()["allocated"]["storage"] == 0

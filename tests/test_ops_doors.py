@@ -19,6 +19,14 @@ def _deep(levels: int) -> dict:
         value = {"a": value}
     return value
 
+def _model(name: str, **config) -> dict:
+    return {"name": name, "type": "mlmodel", "config": {"model_type": "yolo", **config}}
+
+
+_BAD_URL = _model("m", model_url="s3://models/k/../m.onnx")
+_NO_BUCKET = _model("m", model_url="s3://nobucket/k/m.onnx")
+_NO_MODEL = {"name": "c", "type": "opencv", "config": {"model": {"data_key": "k", "path": "m"}}}
+
 # (what is wrong, bus operation, bus args, REST method, REST path, REST JSON body)
 CASES = [
     ("unknown status", "list", {"status": "sleeping"}, "GET", "/api/workloads?status=sleeping", None),
@@ -60,6 +68,11 @@ CASES = [
      {"workload": {**process_spec(), "config": {"command": "sleep", "env": {"A": 2 ** 63}}}},
      "POST", "/api/workloads",
      {**process_spec(), "config": {"command": "sleep", "env": {"A": 2 ** 63}}}),
+    ("model_url with '..'", "submit", {"workload": _BAD_URL}, "POST", "/api/workloads", _BAD_URL),
+    ("model_url of an unknown bucket", "submit", {"workload": _NO_BUCKET}, "POST",
+     "/api/workloads", _NO_BUCKET),
+    ("cascade data stored nowhere", "submit", {"workload": _NO_MODEL}, "POST", "/api/workloads",
+     _NO_MODEL),
 ]
 
 

@@ -266,3 +266,55 @@ def test_the_scheduler_does_not_import_numpy():
     import sys
     code = "import sys, cnet.scheduler; sys.exit('numpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- the soft preference for nodes that already hold a workload's model ------------------------
+
+def decide_preferring(nodes, prefer, cpu=2.0, **placement):
+    snap = Snapshot(nodes[0].node_id, nodes)
+    return schedule(Resources(cpu=cpu, memory=2 * GiB), Placement.parse(placement), snap,
+                    prefer=frozenset(prefer))
+
+
+@pytest.mark.parametrize("strategy", ["least_loaded", "binpack", "spread"])
+def test_nodes_holding_the_model_come_first_whatever_the_strategy(strategy):
+    nodes = [node("a", "self", cpu=3), node("b", "peer", cpu=7), node("c", "peer", cpu=5),
+             node("d", "peer", cpu=2.5)]
+    plain = ids(decide(nodes, strategy=strategy))
+    preferred = ids(decide_preferring(nodes, {"c", "a"}, strategy=strategy))
+    # The holders first, each group in the strategy's own order.
+    assert preferred == [n for n in plain if n in "ca"] + [n for n in plain if n not in "ca"]
+    assert preferred[:2] != plain[:2]
+
+
+def test_a_child_with_the_holder_below_it_counts_as_holding_it():
+    nodes = [node("jiangsu", "self", cpu=1), node("nanjing", "child", cpu=7),
+             node("suzhou", "child", cpu=3, subtree_nodes=frozenset({"kunshan"}))]
+    assert ids(decide_preferring(nodes, {"kunshan"})) == ["suzhou", "nanjing"]
+
+
+def test_local_first_keeps_this_node_first_and_prefers_holders_among_the_rest():
+    nodes = [node("jiangsu", "self", cpu=4), node("nanjing", "child", cpu=8),
+             node("suzhou", "child", cpu=3)]
+    assert ids(decide_preferring(nodes, {"suzhou"})) == ["jiangsu", "suzhou", "nanjing"]
+    nodes[0] = node("jiangsu", "self", cpu=1)     # this node does not fit: the holder first
+    assert ids(decide_preferring(nodes, {"suzhou"})) == ["suzhou", "nanjing"]
+
+
+def test_the_preference_never_picks_a_node_that_fails_a_rule():
+    nodes = [node("a", "self", cpu=3), node("b", "peer", cpu=7),
+             node("c", "peer", cpu=1), node("d", "peer", cpu=8, labels={"zone": "x"}),
+             node("e", "peer", status="lost")]
+    d = decide_preferring(nodes, {"c", "e", "d"}, strategy="least_loaded",
+                          node_selector={"zone": "y"})
+    assert ids(d) == []
+    d = decide_preferring(nodes, {"c", "e"}, strategy="least_loaded")
+    assert ids(d) == ["d", "b", "a"]               # c is too small, e lost: no effect
+
+
+def test_pinning_and_affinity_outweigh_the_preference():
+    nodes = [node("a", "self", cpu=3), node("b", "peer", cpu=7),
+             node("c", "peer", cpu=5, workload_names=frozenset({"db"}))]
+    assert ids(decide_preferring(nodes, {"a"}, strategy="least_loaded", node="b")) == ["b"]
+    d = decide_preferring(nodes, {"a"}, strategy="least_loaded", affinity=["db"])
+    assert ids(d) == ["c", "a", "b"]

@@ -5,8 +5,9 @@
 resolved against the agent's working directory when the workload is submitted; the workload's
 config then shows the absolute path, so restarts do not depend on the agent's directory.
 Instead of ``model_path``, ``model: {"data_key", "path"}`` names a file of a ``type=data``
-upload stored on any node: it is fetched into this node's model cache (:mod:`cnet.model_cache`)
-when the workload starts, and the service runs on the cached copy.
+upload stored on any node, or ``model_url: "s3://BUCKET/KEY"`` an object of a CNET data gateway:
+it is fetched into this node's model cache (:mod:`cnet.model_cache`) when the workload starts,
+and the service runs on the cached copy (:mod:`cnet.executors.model_data`).
 The speed options are per workload: ``workers``, ``threads`` (ONNX Runtime intra-op threads per
 worker) and ``spin`` (let idle intra-op threads spin; the service's default is not to).
 """
@@ -18,14 +19,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data_locator import model_ref
 from ..devices import GPU_DEVICES
-from ..errors import BadRequest, Unavailable
-from ..model_cache import ModelCache
+from ..errors import BadRequest
 from ..workload import Workload
 from .base import require_str
 from .launcher import LaunchSpec, ServiceStartFailed
-from .service import Service, ServiceExecutor
+from .model_data import ModelServiceExecutor, model_options
+from .supervisor import Service
 from .worker_pool import pool_args, validate_pool
 
 __all__ = ["MLModelExecutor"]
@@ -46,14 +46,11 @@ _GPUS = "_gpu_devices"   # the service config key the workload's devices are pas
 NOT_YET = ("tensorflow", "pytorch")
 
 
-class MLModelExecutor(ServiceExecutor):
+class MLModelExecutor(ModelServiceExecutor):
     type = "mlmodel"
-    options = frozenset({"model_type", "model_path", "model", "workers", "threads", "spin",
-                         "gpu_fallback"})
-
-    def __init__(self, host, *, ports, models: ModelCache | None = None):
-        super().__init__(host, ports=ports)
-        self.models = models
+    options = frozenset({"model_type", "model_path", "model", "model_url", "workers", "threads",
+                         "spin", "gpu_fallback"})
+    cached_model_key = "model_path"   # the service runs on the cached copy
 
     def validate_options(self, config: dict) -> dict:
         model_type = require_str(config, "model_type")
@@ -69,8 +66,7 @@ class MLModelExecutor(ServiceExecutor):
     def check_options_here(self, config: dict) -> None:
         if "model_path" in config:
             _check_readable(config["model_path"])
-        elif self.models is None:
-            raise Unavailable("config.model: this node has no model cache", code="model_not_found")
+        super().check_options_here(config)
 
     def launch_spec(self, config: dict) -> LaunchSpec:
         backend = BACKENDS[config["model_type"]]
@@ -85,7 +81,7 @@ class MLModelExecutor(ServiceExecutor):
         return LaunchSpec(backend.program, args, backend.log_prefix,
                           gpu_devices=tuple(config.get(_GPUS) or ()))
 
-    # -- a model named as data: fetched into the cache at start ---------------------------
+    # -- starting (a model named as data is fetched first: ModelServiceExecutor) ---------
 
     async def start(self, workload: Workload) -> dict:
         """Start the service; a GPU workload needs ONNX Runtime's CUDA provider here (a 400
@@ -95,46 +91,18 @@ class MLModelExecutor(ServiceExecutor):
             raise BadRequest(_NO_PROVIDER + " (onnxruntime-gpu is not installed on this node)",
                              code=PROVIDER_UNAVAILABLE)
         try:
-            return await self._start_service(workload)
+            return await super().start(workload)
         except ServiceStartFailed as exc:
             if PROVIDER_UNAVAILABLE in str(exc.details.get("log_tail", "")):
                 raise BadRequest(f"{_NO_PROVIDER}: {exc.reason}", code=PROVIDER_UNAVAILABLE,
                                  details=exc.details) from None
             raise
 
-    async def _start_service(self, workload: Workload) -> dict:
-        model = workload.config.get("model")
-        if model is None:
-            return await super().start(workload)
-        entry = await self.models.acquire(workload.id, model_ref(model))
-        try:
-            runtime = await super().start(workload)
-        except BaseException:
-            self.models.release(workload.id)
-            raise
-        return {**runtime, "model_sha256": entry.sha256, "model_file": str(entry.path)}
-
-    def adopt(self, workload: Workload) -> str | None:
-        if "model" in workload.config and self.models is not None:
-            self.models.adopt(workload.id, workload.runtime.get("model_sha256"))
-        reason = super().adopt(workload)
-        if reason is not None and self.models is not None:
-            self.models.release(workload.id)
-        return reason
-
     def _new_service(self, workload: Workload, host: str, port: int) -> Service:
         svc = super()._new_service(workload, host, port)
-        cached = self.models.path_for(workload.id) if self.models is not None else None
-        if "model" in workload.config and cached is not None:
-            svc.config = {**svc.config, "model_path": str(cached)}
         if workload.runtime.get(GPU_DEVICES):
             svc.config = {**svc.config, _GPUS: list(workload.runtime[GPU_DEVICES])}
         return svc
-
-    async def remove(self, workload: Workload) -> None:
-        if self.models is not None:
-            self.models.release(workload.id)
-        await super().remove(workload)
 
 
 def cuda_provider_installed() -> bool:
@@ -169,12 +137,10 @@ def _spin(config: dict) -> dict:
 
 
 def _model(config: dict) -> dict:
-    """Either ``model_path`` (a file on the node that runs it) or ``model`` (stored data)."""
-    if "model" in config:
-        if "model_path" in config:
-            raise BadRequest("config: model_path or model, not both", code="invalid_field")
-        return {"model": model_ref(config["model"]).args()}
-    return {"model_path": _model_path(require_str(config, "model_path"))}
+    """``model_path`` (a file on the node that runs it), ``model`` or ``model_url`` (data)."""
+    return model_options(config, "model_path") or {
+        "model_path": _model_path(require_str(config, "model_path"))}
+
 
 def _model_path(model_path: str) -> str:
     """The model file's absolute path (the file itself is checked where the model runs)."""

@@ -3,11 +3,12 @@
 What a node's model cache (:mod:`cnet.model_cache`) uses to copy a model stored anywhere in the
 tree. Both are node-only: a client never reads files through them.
 
-Routing. ``locate`` is answered by the node whose store records ``<data_key>/<path>``; any
-other node asks, all at once, each live neighbour not yet on the request's path (the bus's
+Routing. ``locate`` names a file as ``data_key`` and ``path``, or as ``bucket`` and ``key`` (an
+object of a CNET data gateway). It is answered by the node whose store records
+``<data_key>/<path>`` (or whose gateway serves the object); any other node asks, all at once, each live neighbour not yet on the request's path (the bus's
 ``visited``, at most ``HOP_LIMIT`` hops), and answers with the shortest route found: the node
-ids from itself to the holder, with the file's size and sha256 from the holder's
-``data_objects`` row. ``fetch`` carries the rest of that route: each node on it forwards the
+ids from itself to the holder, with the file's size, sha256 (from the holder's ``data_objects``
+row), data key and path, and the holders and cached copies met on the way (for placement). ``fetch`` carries the rest of that route: each node on it forwards the
 request to the next one, the last reads the chunk (``offset``, at most ``MAX_CHUNK`` bytes) from
 its own store and answers it with the size and sha256 again, so the asker notices a file that
 changed under it. In a tree every node is reached once; peers may reach one twice, bounded by
@@ -20,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from ..data_locator import ModelRef, find, model_ref, read_chunk
+from ..data_locator import SCHEME, ModelRef, ObjectRef, Source, find, model_ref, model_url, read_chunk
 from ..errors import BadRequest
 from ..model_cache import CHUNK
 from ..placement import HOP_LIMIT
@@ -40,21 +41,42 @@ MAX_OFFSET = 1 << 62
 
 @dataclass(frozen=True)
 class Locate(Operation):
-    """Which node stores ``<data_key>/<path>``: ``{"route": [ids to it], "size", "sha256"}``."""
+    """Which node stores ``<data_key>/<path>`` (or serves ``s3://<bucket>/<key>``):
+    ``{"route": [ids to it], "size", "sha256", "data_key", "path", "holders", "copies"}``."""
 
     name = "locate"
     from_nodes = True
     data_key: str = ""
     path: str = ""
+    bucket: str = ""
+    key: str = ""
+    survey: bool = False
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
-        ref = model_ref({k: args.get(k) for k in ("data_key", "path")}, "args")
-        return cls(data_key=ref.data_key, path=ref.path)
+        survey = args.get("survey", False)
+        if not isinstance(survey, bool):
+            raise BadRequest("args.survey: true or false", code="invalid_argument")
+        if "bucket" not in args:
+            ref = model_ref({k: args.get(k) for k in ("data_key", "path")}, "args")
+            return cls(data_key=ref.data_key, path=ref.path, survey=survey)
+        bucket, key = args.get("bucket"), args.get("key")
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            raise BadRequest("args: bucket and key are strings", code="invalid_argument")
+        obj = model_url(f"{SCHEME}{bucket}/{key}", "args")
+        return cls(bucket=obj.bucket, key=obj.object_key, survey=survey)
+
+    def args(self) -> dict[str, Any]:
+        return {**self.source().args(), **({"survey": True} if self.survey else {})}
+
+    def source(self) -> Source:
+        return ObjectRef(self.bucket, self.key) if self.bucket else ModelRef(self.data_key,
+                                                                              self.path)
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
-        return await find(node.manager, node.port, ModelRef(self.data_key, self.path),
-                          hops=caller.hops, visited=caller.visited)
+        copies = node.models.copy_of if node.models is not None else None
+        return await find(node.manager, node.port, self.source(), hops=caller.hops,
+                          visited=caller.visited, copies=copies, survey=self.survey)
 
 
 @dataclass(frozen=True)

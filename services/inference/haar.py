@@ -17,7 +17,7 @@ import numpy as np
 
 from services.inference.protocol import PredictParams
 
-__all__ = ["CASCADES", "HaarDetector", "cascade_path"]
+__all__ = ["CASCADES", "HaarDetector", "cascade_path", "check_cascade_file"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,27 @@ def cascade_path(name: str) -> str:
     return path
 
 
-def _load(name: str) -> cv2.CascadeClassifier:
-    path = cascade_path(name)
-    classifier = cv2.CascadeClassifier(path)
+def check_cascade_file(path: str) -> str:
+    """``path`` if OpenCV loads it as a cascade; ValueError saying why not."""
+    if not os.path.isfile(path):
+        raise ValueError(f"cascade file {path}: no such file")
+    _classifier(path)
+    return path
+
+
+def _classifier(path: str) -> cv2.CascadeClassifier:
+    try:
+        classifier = cv2.CascadeClassifier(path)
+    except (cv2.error, SystemError):   # OpenCV's parse error, raised as either
+        raise ValueError(f"cannot load Haar cascade {path} (not a cascade classifier file)") \
+            from None
     if classifier.empty():
-        raise ValueError(f"cannot load Haar cascade {path}")
+        raise ValueError(f"cannot load Haar cascade {path} (not a cascade classifier file)")
     return classifier
+
+
+def _load(name: str) -> cv2.CascadeClassifier:
+    return _classifier(cascade_path(name))
 
 
 class HaarDetector:
@@ -64,11 +79,13 @@ class HaarDetector:
 
     kind = "haar"
 
-    def __init__(self, cascade: str, within_faces: bool = False, threads: int = 1) -> None:
+    def __init__(self, cascade: str, within_faces: bool = False, threads: int = 1,
+                 cascade_file: str | None = None) -> None:
         self.cascade = cascade
         self.spec = CASCADES.get(cascade) or CASCADES["face"]
-        self.model_path = cascade_path(cascade)
-        self.classifier = _load(cascade)
+        self.custom = cascade_file is not None
+        self.model_path = cascade_file or cascade_path(cascade)
+        self.classifier = _classifier(self.model_path)
         self.within_faces = within_faces and cascade != "face"
         self.face_classifier = _load("face") if self.within_faces else None
         cv2.setNumThreads(max(1, int(threads)))
@@ -80,6 +97,7 @@ class HaarDetector:
             "format": "haar-cascade",
             "cascade": self.cascade,
             "cascade_file": self.model_path,
+            "custom_cascade": self.custom,
             "within_faces": self.within_faces,
             "num_classes": 1,
             "class_names": [self.cascade],

@@ -98,9 +98,13 @@ class NamespaceClient:
         return line.decode()
 
     def http(self, method: str, url: str, *, json: Any = None, headers: dict | None = None,
-             params: dict | None = None, timeout: float = 10.0) -> Reply:
+             params: dict | None = None, timeout: float = 10.0,
+             form: dict | None = None, files: dict | None = None) -> Reply:
+        """``form`` and ``files`` (field: a file path the client program can read): a
+        multipart/form-data body instead of JSON."""
         reply = self.call({"op": "http", "method": method, "url": url, "json": json,
-                           "headers": headers or {}, "params": params, "timeout": timeout}, timeout)
+                           "headers": headers or {}, "params": params, "timeout": timeout,
+                           "form": form, "files": files}, timeout)
         if "error" in reply:
             raise CallError(reply["error"])
         return Reply(reply["status"], reply["text"], reply["json"])
@@ -139,9 +143,15 @@ class Program:
         self.clients: dict[tuple, Any] = {}
 
     def http(self, req: dict) -> dict:
-        resp = self.session.request(req["method"], _checked_url(req["url"]), json=req["json"],
-                                    headers=req["headers"], params=req["params"],
-                                    timeout=req["timeout"])
+        files = {field: open(path, "rb") for field, path in (req.get("files") or {}).items()}
+        try:
+            resp = self.session.request(req["method"], _checked_url(req["url"]),
+                                        json=req["json"], headers=req["headers"],
+                                        params=req["params"], timeout=req["timeout"],
+                                        data=req.get("form"), files=files or None)
+        finally:
+            for handle in files.values():
+                handle.close()
         try:
             body = resp.json()
         except ValueError:
