@@ -8,12 +8,13 @@ import argparse
 import asyncio
 import sys
 
-from . import cli_client, cli_configs, cli_keys
 from .config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # ``cnet agent`` is what every agent runs: it is not given the client commands' modules.
+    parser = _parser(client_commands=argv[:1] != ["agent"])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -37,7 +38,7 @@ def _agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="override the topology's state_dir")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(client_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnet", description="CNET distributed agent")
     sub = parser.add_subparsers(metavar="COMMAND")
 
@@ -52,9 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every link")
     p.set_defaults(func=_cmd_cluster)
 
-    cli_client.add_commands(sub)
-    cli_keys.add_commands(sub)
-    cli_configs.add_commands(sub)
+    if client_commands:
+        from . import cli_client, cli_configs, cli_keys  # noqa: PLC0415 -- not for `cnet agent`
+
+        cli_client.add_commands(sub)
+        cli_keys.add_commands(sub)
+        cli_configs.add_commands(sub)
     return parser
 
 

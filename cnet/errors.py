@@ -68,3 +68,8 @@ class InsufficientResources(CnetError):
 class Unavailable(CnetError):
     status = 503
     code = "unavailable"
+
+
+# The code of an error the HTTP server raised itself (no CnetError), by its status.
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+              413: "payload_too_large", 415: "unsupported_media_type", 500: "internal"}

@@ -18,13 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
-from python_multipart.exceptions import FormParserError
-
 from .errors import BadRequest, CnetError, InsufficientResources, PayloadTooLarge
 from .executors.data import DataLayout, remove_path
 from .resources import Resources
 from .upload_checks import PathSet, content_type, data_key, validated_name
-from .upload_form import FormReader, boundary, malformed
+from .upload_form import FormReader, boundary, is_parser_error, malformed
 from .upload_staging import Staging
 from .workload import Workload, new_id
 
@@ -263,7 +261,7 @@ class Upload:
 def _as_cnet_error(exc: BaseException) -> BaseException:
     if isinstance(exc, CnetError):
         return exc
-    if isinstance(exc, FormParserError):
+    if is_parser_error(exc):
         return malformed(f"malformed multipart body: {exc}")
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
