@@ -1,5 +1,6 @@
-"""The REST front door (the seed's endpoints), the WebSocket event stream, /metrics, the UI and
-the API's OpenAPI document (``openapi.json`` beside this file).
+"""The REST front door (the seed's endpoints), the route of the WebSocket event stream (the
+stream is :mod:`cnet.events_socket`, imported by its first request), /metrics, the UI and the
+API's OpenAPI document (``openapi.json`` beside this file).
 
 A REST handler takes its operation's arguments from the path, the query and the body, and runs
 it (:mod:`cnet.ops`): parse, run, reply. Bad input gets the same error as over the bus.
@@ -320,7 +321,8 @@ class OpenAPIHandler(BaseHandler):
     public = True
 
     def get(self):
-        self.reply({**openapi_document(), "servers": [{"url": f"{self.request.protocol}://{self.request.host}"}]})
+        server = f"{self.request.protocol}://{self.request.host}"
+        self.reply({**openapi_document(), "servers": [{"url": server}]})
 
 
 class NotFoundHandler(BaseHandler):
