@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bus import BusNode
 from cnet.metrics import AgentMetrics
 from cnet.neighbours import LocalView, scheduler_snapshot
@@ -217,3 +219,37 @@ def test_a_running_agent_has_not_loaded_what_it_loads_on_first_use(make_agent, t
     assert {"cnet.agent", "cnet.api", "bus.node"} <= modules       # it is the agent that ran
     assert sorted(m for m in modules if m in LAZY or m.split(".")[0] in LAZY) == []
     assert sorted(m for m in modules if m.split(".")[0] in HEAVY) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "a.yaml"], ["-config", "a.yaml"], ["-config=a.yaml"], ["--config="],
+    ["--topology", "t.yaml", "--node", "n", "--state-dir", "s"], ["--node=n", "--topology=t.yaml"],
+    [],
+])
+def test_the_agents_flags_read_without_argparse_read_as_argparse_reads_them(argv):
+    import argparse
+
+    from cnet import cli
+
+    parser = argparse.ArgumentParser()
+    cli._agent_arguments(parser)
+    assert vars(cli.agent_flags(argv)) == vars(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    ["-h"], ["--help"], ["--conf", "a.yaml"], ["--config"], ["--config", "-x"],
+    ["--config", "a.yaml", "--config", "b.yaml"], ["a.yaml"], ["--", "--config", "a.yaml"],
+])
+def test_anything_else_is_left_to_argparse(argv):
+    from cnet import cli
+
+    assert cli.agent_flags(argv) is None
+
+
+def test_cnet_agent_help_and_mistakes_are_argparse_answers():
+    for argv, status, text in ((["agent", "--help"], 0, "usage: cnet agent"),
+                               (["agent", "--bogus"], 2, "unrecognized arguments: --bogus"),
+                               (["agent", "--config"], 2, "expected one argument")):
+        done = subprocess.run([sys.executable, "-m", "cnet", *argv], capture_output=True,
+                              text=True, timeout=60, cwd=str(REPO))
+        assert done.returncode == status and text in done.stdout + done.stderr, done
