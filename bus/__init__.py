@@ -4,7 +4,6 @@ Knows nothing of the agent: the agent gives a :class:`BusNode` callables (snapsh
 on_neighbour, on_event) and calls its methods (publish, publish_event, request, neighbours).
 """
 
-from bus.client import BusClient, Watcher
 from bus.discovery import DiscoveryError, Endpoints, discover_http
 from bus.dispatch import Handler, Sender
 from bus.errors import BusError, LostInFlight, RemoteError, RequestTimeout, Unreachable
@@ -41,3 +40,12 @@ __all__ = [
     "generate_keys",
     "token_matches",
 ]
+
+
+def __getattr__(name: str):
+    """``BusClient`` and ``Watcher``, imported when first asked for: a node never needs them."""
+    if name in ("BusClient", "Watcher"):
+        from bus import client  # noqa: PLC0415 -- lazy: clients only
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'bus' has no attribute {name!r}")

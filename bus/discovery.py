@@ -2,6 +2,9 @@
 
 The agent serves ``{"node_id", "router", "pub", "protocol"[, "curve_key"]}`` there; the seed's
 config names neighbours by HTTP ``host:port``, so this is how a node learns where to connect.
+
+The request is one plain HTTP/1.0 ``GET`` over asyncio streams (``_get``), answered by another
+agent: a general HTTP client (tornado's) would cost every node ~0.25 MB for this one call.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-
 __all__ = ["Discover", "DiscoveryError", "Endpoints", "discover_http", "discover_until"]
 
 log = logging.getLogger("bus.discovery")
 
 _WILDCARDS = ("0.0.0.0", "*", "::")
+MAX_ANSWER = 64 * 1024      # bytes of a /api/bus answer, headers included
 
 
 class DiscoveryError(Exception):
@@ -75,14 +77,43 @@ async def discover_http(address: str, timeout: float = 2.0) -> Endpoints:
     base = address if "://" in address else f"http://{address}"
     url = base.rstrip("/") + "/api/bus"
     try:
-        response = await AsyncHTTPClient().fetch(url, connect_timeout=timeout,
-                                                 request_timeout=timeout)
-        doc = json.loads(response.body)
-    except HTTPClientError as exc:
-        raise DiscoveryError(f"{url}: HTTP {exc.code}") from None
+        status, body = await asyncio.wait_for(_get(url), timeout)
+        if status != 200:
+            raise DiscoveryError(f"{url}: HTTP {status}")
+        doc = json.loads(body)
     except (TimeoutError, OSError, ValueError) as exc:
         raise DiscoveryError(f"{url}: {type(exc).__name__}: {exc}") from None
     return Endpoints.from_json(doc, http=address)
+
+
+async def _get(url: str) -> tuple[int, bytes]:
+    """``GET url`` (plain HTTP); its status and body. Raises ValueError on what is not HTTP or
+    is longer than ``MAX_ANSWER``, OSError when the connection fails."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http:// address: {url!r}")
+    port = parts.port or 80
+    reader, writer = await asyncio.open_connection(parts.hostname, port)
+    try:
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        writer.write(f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {host}:{port}\r\n"
+                     "Accept: application/json\r\n\r\n".encode("ascii"))
+        answer = b""       # HTTP/1.0: the answer ends where the server closes the connection
+        while len(answer) <= MAX_ANSWER:
+            more = await reader.read(MAX_ANSWER + 1 - len(answer))
+            if not more:
+                break
+            answer += more
+    finally:
+        writer.close()
+    if len(answer) > MAX_ANSWER:
+        raise ValueError(f"the answer is longer than {MAX_ANSWER} bytes")
+    head, found, body = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if not found or len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1.") \
+            or not status_line[1].isdigit():
+        raise ValueError("the answer is not HTTP")
+    return int(status_line[1]), body
 
 
 async def discover_until(address: str, discover: Discover, *, first_delay: float = 0.1,

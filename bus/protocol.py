@@ -433,10 +433,13 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
     for cls in (Hello, Welcome, Refuse, Heartbeat, Update, Event, Request, Reply, Bye)
 }
 
-_HINTS: dict[type[Message], dict[str, Any]] = {
-    cls: {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
-    for cls in MESSAGE_TYPES.values()
-}
+
+def _field_hints(cls: type[Message]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)      # once per class: it evaluates every annotation
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+_HINTS: dict[type[Message], dict[str, Any]] = {cls: _field_hints(cls) for cls in MESSAGE_TYPES.values()}
 _REQUIRED: dict[type[Message], frozenset[str]] = {
     cls: frozenset(f.name for f in fields(cls) if f.default is f.default_factory is MISSING)
     for cls in MESSAGE_TYPES.values()

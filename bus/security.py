@@ -1,6 +1,7 @@
 """CurveZMQ for the bus: key files, a node's key pair, the accepted keys, and the ZAP authenticator.
 
-Key files are zmq.auth's: ``NAME.key`` (public) and ``NAME.key_secret`` (both keys). One
+zmq.auth (and the ZAP handler, ``bus.zap``) is imported where keys are used, so a bus without
+Curve never loads it. Key files are zmq.auth's: ``NAME.key`` (public) and ``NAME.key_secret`` (both keys). One
 directory serves a cluster: each node loads its own ``NODE_ID.key_secret`` and accepts every
 ``*.key`` in the authorized directory (the same directory unless told otherwise). Servers
 (ROUTER, PUB) only admit clients whose public key is accepted; clients (DEALER, SUB) only
@@ -14,13 +15,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
-from zmq.auth.asyncio import AsyncioAuthenticator
-from zmq.utils import z85
 
-from bus.refusals import RefusalLog
+if TYPE_CHECKING:
+    from zmq.auth.asyncio import AsyncioAuthenticator
 
 __all__ = ["CurveKeys", "generate_keys", "start_authenticator", "token_matches"]
 
@@ -43,6 +43,8 @@ def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, P
 
     The secret file is made readable by its owner only.
     """
+    import zmq.auth  # noqa: PLC0415 -- lazy: only where Curve is used
+
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(folder, name)
@@ -63,6 +65,8 @@ class CurveKeys:
              authorized: str | os.PathLike[str] | None = None) -> CurveKeys:
         """Load ``directory/NAME.key_secret``; accept the ``*.key`` files of ``authorized``
         (default: ``directory``). Raises OSError/ValueError with the file named."""
+        import zmq.auth  # noqa: PLC0415 -- lazy: only where Curve is used
+
         folder = Path(directory)
         public, secret = zmq.auth.load_certificate(folder / f"{name}.key_secret")
         if not secret:
@@ -75,6 +79,8 @@ class CurveKeys:
 
     def accepted(self) -> set[bytes]:
         """The accepted public keys, read afresh (keys may be added while running)."""
+        import zmq.auth  # noqa: PLC0415 -- lazy: only where Curve is used
+
         return set(zmq.auth.load_certificates(self.authorized_dir))
 
     def trusts(self, public_key: str | bytes | None) -> bool:
@@ -96,41 +102,15 @@ class CurveKeys:
         sock.curve_serverkey = server_key.encode("ascii") if isinstance(server_key, str) else server_key
 
 
-class _Authenticator(AsyncioAuthenticator):
-    """pyzmq's ZAP handler, saying whom it turned away (a refused key is otherwise silent)."""
-
-    def __init__(self, context: zmq.Context, owner: str, accepted_dir: Path):
-        super().__init__(context, log=logging.getLogger("bus.zap"))
-        self._owner = owner
-        self._accepted_dir = accepted_dir
-        self._refusals = RefusalLog(log)
-        self._asking: tuple[str, bytes | None] = ("?", None)
-
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
-        key = msg[6] if len(msg) > 6 and msg[5] == b"CURVE" else None
-        self._asking = (address, key)   # read by _send_zap_reply, in this same turn
-        await super().handle_zap_message(msg)
-
-    def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
-        if status_code != b"200":
-            address, key = self._asking
-            text = status_text.decode("utf-8", "replace") if isinstance(status_text, bytes) \
-                else str(status_text)
-            self._refusals.refused(self._owner, "a connection",
-                                   f"its Curve key is not accepted ({text}): it is not among "
-                                   f"the public keys in {self._accepted_dir}",
-                                   address=address, key=z85.encode(key) if key else None)
-        super()._send_zap_reply(request_id, status_code, status_text, user_id)
-
-
 def start_authenticator(context: zmq.Context, keys: CurveKeys,
-                        owner: str = "this node") -> AsyncioAuthenticator:
+                        owner: str = "this node") -> "AsyncioAuthenticator":
     """Start the ZAP handler of ``context`` (one per context) accepting ``keys.authorized_dir``.
 
     Call inside the running event loop; ``stop()`` it before terminating the context.
     """
-    auth = _Authenticator(context, owner, keys.authorized_dir)
+    from bus.zap import Authenticator  # noqa: PLC0415 -- lazy: only where Curve is used
+
+    auth = Authenticator(context, owner, keys.authorized_dir)
     auth.start()
     auth.configure_curve(domain="*", location=str(keys.authorized_dir))
     log.info("curve: accepting %d public keys from %s", len(auth.certs.get("*", {})),

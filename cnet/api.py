@@ -1,5 +1,6 @@
-"""The REST front door (the seed's endpoints), the WebSocket event stream, /metrics, the UI and
-the API's OpenAPI document (``openapi.json`` beside this file).
+"""The REST front door (the seed's endpoints), the route of the WebSocket event stream (the
+stream is :mod:`cnet.events_socket`, imported by its first request), /metrics, the UI and the
+API's OpenAPI document (``openapi.json`` beside this file).
 
 A REST handler takes its operation's arguments from the path, the query and the body, and runs
 it (:mod:`cnet.ops`): parse, run, reply. Bad input gets the same error as over the bus.
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import tornado.routing
 import tornado.web
-import tornado.websocket
 
 from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
-from .http_errors import CODES, JsonErrors
+from .http_auth import bearer
+from .http_errors import JsonErrors
 from .ops import (
     Caller,
     Delete,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
-OPENAPI = json.loads((Path(__file__).resolve().parent / "openapi.json").read_text())
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 _ID = r"([^/]+)"   # any path segment: the operation says what a workload id may be
 
 
@@ -81,7 +83,7 @@ class BaseHandler(JsonErrors):
 
     def prepare(self):
         if not self.public:
-            check_token(self.web.token, _bearer(self.request))
+            check_token(self.web.token, bearer(self.request))
 
     async def run(self, kind: type[Operation], args: dict[str, Any] | None = None) -> dict:
         """Parse and run one operation for a client of this node."""
@@ -111,11 +113,6 @@ class BaseHandler(JsonErrors):
         self.web.metrics.requests.labels(self.request.method, self.route,
                                          str(self.get_status())).observe(
             time.perf_counter() - self._started)
-
-
-def _bearer(request) -> str:
-    header = request.headers.get("Authorization", "")
-    return header[7:].strip() if header.startswith("Bearer ") else ""
 
 
 @tornado.web.stream_request_body
@@ -308,7 +305,8 @@ class OpenAPIHandler(BaseHandler):
     public = True
 
     def get(self):
-        self.reply({**OPENAPI, "servers": [{"url": f"{self.request.protocol}://{self.request.host}"}]})
+        server = f"{self.request.protocol}://{self.request.host}"
+        self.reply({**openapi_document(), "servers": [{"url": server}]})
 
 
 class NotFoundHandler(BaseHandler):
@@ -317,61 +315,26 @@ class NotFoundHandler(BaseHandler):
         raise NotFound(f"no such endpoint: {self.request.path[:200]}")
 
 
-class EventsSocket(tornado.websocket.WebSocketHandler):
-    """``/api/events``: every workload, resource and node change, as JSON messages."""
+class OnFirstUse(tornado.routing.Router):
+    """A route whose handler class is imported by the first request it gets, so that what only
+    it needs costs an idle agent no memory (the events socket: tornado.websocket)."""
 
-    def initialize(self, web: Web) -> None:
-        self.web = web
-        self._unsubscribe = None
+    def __init__(self, load: Callable[[], type[tornado.web.RequestHandler]]):
+        self.load = load
+        self.application: tornado.web.Application | None = None
 
-    def prepare(self):
-        try:
-            check_token(self.web.token, _bearer(self.request) or self.get_query_argument("token", ""))
-        except CnetError as exc:
-            self._json_error(exc.status, exc.to_dict())
+    def find_handler(self, request, **target_params):
+        return self.application.get_handler_delegate(request, self.load(), **target_params)
 
-    async def get(self, *args, **kwargs):
-        headers = self.request.headers
-        connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
-        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
-            self._json_error(400, {"code": "bad_request", "message": "this is a WebSocket "
-                                   "stream: connect with Upgrade: websocket"})
-            return
-        await super().get(*args, **kwargs)
 
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
-        self._json_error(status_code, {"code": CODES.get(status_code, "http_error"),
-                                       "message": message})
+def _events_socket() -> type[tornado.web.RequestHandler]:
+    from .events_socket import EventsSocket  # noqa: PLC0415 -- lazy: on the first /api/events
+    return EventsSocket
 
-    def _json_error(self, status: int, error: dict) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"error": error}))
 
-    def check_origin(self, origin: str) -> bool:
-        return True  # the token, not the origin, guards the stream
-
-    def open(self):
-        node = self.web.node
-        self.write_message(json.dumps({"type": "hello", "node_id": node.node_id,
-                                       "resources": node.register.resources()}))
-        self._unsubscribe = self.web.hub.subscribe(self._send)
-
-    def _send(self, event: dict) -> None:
-        try:
-            self.write_message(json.dumps(event, separators=(",", ":")))
-        except tornado.websocket.WebSocketClosedError:
-            self.on_close()
-
-    def on_message(self, message):
-        pass  # the stream is one-way; pings are handled by Tornado
-
-    def on_close(self):
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+def openapi_document() -> dict:
+    """The API's OpenAPI document, read when asked for (kept, it would hold ~0.2 MB for good)."""
+    return json.loads(OPENAPI_PATH.read_text())
 
 
 def make_app(web: Web) -> tornado.web.Application:
@@ -379,6 +342,7 @@ def make_app(web: Web) -> tornado.web.Application:
     replicas, closed with :func:`close_app`."""
     args = {"web": web}
     router = ServiceRouter(web.replicas, pool=UpstreamPool(read_timeout=web.svc_timeout))
+    events = OnFirstUse(_events_socket)
     routes = [
         (r"/api/workloads/?", WorkloadsHandler, args),
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
@@ -387,7 +351,7 @@ def make_app(web: Web) -> tornado.web.Application:
         (r"/api/resources", ResourcesHandler, args),
         (r"/api/nodes", NodesHandler, args),
         (r"/api/health", HealthHandler, args),
-        (r"/api/events", EventsSocket, args),
+        (r"/api/events", events, args),
         (r"/metrics", MetricsHandler, args),
         (r"/api/bus", BusInfoHandler, args),
         (r"/api/openapi\.json", OpenAPIHandler, args),
@@ -398,8 +362,10 @@ def make_app(web: Web) -> tornado.web.Application:
     if UI_DIR.is_dir():
         routes.append((r"/(.*)", tornado.web.StaticFileHandler,
                        {"path": str(UI_DIR), "default_filename": "index.html"}))
-    return tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request,
-                                   svc_router=router)
+    app = tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request,
+                                  svc_router=router)
+    events.application = app
+    return app
 
 
 def close_app(app: tornado.web.Application) -> None:

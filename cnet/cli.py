@@ -4,16 +4,28 @@ client commands (submit, ls, ..., watch) live in ``cli_client``, ``cnet keys`` i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from . import cli_client, cli_configs, cli_keys
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
+
+# The flags of ``cnet agent`` (and ``cnet-agent``) -> where argparse puts each.
+AGENT_FLAGS = {"-config": "config", "--config": "config", "--topology": "topology",
+               "--node": "node", "--state-dir": "state_dir"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"] and (flags := agent_flags(argv[1:])) is not None:
+        return _cmd_agent(flags)
+    # An agent started with flags agent_flags leaves to argparse is not given the client
+    # commands' modules either.
+    parser = _parser(client_commands=argv[:1] != ["agent"])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -23,9 +35,36 @@ def main(argv: list[str] | None = None) -> int:
 
 def agent_main(argv: list[str] | None = None) -> int:
     """``cnet-agent``, the seed's program: ``cnet-agent -config config.yaml``."""
-    parser = argparse.ArgumentParser(prog="cnet-agent", description="run a CNET agent in the foreground")
-    _agent_arguments(parser)
-    return _cmd_agent(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    flags = agent_flags(argv)
+    if flags is None:
+        import argparse  # noqa: PLC0415 -- see agent_flags
+
+        parser = argparse.ArgumentParser(prog="cnet-agent",
+                                         description="run a CNET agent in the foreground")
+        _agent_arguments(parser)
+        flags = parser.parse_args(argv)
+    return _cmd_agent(flags)
+
+
+def agent_flags(argv: list[str]) -> SimpleNamespace | None:
+    """An agent's flags (``FLAG VALUE`` or ``FLAG=VALUE``, each known flag at most once), read as
+    argparse reads them but without it: an agent would keep argparse loaded (~0.3 MB) for
+    one parse. None for anything else (``--help``, an unknown flag, a missing value), which
+    is then argparse's to answer."""
+    found = dict.fromkeys(AGENT_FLAGS.values())
+    args = iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        name = AGENT_FLAGS.get(flag)
+        if name is None or found[name] is not None:
+            return None
+        if not eq:
+            value = next(args, None)
+            if value is None or value.startswith("-"):
+                return None
+        found[name] = value
+    return SimpleNamespace(**found)
 
 
 def _agent_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +76,9 @@ def _agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="override the topology's state_dir")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(client_commands: bool = True) -> argparse.ArgumentParser:
+    import argparse  # noqa: PLC0415 -- see agent_flags
+
     parser = argparse.ArgumentParser(prog="cnet", description="CNET distributed agent")
     sub = parser.add_subparsers(metavar="COMMAND")
 
@@ -52,9 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every link")
     p.set_defaults(func=_cmd_cluster)
 
-    cli_client.add_commands(sub)
-    cli_keys.add_commands(sub)
-    cli_configs.add_commands(sub)
+    if client_commands:
+        from . import cli_client, cli_configs, cli_keys  # noqa: PLC0415 -- not for `cnet agent`
+
+        cli_client.add_commands(sub)
+        cli_keys.add_commands(sub)
+        cli_configs.add_commands(sub)
     return parser
 
 

@@ -78,3 +78,8 @@ class BadGateway(CnetError):
 class GatewayTimeout(CnetError):
     status = 504
     code = "gateway_timeout"
+
+
+# The code of an error the HTTP server raised itself (no CnetError), by its status.
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+              413: "payload_too_large", 415: "unsupported_media_type", 500: "internal"}

@@ -7,10 +7,8 @@ import json
 
 import tornado.web
 
+from .errors import HTTP_CODES as CODES
 from .errors import CnetError
-
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-         413: "payload_too_large", 415: "unsupported_media_type", 500: "internal"}
 
 
 class JsonErrors(tornado.web.RequestHandler):

@@ -1,18 +1,18 @@
 """The multipart/form-data form of a data upload: its boundary, each part's headers, and which
-parts it may have. python-multipart parses; this adds the stricter checks we want on top."""
+parts it may have. python-multipart parses; this adds the stricter checks we want on top.
+
+python-multipart is imported by the first upload (``_multipart``), not with the agent: an agent
+that is never sent data keeps its ~0.5 MB."""
 
 from __future__ import annotations
 
 import re
 from typing import Protocol
 
-from python_multipart import MultipartParser
-from python_multipart.multipart import parse_options_header
-
 from .errors import BadRequest
 from .upload_checks import check_field
 
-__all__ = ["FileSink", "FormReader", "boundary", "malformed"]
+__all__ = ["FileSink", "FormReader", "boundary", "is_parser_error", "malformed"]
 
 TEXT_FIELDS = ("type", "name")
 FILE_FIELDS = ("file", "files")
@@ -44,11 +44,22 @@ def boundary(content_type: str) -> bytes:
     return value
 
 
+def _multipart():
+    import python_multipart.multipart  # noqa: PLC0415 -- lazy: on the first upload
+    return python_multipart.multipart
+
+
+def is_parser_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is python-multipart's refusal of a malformed body."""
+    import python_multipart.exceptions  # noqa: PLC0415 -- lazy: loaded by the upload's parser
+    return isinstance(exc, python_multipart.exceptions.FormParserError)
+
+
 def _parse_header(raw: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     """python-multipart's parser, refusing the unterminated quote it would take as text."""
     if (raw.count(b'"') - raw.count(b'\\"')) % 2:
         raise malformed(f"unterminated quoted string in {raw.decode('latin-1')!r}")
-    return parse_options_header(raw)
+    return _multipart().parse_options_header(raw)
 
 
 def _disposition(raw: bytes | None) -> tuple[str, str | None]:
@@ -93,7 +104,7 @@ class FormReader:
         self.sink = sink
         self.fields: dict[str, str] = {}
         self.ended = False               # the closing boundary has been parsed
-        self._parser = MultipartParser(boundary, callbacks={
+        self._parser = _multipart().MultipartParser(boundary, callbacks={
             "on_part_begin": self._on_part_begin,
             "on_header_field": self._on_header_field,
             "on_header_value": self._on_header_value,

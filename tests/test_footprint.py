@@ -1,11 +1,14 @@
-"""What keeps an idle agent small and quiet, without sockets: the bus tick's deadlines, the
-reused heartbeat, usage sampled on demand, the scheduler's cached neighbour views, metrics
-without prometheus-client."""
+"""What keeps an idle agent small and quiet: the bus tick's deadlines, the reused heartbeat,
+usage sampled on demand, the scheduler's cached neighbour views, metrics without
+prometheus-client, and the modules a running agent has not loaded (those it loads on first use)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from bus import BusNode
 from cnet.metrics import AgentMetrics
@@ -13,6 +16,7 @@ from cnet.neighbours import LocalView, scheduler_snapshot
 from cnet.register import Register
 from cnet.resources import Resources
 
+from .harness import REPO, AgentProcess
 from .inprocess import ManualClock
 
 
@@ -156,3 +160,96 @@ def test_service_executors_are_built_by_their_first_use(tmp_path):
     for executor in deferred:
         assert executor.executor.type == executor.type and executor.built
     agent.store.close()
+
+
+# Loaded by what first needs them, never by an agent that nobody sends such a request: the
+# events socket, uploads, Curve, the client side (commands, bus client, HTTP client), argparse,
+# the container config checks.
+LAZY = ("tornado.websocket", "tornado.httpclient", "tornado.simple_httpclient", "python_multipart",
+        "zmq.auth", "bus.zap", "bus.client", "argparse", "cnet.events_socket", "cnet.upload",
+        "cnet.upload_form", "cnet.upload_staging", "cnet.client", "cnet.cli_client",
+        "cnet.cli_keys", "cnet.cli_configs", "cnet.executors.container_config")
+HEAVY = ("numpy", "cv2", "onnxruntime", "docker", "prometheus_client")
+
+# Runs ``python -m cnet ARGS...`` as the agent command runs it, and once the agent's parent is
+# alive in its /api/nodes, writes the names of its loaded modules to OUT and stops it.
+_AGENT_LISTING_ITS_MODULES = """
+import json, os, runpy, signal, socket, sys, threading, time
+url_port, out, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+
+def parent_alive():
+    with socket.create_connection(("127.0.0.1", url_port), timeout=2) as s:
+        s.sendall(b"GET /api/nodes HTTP/1.0\\r\\n\\r\\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    parent = json.loads(answer.partition(b"\\r\\n\\r\\n")[2])["parent"]
+    return parent is not None and parent["status"] == "alive"
+
+def report():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if parent_alive():
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    with open(out, "w") as f:
+        json.dump(sorted(list(sys.modules)), f)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=report, daemon=True).start()
+sys.argv = ["cnet", *args]
+runpy.run_module("cnet", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_running_agent_has_not_loaded_what_it_loads_on_first_use(make_agent, tmp_path):
+    """A real ``cnet agent`` with a parent (so it has discovered and linked to it), its modules
+    read inside it once the parent is alive in its view."""
+    parent = make_agent("jiangsu")
+    child = AgentProcess(tmp_path, "nanjing", {"parent": {"address": f"127.0.0.1:{parent.port}"}})
+    out = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", _AGENT_LISTING_ITS_MODULES, str(child.port),
+                           str(out), "agent", "--config", str(child.config_path)],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=90)
+    assert out.exists(), done.stdout + done.stderr
+    modules = set(json.loads(out.read_text()))
+    assert {"cnet.agent", "cnet.api", "bus.node"} <= modules       # it is the agent that ran
+    assert sorted(m for m in modules if m in LAZY or m.split(".")[0] in LAZY) == []
+    assert sorted(m for m in modules if m.split(".")[0] in HEAVY) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "a.yaml"], ["-config", "a.yaml"], ["-config=a.yaml"], ["--config="],
+    ["--topology", "t.yaml", "--node", "n", "--state-dir", "s"], ["--node=n", "--topology=t.yaml"],
+    [],
+])
+def test_the_agents_flags_read_without_argparse_read_as_argparse_reads_them(argv):
+    import argparse
+
+    from cnet import cli
+
+    parser = argparse.ArgumentParser()
+    cli._agent_arguments(parser)
+    assert vars(cli.agent_flags(argv)) == vars(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    ["-h"], ["--help"], ["--conf", "a.yaml"], ["--config"], ["--config", "-x"],
+    ["--config", "a.yaml", "--config", "b.yaml"], ["a.yaml"], ["--", "--config", "a.yaml"],
+])
+def test_anything_else_is_left_to_argparse(argv):
+    from cnet import cli
+
+    assert cli.agent_flags(argv) is None
+
+
+def test_cnet_agent_help_and_mistakes_are_argparse_answers():
+    for argv, status, text in ((["agent", "--help"], 0, "usage: cnet agent"),
+                               (["agent", "--bogus"], 2, "unrecognized arguments: --bogus"),
+                               (["agent", "--config"], 2, "expected one argument")):
+        done = subprocess.run([sys.executable, "-m", "cnet", *argv], capture_output=True,
+                              text=True, timeout=60, cwd=str(REPO))
+        assert done.returncode == status and text in done.stdout + done.stderr, done

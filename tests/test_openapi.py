@@ -10,7 +10,7 @@ import requests
 import tornado.web
 
 from cnet import __version__
-from cnet.api import OPENAPI, Web, make_app
+from cnet.api import OnFirstUse, Web, make_app, openapi_document
 
 from .harness import free_port_range
 from .service_helpers import fake_install
@@ -18,6 +18,7 @@ from .service_helpers import fake_install
 TOKEN = "openapi-test-token"
 METHODS = ("get", "post", "put", "patch", "delete")
 LIVE = ("pending", "running", "stopping")
+OPENAPI = openapi_document()
 # Server errors the document promises for a reason (a full node, an engine that is down), by code.
 EXPECTED_5XX = {"insufficient_resources", "no_free_port", "engine_unavailable", "engine_error",
                 "unavailable", "service_not_installed", "insufficient_storage"}
@@ -40,8 +41,9 @@ def served_routes(app: tornado.web.Application, params: dict[str, str]) -> dict[
             continue
         for pattern, name in params.items():
             path = path.replace(pattern, name)
+        handler = rule.target.load() if isinstance(rule.target, OnFirstUse) else rule.target
         routes[path] = {m for m in METHODS
-                        if getattr(rule.target, m) is not getattr(tornado.web.RequestHandler, m)}
+                        if getattr(handler, m) is not getattr(tornado.web.RequestHandler, m)}
     return routes
 
 

@@ -24,7 +24,6 @@ from ..devices import GPU_DEVICES
 from ..errors import BadRequest, CnetError, NotFound, Unavailable
 from ..workload import Workload
 from .base import Executor, ExecutorHost
-from .container_config import validate_config
 from .container_engine import CALL_TIMEOUT, Engine, describe_exit
 from .health_probe import url_host
 from .proc import gpu_env
@@ -70,6 +69,8 @@ class ContainerExecutor(Executor):
     # -- checks --------------------------------------------------------------------------
 
     def validate(self, config: dict) -> dict:
+        from .container_config import validate_config  # noqa: PLC0415 -- lazy: first container
+
         return validate_config(config)
 
     def check_here(self, config: dict) -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.simple_httpclient import HTTPTimeoutError
-
 __all__ = ["WILDCARDS", "probe_health", "url_host"]
 
 # A service bound to a wildcard address is probed on loopback.
@@ -27,6 +24,10 @@ async def probe_health(host: str, port: int, timeout: float) -> tuple[bool, str]
     ``timeout`` bounds the whole exchange, connecting included. Each probe has its own client,
     so probes never queue behind one another (or behind the shared client's other requests).
     """
+    # Lazy: only an agent running services probes them; an idle one never loads the client.
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: PLC0415
+    from tornado.simple_httpclient import HTTPTimeoutError  # noqa: PLC0415
+
     host = WILDCARDS.get(host, host)
     client = AsyncHTTPClient(force_instance=True)
     try:

@@ -60,3 +60,52 @@ def test_wildcard_bind_is_replaced_by_the_http_host() -> None:
     assert found.router == "tcp://10.1.2.3:5001" and found.pub == "tcp://127.0.0.1:5002"
     with pytest.raises(DiscoveryError):
         Endpoints.from_json({"router": "http://x"}, http="h:1")
+
+
+async def _answering(answer: bytes | None):
+    """A TCP server that reads a request and sends ``answer`` then closes (None: never answers)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if answer is None:
+            await reader.read()            # until the client gives up
+        else:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("answer, match", [
+    (b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n", r"/api/bus: HTTP 404"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "not HTTP"),
+    (b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * (70 * 1024), "longer than"),
+    (b"HTTP/1.0 200 OK\r\n\r\n{not json", "JSONDecodeError"),
+    (b'HTTP/1.0 200 OK\r\n\r\n{"router": "tcp://127.0.0.1:1"}', "lacks tcp://"),
+    (None, "TimeoutError"),
+])
+async def test_discovery_refuses_what_is_not_a_bus_answer(answer, match) -> None:
+    server = await _answering(answer)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DiscoveryError, match=match):
+            await discover_http(f"127.0.0.1:{port}", timeout=1.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_discovery_reads_the_answer_of_a_real_agent_server() -> None:
+    port = free_port()
+    node = BusNode("jiangsu", http=f"http://127.0.0.1:{port}", **FAST)
+    async with running(node):
+        server = serve(node, port)
+        try:
+            found = await discover_http(f"http://127.0.0.1:{port}/", timeout=2.0)
+            assert found.node_id == "jiangsu" and found.router == node.describe()["router"]
+            assert found.http == f"http://127.0.0.1:{port}/"
+            with pytest.raises(DiscoveryError, match="not an http:// address"):
+                await discover_http(f"https://127.0.0.1:{port}", timeout=2.0)
+        finally:
+            server.stop()
+            await server.close_all_connections()
