@@ -56,7 +56,7 @@ import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import msgpack
 
@@ -433,10 +433,6 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
     for cls in (Hello, Welcome, Refuse, Heartbeat, Update, Event, Request, Reply, Bye)
 }
 
-_HINTS: dict[type[Message], dict[str, Any]] = {
-    cls: {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
-    for cls in MESSAGE_TYPES.values()
-}
 _REQUIRED: dict[type[Message], frozenset[str]] = {
     cls: frozenset(f.name for f in fields(cls) if f.default is f.default_factory is MISSING)
     for cls in MESSAGE_TYPES.values()
@@ -467,24 +463,37 @@ def _ext_refused(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
+def _type_test(hint: Any) -> Callable[[Any], bool]:
+    """A test of whether a decoded value has the field type ``hint`` (made once per field)."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+        tests = [_type_test(arg) for arg in typing.get_args(hint)]
+        return lambda value: any(test(value) for test in tests)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+        test = _type_test(item)
+        return lambda value: isinstance(value, list) and all(test(v) for v in value)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda value: (isinstance(value, (int, float)) and value.__class__ is not bool
+                              and math.isfinite(value))
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        return lambda value: isinstance(value, int) and value.__class__ is not bool
+    return lambda value: isinstance(value, hint)
 
 
 def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# Per message type, each field's (name, type test, is a float, what it must be), worked out
+# once: decoding a heartbeat does not walk type hints.
+_FIELDS: dict[type[Message], tuple[tuple[str, Callable[[Any], bool], bool, str], ...]] = {
+    cls: tuple((f.name, _type_test(hint), hint is float, _describe(hint))
+               for f in fields(cls) for hint in (typing.get_type_hints(cls)[f.name],))
+    for cls in MESSAGE_TYPES.values()
+}
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -520,20 +529,19 @@ def decode(frames: list[bytes]) -> Message:
     if cls is None:
         raise ProtocolError("unknown_type", f"unknown message type {type_name[:40]!r}",
                             corr_id=corr_id, node_id=node_id, msg_type=type_name)
-    hints = _HINTS[cls]
     missing = _REQUIRED[cls] - raw.keys()
     if missing:
         raise ProtocolError("bad_field", f"{type_name} lacks {', '.join(sorted(missing))}",
                             corr_id=corr_id, node_id=node_id, msg_type=type_name)
     values = {}
-    for name, hint in hints.items():
+    for name, test, is_float, what in _FIELDS[cls]:
         if name not in raw:
             continue
         value = raw[name]
-        if not _type_ok(value, hint) or (hint is float and not math.isfinite(value)):
-            raise ProtocolError("bad_field", f"{type_name}.{name} must be {_describe(hint)}",
+        if not test(value):
+            raise ProtocolError("bad_field", f"{type_name}.{name} must be {what}",
                                 corr_id=corr_id, node_id=node_id, msg_type=type_name)
-        values[name] = float(value) if hint is float else value
+        values[name] = float(value) if is_float else value
     msg = cls(**values)
     try:
         msg.validate()
