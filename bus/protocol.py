@@ -370,9 +370,10 @@ SNAPSHOT = Record({
     "node_id": _ID, "address": Maybe(_URL), "labels": _LABELS, "seq": _COUNT,
     "capacity": NODE_VECTOR, "allocated": NODE_VECTOR, "available": NODE_VECTOR, "usage": USAGE,
     "workloads": Record({"count": _COUNT, "names": ListOf(Text(1024)), "labels": _PAIRS}),
-    "uptime": _CLOCK,
+    "started_at": _CLOCK, "uptime": _CLOCK,
 }, extra=Plain())
-"""A node's resource snapshot (heartbeats and updates)."""
+"""A node's resource snapshot (heartbeats and updates); ``started_at`` (wall clock) is sent
+rather than an uptime, so a snapshot stays the same while nothing changes."""
 
 SUMMARY = Record({
     "nodes": Number(1, 2**31, whole=True), "node_ids": ListOf(_ID), "labels": _PAIRS,
