@@ -127,6 +127,12 @@ class Link:
             self._reason = reason
             self._restart.set()
 
+    def heard_elsewhere(self, at: float) -> None:
+        """The neighbour was heard at ``at`` on another connection that stands for this one
+        (a peer's own link beating on our ROUTER while this one is quiet): count it here."""
+        if at > self.last_heard:
+            self.last_heard = at
+
     def tick(self, now: float) -> None:
         """Liveness: restart a link whose neighbour stayed silent for ``misses`` intervals."""
         if self._sock is None or self._restart.is_set():

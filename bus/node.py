@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -70,6 +71,7 @@ log = logging.getLogger("bus.node")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
 _TICK_SLACK = 0.001   # seconds the tick sleeps past a deadline
+_QUIET_FOR = 1.5      # intervals a peer's beats on our ROUTER keep our link to it quiet
 
 
 def _why(err: ProtocolError) -> str:
@@ -138,6 +140,7 @@ class BusNode:
         self._identity_of: dict[str, bytes] = {}      # node id -> ROUTER identity
         self._session_of: dict[str, str] = {}         # node id -> session nonce of its connection
         self._sub_of: dict[str, str] = {}             # node id -> PUB endpoint it publishes on
+        self._beats_from: dict[str, float] = {}       # node id -> when its beat last came (ROUTER)
         # PUB endpoint -> the SUB that follows it and its reader: one each, so a message is
         # known to come from that PUB (a neighbour cannot publish in another's name).
         self._subs: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
@@ -312,12 +315,52 @@ class BusNode:
         if state.status == LOST:
             raise Unreachable(f"{node_id} is lost (silent for {state.age(self._clock()):.1f} s)")
         link = self._link_of.get(node_id)
-        if link is not None and link.joined:
+        if link is not None and link.joined and not self._quiet(link, self._clock()):
             return link.send_frames
         identity = self._identity_of.get(node_id)
-        if identity is not None:
+        if identity is not None:     # a child, a client-side peer, or a peer's beating link
             return lambda frames: send_now(self._router, [identity, *frames])
+        if link is not None and link.joined:
+            return link.send_frames
         raise Unreachable(f"no open link to {node_id}")
+
+    # -- one connection per pair of peers ------------------------------------------------------
+    # Two peers that list each other have two links, each one's DEALER to the other's ROUTER.
+    # The link of the peer with the lower node id carries the pair: it beats on it, and the
+    # other beats back over the same connection (from its ROUTER, at its own tick) instead of
+    # answering, and leaves its own link quiet. Two messages an interval for the pair, not four,
+    # and each side still hears the other on the other's own clock, as with separate links.
+
+    def _quiet(self, link: Link, now: float) -> bool:
+        """Whether ``link`` stays quiet: it leads to a peer with the lower node id, at our pace or
+        faster, whose own link to our ROUTER beats (a beat came within ``_QUIET_FOR`` intervals).
+        When its beats stop, this link beats (and is answered) again at the next tick: a peer
+        that stops is lost within the same window as ever, and a link that reconnected under
+        our feet is told to say hello again."""
+        node_id = link.node_id
+        if link.kind != "peer" or node_id is None or not node_id < self.node_id:
+            return False
+        state = self._neighbours.get(node_id)
+        if (state is None or state.status == LOST or state.interval > self.interval
+                or node_id not in self._identity_of):
+            return False
+        return now - self._beats_from.get(node_id, -math.inf) <= _QUIET_FOR * self.interval
+
+    def _beat_frames(self) -> list[bytes] | None:
+        """A fresh heartbeat, encoded once for every link (None, logged, if it cannot be)."""
+        try:
+            return encode(self._heartbeat(fresh=True))
+        except (TypeError, ValueError) as exc:
+            log.error("%s: cannot encode a heartbeat: %s", self.node_id, exc)
+            return None
+
+    def _beat_on(self, link: Link, frames: list[bytes], now: float) -> None:
+        """Send this tick's heartbeat for ``link``: on it, or back over the peer's own
+        connection when it is quiet (on it after all if that one is gone)."""
+        if self._quiet(link, now) and send_now(
+                self._router, [self._identity_of[link.node_id or ""], *frames]):
+            return
+        link.send_frames(frames)
 
     # ----------------------------------------------------------------- ticking
 
@@ -332,11 +375,12 @@ class BusNode:
             if self._next_beat <= now:
                 self._next_beat += self.interval
             joined = [link for link in self._links if link.joined]
-            if joined:
-                beat = self._heartbeat(fresh=True)
-                for link in joined:
-                    link.send(beat)
+            frames = self._beat_frames() if joined else None
+            for link in joined if frames else ():
+                self._beat_on(link, frames, now)
         for link in self._links:
+            if link.joined and self._quiet(link, now):
+                link.heard_elsewhere(self._beats_from[link.node_id])
             link.tick(now)
         for state in self._neighbours.expire(now):
             log.warning("%s %s lost: silent for %.1f s", state.role, state.node_id, state.age(now))
@@ -491,7 +535,15 @@ class BusNode:
                     node_id=self.node_id, code="hello_required", reason="say hello first"))])
                 return
             if self._take_snapshot(msg, self._router_drops):
-                send_now(self._router, [identity, *encode(self._heartbeat())])
+                # The first beat after a handshake is answered (it asks for our snapshot); later
+                # ones are not while our link to it is quiet: our tick beats back instead.
+                now = self._clock()
+                link = self._link_of.get(msg.node_id)
+                if link is None or not link.joined or not self._quiet(link, now):
+                    send_now(self._router, [identity, *encode(self._heartbeat())])
+                state = self._neighbours.get(msg.node_id)
+                if state is not None and state.status != LOST and state.epoch == msg.epoch:
+                    self._beats_from[msg.node_id] = now
         elif isinstance(msg, Bye):
             node_id = self._routes.pop(identity, None)
             if node_id is not None and self._identity_of.get(node_id) == identity:
@@ -534,6 +586,7 @@ class BusNode:
         # A child beats at its own interval; a peer is also heard through our link's replies.
         interval = hello.interval if role == "child" else max(hello.interval, self.interval)
         self._pending.fail_to(hello.node_id, "joined again (a new session)")
+        self._beats_from.pop(hello.node_id, None)
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval)
@@ -610,6 +663,7 @@ class BusNode:
             return
         self._link_of[welcome.node_id] = link
         self._pending.fail_to(welcome.node_id, "joined again (a new session)")
+        self._beats_from.pop(welcome.node_id, None)
         state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
