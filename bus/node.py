@@ -346,13 +346,19 @@ class BusNode:
             return False
         return now - self._beats_from.get(node_id, -math.inf) <= _QUIET_FOR * self.interval
 
-    def _beat_frames(self) -> list[bytes] | None:
-        """A fresh heartbeat, encoded once for every link (None, logged, if it cannot be)."""
+    def _beat_frames(self, since: float | None = None) -> list[bytes] | None:
+        """This node's heartbeat (see ``_heartbeat``) encoded, once for every link and answer
+        it goes out on (None, logged, if it cannot be)."""
+        beat = self._heartbeat(since=since)
+        if self._beat_encoded is not None and self._beat_encoded[0] is beat:
+            return self._beat_encoded[1]
         try:
-            return encode(self._heartbeat(fresh=True))
+            frames = encode(beat)
         except (TypeError, ValueError) as exc:
             log.error("%s: cannot encode a heartbeat: %s", self.node_id, exc)
             return None
+        self._beat_encoded = (beat, frames)
+        return frames
 
     def _beat_on(self, link: Link, frames: list[bytes], now: float) -> None:
         """Send this tick's heartbeat for ``link``: on it, or back over the peer's own
@@ -367,7 +373,8 @@ class BusNode:
     def tick(self) -> None:
         """One round of timers: heartbeats when due, link liveness, neighbour expiry."""
         now = self._clock()
-        if now >= self._next_beat:
+        due = self._next_beat
+        if now >= due:
             # Beats fall on whole multiples of the interval on the clock, so nodes that share
             # one (those on one host) beat together: what an idle node sends and is sent then
             # comes in one burst each interval, one wake-up rather than one per neighbour.
@@ -375,7 +382,7 @@ class BusNode:
             if self._next_beat <= now:
                 self._next_beat += self.interval
             joined = [link for link in self._links if link.joined]
-            frames = self._beat_frames() if joined else None
+            frames = self._beat_frames(since=due) if joined else None
             for link in joined if frames else ():
                 self._beat_on(link, frames, now)
         for link in self._links:
@@ -419,16 +426,19 @@ class BusNode:
         return self._seq
 
     _beat: Heartbeat | None = None    # the last heartbeat built, and when (on the clock)
+    _beat_encoded: tuple[Heartbeat, list[bytes]] | None = None   # and its frames
     _beat_at = float("-inf")
 
-    def _heartbeat(self, fresh: bool = False) -> Heartbeat:
-        """This node's heartbeat. The tick builds a fresh one; an answer to a neighbour's beat
-        sends the last one again (the same seq) while it is younger than an interval and
-        nothing was published since: no rebuild per neighbour, and a neighbour that already
-        took that snapshot just counts the beat as a sign of life."""
+    def _heartbeat(self, fresh: bool = False, since: float | None = None) -> Heartbeat:
+        """This node's heartbeat. The tick's is one built since the beat fell due (an answer
+        sent in the same burst may have built it); an answer to a neighbour's beat sends the
+        last one again (the same seq) while it is younger than an interval and nothing was
+        published since: no rebuild per neighbour, and a neighbour that already took that
+        snapshot just counts the beat as a sign of life. ``fresh``: build one now."""
         now = self._clock()
         beat = self._beat
-        if fresh or beat is None or beat.seq != self._seq or not 0 <= now - self._beat_at < self.interval:
+        if (fresh or beat is None or beat.seq != self._seq or (since is not None and self._beat_at < since)
+                or not 0 <= now - self._beat_at < self.interval):
             beat = self._beat = Heartbeat(node_id=self.node_id, epoch=self.epoch,
                                           seq=self._next_seq(), snapshot=self._snapshot(),
                                           sent_at=time.time(),
@@ -540,7 +550,9 @@ class BusNode:
                 now = self._clock()
                 link = self._link_of.get(msg.node_id)
                 if link is None or not link.joined or not self._quiet(link, now):
-                    send_now(self._router, [identity, *encode(self._heartbeat())])
+                    answer = self._beat_frames()
+                    if answer is not None:
+                        send_now(self._router, [identity, *answer])
                 state = self._neighbours.get(msg.node_id)
                 if state is not None and state.status != LOST and state.epoch == msg.epoch:
                     self._beats_from[msg.node_id] = now
