@@ -7,14 +7,16 @@ on each tick which neighbours have gone silent. Times are ``time.monotonic()`` v
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ALIVE", "LOST", "MAX_SEQ_STEP", "NeighbourState", "Neighbours"]
+__all__ = ["ALIVE", "LOST", "MAX_SEQ_STEP", "QUIET_FOR", "NeighbourState", "Neighbours"]
 
 ALIVE = "alive"
 LOST = "lost"
 MAX_SEQ_STEP = 10**6      # a seq further ahead of the last one taken in a session is refused
+QUIET_FOR = 1.5           # intervals a peer's beats on our ROUTER keep our own link to it quiet
 
 
 @dataclass
@@ -37,6 +39,7 @@ class NeighbourState:
     joins: int = 0                    # handshakes completed with it (each one a new session)
     rejected: str = ""                # why its last refused message was refused
     rejections: int = 0               # messages from it refused (bad payloads, wild seqs)
+    beat_in: float = -math.inf        # when its last heartbeat came to our ROUTER, this session
 
     def age(self, now: float) -> float:
         """Seconds since it was last heard from."""
@@ -84,8 +87,28 @@ class Neighbours:
         state.seq = -1
         state.role, state.epoch, state.http, state.router, state.pub = role, epoch, http, router, pub
         state.interval, state.status, state.last_seen = interval, ALIVE, now
+        state.beat_in = -math.inf
         state.joins += 1
         return state
+
+    def beat_in(self, node_id: str, epoch: int, now: float) -> None:
+        """A heartbeat of alive ``node_id``'s current incarnation came to our ROUTER now."""
+        state = self._by_id.get(node_id)
+        if state is not None and state.status == ALIVE and state.epoch == epoch:
+            state.beat_in = now
+
+    def beats_to_us(self, node_id: str, own_id: str, interval: float, now: float) -> bool:
+        """Whether our link to peer ``node_id`` may stay quiet. Two peers that list each other
+        have two links; the link of the lower node id carries the pair: it beats on it, the
+        other beats back over that connection (from its ROUTER, at its own tick) rather than
+        answering, and leaves its own link quiet. Two messages an interval for the pair, not
+        four, and each still hears the other on the other's own clock. So: ``node_id`` is the
+        lower id, beats at our pace or faster, and its beat came within ``QUIET_FOR`` of our
+        intervals. When its beats stop, our link beats (and is answered) again: a peer that
+        stops is lost within the same window as ever."""
+        state = self._by_id.get(node_id)
+        return (state is not None and node_id < own_id and state.status == ALIVE
+                and state.interval <= interval and now - state.beat_in <= QUIET_FOR * interval)
 
     def heard(self, node_id: str, now: float, epoch: int | None = None) -> bool:
         """A valid message came from an alive ``node_id``: True when it counts as a sign of life.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -71,7 +70,6 @@ log = logging.getLogger("bus.node")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
 _TICK_SLACK = 0.001   # seconds the tick sleeps past a deadline
-_QUIET_FOR = 1.5      # intervals a peer's beats on our ROUTER keep our link to it quiet
 
 
 def _why(err: ProtocolError) -> str:
@@ -140,7 +138,6 @@ class BusNode:
         self._identity_of: dict[str, bytes] = {}      # node id -> ROUTER identity
         self._session_of: dict[str, str] = {}         # node id -> session nonce of its connection
         self._sub_of: dict[str, str] = {}             # node id -> PUB endpoint it publishes on
-        self._beats_from: dict[str, float] = {}       # node id -> when its beat last came (ROUTER)
         # PUB endpoint -> the SUB that follows it and its reader: one each, so a message is
         # known to come from that PUB (a neighbour cannot publish in another's name).
         self._subs: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
@@ -324,27 +321,14 @@ class BusNode:
             return link.send_frames
         raise Unreachable(f"no open link to {node_id}")
 
-    # -- one connection per pair of peers ------------------------------------------------------
-    # Two peers that list each other have two links, each one's DEALER to the other's ROUTER.
-    # The link of the peer with the lower node id carries the pair: it beats on it, and the
-    # other beats back over the same connection (from its ROUTER, at its own tick) instead of
-    # answering, and leaves its own link quiet. Two messages an interval for the pair, not four,
-    # and each side still hears the other on the other's own clock, as with separate links.
-
     def _quiet(self, link: Link, now: float) -> bool:
-        """Whether ``link`` stays quiet: it leads to a peer with the lower node id, at our pace or
-        faster, whose own link to our ROUTER beats (a beat came within ``_QUIET_FOR`` intervals).
-        When its beats stop, this link beats (and is answered) again at the next tick: a peer
-        that stops is lost within the same window as ever, and a link that reconnected under
-        our feet is told to say hello again."""
-        node_id = link.node_id
-        if link.kind != "peer" or node_id is None or not node_id < self.node_id:
-            return False
-        state = self._neighbours.get(node_id)
-        if (state is None or state.status == LOST or state.interval > self.interval
-                or node_id not in self._identity_of):
-            return False
-        return now - self._beats_from.get(node_id, -math.inf) <= _QUIET_FOR * self.interval
+        """Whether ``link`` stays quiet: the peer's own link to our ROUTER carries the pair's
+        beats (``Neighbours.beats_to_us``); its beats heard count for this link too, and
+        requests to it go that way. A link that reconnected under our feet is told to say
+        hello at its first beat once the peer's stop."""
+        return (link.kind == "peer" and link.node_id is not None
+                and link.node_id in self._identity_of
+                and self._neighbours.beats_to_us(link.node_id, self.node_id, self.interval, now))
 
     def _beat_frames(self, since: float | None = None) -> list[bytes] | None:
         """This node's heartbeat (see ``_heartbeat``) encoded, once for every link and answer
@@ -387,7 +371,7 @@ class BusNode:
                 self._beat_on(link, frames, now)
         for link in self._links:
             if link.joined and self._quiet(link, now):
-                link.heard_elsewhere(self._beats_from[link.node_id])
+                link.heard_elsewhere(self._neighbours.get(link.node_id or "").beat_in)
             link.tick(now)
         for state in self._neighbours.expire(now):
             log.warning("%s %s lost: silent for %.1f s", state.role, state.node_id, state.age(now))
@@ -553,9 +537,7 @@ class BusNode:
                     answer = self._beat_frames()
                     if answer is not None:
                         send_now(self._router, [identity, *answer])
-                state = self._neighbours.get(msg.node_id)
-                if state is not None and state.status != LOST and state.epoch == msg.epoch:
-                    self._beats_from[msg.node_id] = now
+                self._neighbours.beat_in(msg.node_id, msg.epoch, now)
         elif isinstance(msg, Bye):
             node_id = self._routes.pop(identity, None)
             if node_id is not None and self._identity_of.get(node_id) == identity:
@@ -598,7 +580,6 @@ class BusNode:
         # A child beats at its own interval; a peer is also heard through our link's replies.
         interval = hello.interval if role == "child" else max(hello.interval, self.interval)
         self._pending.fail_to(hello.node_id, "joined again (a new session)")
-        self._beats_from.pop(hello.node_id, None)
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval)
@@ -675,7 +656,6 @@ class BusNode:
             return
         self._link_of[welcome.node_id] = link
         self._pending.fail_to(welcome.node_id, "joined again (a new session)")
-        self._beats_from.pop(welcome.node_id, None)
         state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
