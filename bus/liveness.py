@@ -165,6 +165,8 @@ class Neighbours:
         state = self._by_id.get(node_id)
         if state is None or (state.epoch and epoch != state.epoch) or seq <= state.seq:
             return False
+        if state.role != "child":
+            summary = None            # only a child's subtree is read (a parent's scheduler)
         changed = snapshot != state.snapshot or summary != state.summary
         state.seq, state.snapshot, state.summary, state.sent_at = seq, snapshot, summary, sent_at
         return changed

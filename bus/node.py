@@ -20,6 +20,7 @@ neighbour's entry (``NeighbourState.rejected``) only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -147,6 +148,7 @@ class BusNode:
         self._pub: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_beat = 0.0
+        self._beat_encoded = {}
         self.router_endpoint = ""
         self.pub_endpoint = ""
         self._router_drops = DropLog(log, f"{node_id} ROUTER")
@@ -330,18 +332,22 @@ class BusNode:
                 and link.node_id in self._identity_of
                 and self._neighbours.beats_to_us(link.node_id, self.node_id, self.interval, now))
 
-    def _beat_frames(self, since: float | None = None) -> list[bytes] | None:
+    def _beat_frames(self, since: float | None = None, upward: bool = False) -> list[bytes] | None:
         """This node's heartbeat (see ``_heartbeat``) encoded, once for every link and answer
-        it goes out on (None, logged, if it cannot be)."""
+        it goes out on (None, logged, if it cannot be). Only the one ``upward`` (to the
+        parent) carries the subtree summary: nobody else reads it, and it grows with the
+        subtree (the root's names every node)."""
         beat = self._heartbeat(since=since)
-        if self._beat_encoded is not None and self._beat_encoded[0] is beat:
-            return self._beat_encoded[1]
+        cached = self._beat_encoded.get(upward)
+        if cached is not None and cached[0] is beat:
+            return cached[1]
         try:
-            frames = encode(beat)
+            frames = encode(dataclasses.replace(beat, summary=self._summary())
+                            if upward and self._summary is not None else beat)
         except (TypeError, ValueError) as exc:
             log.error("%s: cannot encode a heartbeat: %s", self.node_id, exc)
             return None
-        self._beat_encoded = (beat, frames)
+        self._beat_encoded[upward] = (beat, frames)
         return frames
 
     def _beat_on(self, link: Link, frames: list[bytes], now: float) -> None:
@@ -365,10 +371,11 @@ class BusNode:
             self._next_beat = (now // self.interval + 1) * self.interval
             if self._next_beat <= now:
                 self._next_beat += self.interval
-            joined = [link for link in self._links if link.joined]
-            frames = self._beat_frames(since=due) if joined else None
-            for link in joined if frames else ():
-                self._beat_on(link, frames, now)
+            for link in self._links:
+                frames = self._beat_frames(since=due, upward=link.kind == "parent") \
+                    if link.joined else None
+                if frames is not None:
+                    self._beat_on(link, frames, now)
         for link in self._links:
             if link.joined and self._quiet(link, now):
                 link.heard_elsewhere(self._neighbours.get(link.node_id or "").beat_in)
@@ -410,7 +417,7 @@ class BusNode:
         return self._seq
 
     _beat: Heartbeat | None = None    # the last heartbeat built, and when (on the clock)
-    _beat_encoded: tuple[Heartbeat, list[bytes]] | None = None   # and its frames
+    _beat_encoded: dict[bool, tuple[Heartbeat, list[bytes]]]   # its frames (upward or not)
     _beat_at = float("-inf")
 
     def _heartbeat(self, fresh: bool = False, since: float | None = None) -> Heartbeat:
@@ -425,8 +432,7 @@ class BusNode:
                 or not 0 <= now - self._beat_at < self.interval):
             beat = self._beat = Heartbeat(node_id=self.node_id, epoch=self.epoch,
                                           seq=self._next_seq(), snapshot=self._snapshot(),
-                                          sent_at=time.time(),
-                                          summary=self._summary() if self._summary else None)
+                                          sent_at=time.time())
             self._beat_at = now
         return beat
 
@@ -663,8 +669,10 @@ class BusNode:
                                         interval=max(welcome.interval, self.interval))
         self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
         self._fire(state)
-        beat = self._heartbeat()       # the first heartbeat at once: the parent sees us now
-        link.send(beat)
+        # The first heartbeat at once: the parent sees us now.
+        frames = self._beat_frames(upward=link.kind == "parent")
+        if frames is not None:
+            link.send_frames(frames)
 
     def _on_link_down(self, link: Link, reason: str) -> None:
         node_id = link.node_id
