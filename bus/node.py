@@ -350,6 +350,20 @@ class BusNode:
         self._beat_encoded[upward] = (beat, frames)
         return frames
 
+    def _beat_back(self, now: float, due: float) -> None:
+        """Beat back to each neighbour that beats to our ROUTER, over its connection (a child,
+        a peer that alone lists us): see ``Neighbours.beating_to_us``. A peer we also have a
+        link to is the link's (``_beat_on``)."""
+        frames = None
+        for node_id, identity in self._identity_of.items():
+            link = self._link_of.get(node_id)
+            if (link is None or not link.joined) and self._neighbours.beating_to_us(
+                    node_id, self.interval, now):
+                frames = frames or self._beat_frames(since=due)
+                if frames is None:
+                    return
+                send_now(self._router, [identity, *frames])
+
     def _beat_on(self, link: Link, frames: list[bytes], now: float) -> None:
         """Send this tick's heartbeat for ``link``: on it, or back over the peer's own
         connection when it is quiet (on it after all if that one is gone)."""
@@ -376,6 +390,7 @@ class BusNode:
                     if link.joined else None
                 if frames is not None:
                     self._beat_on(link, frames, now)
+            self._beat_back(now, due)
         for link in self._links:
             if link.joined and self._quiet(link, now):
                 link.heard_elsewhere(self._neighbours.get(link.node_id or "").beat_in)
@@ -539,7 +554,9 @@ class BusNode:
                 # ones are not while our link to it is quiet: our tick beats back instead.
                 now = self._clock()
                 link = self._link_of.get(msg.node_id)
-                if link is None or not link.joined or not self._quiet(link, now):
+                beaten_back = (self._quiet(link, now) if link is not None and link.joined
+                               else self._neighbours.beating_to_us(msg.node_id, self.interval, now))
+                if not beaten_back:
                     answer = self._beat_frames()
                     if answer is not None:
                         send_now(self._router, [identity, *answer])
@@ -588,7 +605,7 @@ class BusNode:
         self._pending.fail_to(hello.node_id, "joined again (a new session)")
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
-                                        interval=interval)
+                                        interval=interval, beats_every=hello.interval)
         self._follow(hello.node_id, hello.pub, hello.curve_key)
         send_now(self._router, [identity, *encode(
             self._welcome("parent" if role == "child" else "peer", session))])
@@ -666,7 +683,8 @@ class BusNode:
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
                                         # it answers our heartbeats: at our pace, or its own
-                                        interval=max(welcome.interval, self.interval))
+                                        interval=max(welcome.interval, self.interval),
+                                        beats_every=welcome.interval)
         self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
         self._fire(state)
         # The first heartbeat at once: the parent sees us now.

@@ -76,3 +76,17 @@ def test_a_link_to_a_lower_peer_whose_beats_come_to_us_stays_quiet() -> None:
     assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.8)
     table.beat_in("anhui", 1, 10.9)                                      # lost: not taken
     assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.9)
+
+
+def test_a_neighbour_beating_to_us_at_our_interval_is_beaten_back_not_answered() -> None:
+    table = Neighbours(misses=3)
+    table.joined("gulou", "child", 10.0, epoch=1, http="", router="", pub="", interval=1.0,
+                 beats_every=1.0)
+    table.joined("slow", "child", 10.0, epoch=1, http="", router="", pub="", interval=2.0,
+                 beats_every=2.0)
+    assert not table.beating_to_us("gulou", 1.0, 10.0)       # its first beat: answered
+    table.beat_in("gulou", 1, 10.0)
+    table.beat_in("slow", 1, 10.0)
+    assert table.beating_to_us("gulou", 1.0, 11.0)
+    assert not table.beating_to_us("slow", 1.0, 11.0)       # another interval: answered
+    assert not table.beating_to_us("gulou", 1.0, 11.6)      # after a silence: answered

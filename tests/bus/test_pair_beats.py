@@ -14,7 +14,7 @@ from bus import BusNode
 from bus.protocol import Heartbeat
 
 from ..ports import free_port
-from .harness import FAST, Directory, NodeProcess, running, status, until
+from .harness import FAST, Directory, NodeProcess, endpoints, running, status, until
 from .test_links import echo
 
 STEP = {**FAST, "heartbeat_interval": 1.0}   # on a clock the test moves by hand
@@ -164,3 +164,36 @@ async def test_a_killed_peer_is_lost_within_the_window_whichever_side_beats(kill
             assert elapsed <= MISSES * INTERVAL + 1.0, f"lost after {elapsed:.2f} s"   # CI slack
     finally:
         await proc.stop()
+
+
+async def test_a_parent_beats_back_to_its_child_at_its_own_tick_instead_of_answering() -> None:
+    """The child's first beat after the handshake is answered; then the parent beats back over
+    the child's connection at each of its own ticks (two messages an interval, as before), and
+    answers again once a beat comes after a silence."""
+    clock, counts = Clock(), Counter()
+    parent = BusNode("jiangsu", snapshot=lambda: {"n": "jiangsu"}, clock=clock, **STEP)
+    async with running(parent):
+        child = BusNode("nanjing", parent=endpoints(parent), snapshot=lambda: {"n": "nanjing"},
+                        summary=lambda: {"nodes": 1}, clock=clock.reading, **STEP)
+        count_beats(parent, counts)
+        count_beats(child, counts)
+        async with running(child):
+            await until(lambda: (s := child.neighbour("jiangsu")) is not None and s.seq >= 0,
+                        what="the answer to the child's first beat")
+            both = [(parent, child), (child, parent)]
+            await step(clock, parent, child, heard=both)
+            counts.clear()
+            for _ in range(5):
+                await step(clock, parent, child, heard=both)
+            assert counts == {("jiangsu", "router"): 5, ("nanjing", "link"): 5}
+            assert parent.neighbour("nanjing").summary == {"nodes": 1}   # it goes upward only
+            assert child.neighbour("jiangsu").summary is None
+            clock.hold()                                    # the child stands still
+            counts.clear()
+            await step(clock, parent, child, heard=[])      # its last beat is 1 interval old
+            await until(lambda: counts[("nanjing", "link")] == 1, what="the beat back")
+            await step(clock, parent, child, heard=[])      # 2 intervals: nothing back
+            clock.release()
+            await step(clock, parent, child, heard=both)    # a beat after a silence: answered
+            assert counts == {("nanjing", "link"): 2, ("jiangsu", "router"): 1}
+            assert status(parent, "nanjing") == status(child, "jiangsu") == "alive"
