@@ -3,7 +3,9 @@
 The node binds a ROUTER (hellos, heartbeats and requests from children, peers and clients) and
 a PUB (its resource updates and events), keeps a :class:`~bus.link.Link` to its parent and to
 each peer, and one SUB connected to the PUB of every neighbour it has shaken hands with. One
-tick task sends heartbeats, runs link liveness and marks silent neighbours lost. The agent sees
+tick task sends heartbeats (on its links, and back to the neighbours that beat to its ROUTER;
+one connection per pair of peers, see ``Neighbours.beating_to_us`` and ``beats_to_us``), runs
+link liveness and marks silent neighbours lost. The agent sees
 only callbacks (``snapshot``, ``summary``, ``handler``, ``on_neighbour``, ``on_event``) and the
 methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and ``describe``.
 

@@ -24,8 +24,11 @@ Conversations:
   read why it was refused. Each Welcome carries a fresh ``session`` nonce for that connection; a
   node that says hello again from another connection while the first is alive shows it (with
   the same ``epoch``) to prove it is the same party, else it is refused ``duplicate_node``.
-* liveness: every interval a joined DEALER sends :class:`Heartbeat` (full snapshot, ``seq``);
-  the ROUTER answers with its own :class:`Heartbeat`, which is the DEALER's liveness signal.
+* liveness: every interval a joined DEALER sends :class:`Heartbeat` (full snapshot, ``seq``;
+  the subtree ``summary`` only on the link to the parent); the ROUTER side sends its own
+  :class:`Heartbeat` back over that connection, at its own tick when the sender beats at the
+  same interval, else as an answer to each beat (and always to the first after a handshake).
+  Of two peers linked both ways only the lower node id's link carries the beats.
 * broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once.
 * request/reply: :class:`Request` carries ``corr_id``; the :class:`Reply` echoes it.
 * :class:`Bye` says a link is closing on purpose.
