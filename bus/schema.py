@@ -41,6 +41,30 @@ class _Bad(Exception):
         return f"{where}{''.join(reversed(self.path))} {self.reason}"
 
 
+def _key(check: Check, key: Any) -> Any:
+    """A map's ``key`` checked; a refusal says it was the key."""
+    try:
+        return check(key)
+    except _Bad as bad:
+        raise bad.at(" key") from None
+
+
+def _entry(check: Check, value: Any, key: str) -> Any:
+    """A map's entry ``key``'s ``value`` checked; a refusal names the key on its path."""
+    try:
+        return check(value)
+    except _Bad as bad:
+        raise bad.at(f".{key[:40]}") from None
+
+
+def _sized(value: Any, kind: type, what: str, max_len: int, too_many: str) -> None:
+    """``value`` is a ``kind`` (``what``) of at most ``max_len`` entries, or ``_Bad``."""
+    if not isinstance(value, kind):
+        raise _Bad(f"must be {what}")
+    if len(value) > max_len:
+        raise _Bad(too_many)
+
+
 class Schema:
     """A declared payload shape: ``check(value, where)`` returns what to keep (a record without
     its undeclared keys) or raises ValueError naming the first bad field."""
@@ -133,10 +157,7 @@ class ListOf(Schema):
         too_many = f"has more than {max_len} entries"
 
         def list_of(value: Any) -> Any:
-            if not isinstance(value, list):
-                raise _Bad("must be a list")
-            if len(value) > max_len:
-                raise _Bad(too_many)
+            _sized(value, list, "a list", max_len, too_many)
             out = []
             for v in value:
                 try:
@@ -160,20 +181,11 @@ class MapOf(Schema):
         too_many = f"has more than {max_len} entries"
 
         def map_of(value: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _Bad("must be a map")
-            if len(value) > max_len:
-                raise _Bad(too_many)
+            _sized(value, dict, "a map", max_len, too_many)
             out = {}
             for k, v in value.items():
-                try:
-                    k = key_check(k)
-                except _Bad as bad:
-                    raise bad.at(" key") from None
-                try:
-                    out[k] = value_check(v)
-                except _Bad as bad:
-                    raise bad.at(f".{k[:40]}") from None
+                k = _key(key_check, k)
+                out[k] = _entry(value_check, v, k)
             return out
         return map_of
 
@@ -210,14 +222,8 @@ class Record(Schema):
                     if extra is None:
                         continue
                     spec = extra
-                    try:
-                        field_name(key)
-                    except _Bad as bad:
-                        raise bad.at(" key") from None
-                try:
-                    out[key] = spec(item)
-                except _Bad as bad:
-                    raise bad.at(f".{key}") from None
+                    _key(field_name, key)
+                out[key] = _entry(spec, item, key)
             return out
         return record
 
@@ -264,10 +270,7 @@ class Plain(Schema):
                     raise _Bad(too_many)
                 kept = {}
                 for k, v in value.items():
-                    try:
-                        field_name(k)
-                    except _Bad as bad:
-                        raise bad.at(" key") from None
+                    _key(field_name, k)
                     try:
                         kept[k] = plain(v, level + 1)
                     except _Bad as bad:
