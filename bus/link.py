@@ -4,8 +4,8 @@ The link discovers the neighbour's endpoints, connects, says hello and waits for
 Once joined, the node sends heartbeats through it and the neighbour beats back over it (or
 answers each beat, see ``Neighbours.beating_to_us``); a peer's link may stay quiet while the
 peer's own link carries the pair (``heard_elsewhere``). If nothing comes back for ``misses``
-intervals (or the welcome never comes) the link throws the
-DEALER away, rediscovers and says hello again (the zguide's paranoid-pirate liveness). A refusal
+intervals (or the welcome never comes) the link throws the DEALER away, rediscovers and says
+hello again (the zguide's paranoid-pirate liveness). A refusal
 is logged and retried with backoff. Everything other than the handshake goes to ``on_message``,
 and a frame that does not decode to ``on_bad``. A hello again to the same neighbour (after a
 reconnect) shows the session of its last welcome, so it is known for the same party.

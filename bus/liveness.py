@@ -16,7 +16,7 @@ __all__ = ["ALIVE", "LOST", "MAX_SEQ_STEP", "QUIET_FOR", "NeighbourState", "Neig
 ALIVE = "alive"
 LOST = "lost"
 MAX_SEQ_STEP = 10**6      # a seq further ahead of the last one taken in a session is refused
-QUIET_FOR = 1.5           # intervals a peer's beats on our ROUTER keep our own link to it quiet
+QUIET_FOR = 1.5           # intervals after a neighbour's beat on our ROUTER that we beat back
 
 
 @dataclass
