@@ -1,9 +1,11 @@
 """One outgoing link: a DEALER to a parent or a peer, its handshake and its liveness.
 
 The link discovers the neighbour's endpoints, connects, says hello and waits for a welcome.
-Once joined, the node sends heartbeats through it and the neighbour answers each with its own;
-if nothing comes back for ``misses`` intervals (or the welcome never comes) the link throws the
-DEALER away, rediscovers and says hello again (the zguide's paranoid-pirate liveness). A refusal
+Once joined, the node sends heartbeats through it and the neighbour beats back over it (or
+answers each beat, see ``Neighbours.beating_to_us``); a peer's link may stay quiet while the
+peer's own link carries the pair (``heard_elsewhere``). If nothing comes back for ``misses``
+intervals (or the welcome never comes) the link throws the DEALER away, rediscovers and says
+hello again (the zguide's paranoid-pirate liveness). A refusal
 is logged and retried with backoff. Everything other than the handshake goes to ``on_message``,
 and a frame that does not decode to ``on_bad``. A hello again to the same neighbour (after a
 reconnect) shows the session of its last welcome, so it is known for the same party.
@@ -126,6 +128,12 @@ class Link:
             self._delay = delay
             self._reason = reason
             self._restart.set()
+
+    def heard_elsewhere(self, at: float) -> None:
+        """The neighbour was heard at ``at`` on another connection that stands for this one
+        (a peer's own link beating on our ROUTER while this one is quiet): count it here."""
+        if at > self.last_heard:
+            self.last_heard = at
 
     def tick(self, now: float) -> None:
         """Liveness: restart a link whose neighbour stayed silent for ``misses`` intervals."""

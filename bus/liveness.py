@@ -7,14 +7,16 @@ on each tick which neighbours have gone silent. Times are ``time.monotonic()`` v
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ALIVE", "LOST", "MAX_SEQ_STEP", "NeighbourState", "Neighbours"]
+__all__ = ["ALIVE", "LOST", "MAX_SEQ_STEP", "QUIET_FOR", "NeighbourState", "Neighbours"]
 
 ALIVE = "alive"
 LOST = "lost"
 MAX_SEQ_STEP = 10**6      # a seq further ahead of the last one taken in a session is refused
+QUIET_FOR = 1.5           # intervals after a neighbour's beat on our ROUTER that we beat back
 
 
 @dataclass
@@ -37,6 +39,8 @@ class NeighbourState:
     joins: int = 0                    # handshakes completed with it (each one a new session)
     rejected: str = ""                # why its last refused message was refused
     rejections: int = 0               # messages from it refused (bad payloads, wild seqs)
+    beat_in: float = -math.inf        # when its last heartbeat came to our ROUTER, this session
+    beats_every: float = 1.0          # the heartbeat interval it announced
 
     def age(self, now: float) -> float:
         """Seconds since it was last heard from."""
@@ -70,7 +74,7 @@ class Neighbours:
         return list(self._by_id.values())
 
     def joined(self, node_id: str, role: str, now: float, *, epoch: int, http: str, router: str,
-               pub: str, interval: float) -> NeighbourState:
+               pub: str, interval: float, beats_every: float | None = None) -> NeighbourState:
         """A handshake completed: create or refresh the entry (a new epoch drops the old snapshot).
 
         Each handshake is a new session: the next snapshot sets its seq afresh, so a seq taken
@@ -84,8 +88,36 @@ class Neighbours:
         state.seq = -1
         state.role, state.epoch, state.http, state.router, state.pub = role, epoch, http, router, pub
         state.interval, state.status, state.last_seen = interval, ALIVE, now
+        state.beat_in = -math.inf
+        state.beats_every = interval if beats_every is None else beats_every
         state.joins += 1
         return state
+
+    def beat_in(self, node_id: str, epoch: int, now: float) -> None:
+        """A heartbeat of alive ``node_id``'s current incarnation came to our ROUTER now."""
+        state = self._by_id.get(node_id)
+        if state is not None and state.status == ALIVE and state.epoch == epoch:
+            state.beat_in = now
+
+    def beating_to_us(self, node_id: str, interval: float, now: float) -> bool:
+        """Whether ``node_id`` beats to our ROUTER at our ``interval`` (a beat came within
+        ``QUIET_FOR`` intervals, this session). Then this node beats back to it over that
+        connection at its own tick rather than answering each beat: the same two messages an
+        interval, each side hearing the other on the other's own clock, and an idle node's
+        beats out and in come in one burst. The first beat after a handshake is answered, and
+        so is one that comes after a silence; a neighbour on another interval is answered."""
+        state = self._by_id.get(node_id)
+        return (state is not None and state.status == ALIVE and state.beats_every == interval
+                and now - state.beat_in <= QUIET_FOR * interval)
+
+    def beats_to_us(self, node_id: str, own_id: str, interval: float, now: float) -> bool:
+        """Whether our link to peer ``node_id`` may stay quiet. Two peers that list each other
+        have two links; the link of the lower node id carries the pair: it beats on it, the
+        other beats back over that connection (``beating_to_us``) and leaves its own link
+        quiet: two messages an interval for the pair, not four. So: ``node_id`` is the lower
+        id and beats to us. When its beats stop, our link beats (and is answered) again: a
+        peer that stops is lost within the same window as ever."""
+        return node_id < own_id and self.beating_to_us(node_id, interval, now)
 
     def heard(self, node_id: str, now: float, epoch: int | None = None) -> bool:
         """A valid message came from an alive ``node_id``: True when it counts as a sign of life.
@@ -142,6 +174,8 @@ class Neighbours:
         state = self._by_id.get(node_id)
         if state is None or (state.epoch and epoch != state.epoch) or seq <= state.seq:
             return False
+        if state.role != "child":
+            summary = None            # only a child's subtree is read (a parent's scheduler)
         changed = snapshot != state.snapshot or summary != state.summary
         state.seq, state.snapshot, state.summary, state.sent_at = seq, snapshot, summary, sent_at
         return changed

@@ -3,7 +3,9 @@
 The node binds a ROUTER (hellos, heartbeats and requests from children, peers and clients) and
 a PUB (its resource updates and events), keeps a :class:`~bus.link.Link` to its parent and to
 each peer, and one SUB connected to the PUB of every neighbour it has shaken hands with. One
-tick task sends heartbeats, runs link liveness and marks silent neighbours lost. The agent sees
+tick task sends heartbeats (on its links, and back to the neighbours that beat to its ROUTER;
+one connection per pair of peers, see ``Neighbours.beating_to_us`` and ``beats_to_us``), runs
+link liveness and marks silent neighbours lost. The agent sees
 only callbacks (``snapshot``, ``summary``, ``handler``, ``on_neighbour``, ``on_event``) and the
 methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and ``describe``.
 
@@ -20,6 +22,7 @@ neighbour's entry (``NeighbourState.rejected``) only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -147,6 +150,7 @@ class BusNode:
         self._pub: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_beat = 0.0
+        self._beat_encoded = {}
         self.router_endpoint = ""
         self.pub_endpoint = ""
         self._router_drops = DropLog(log, f"{node_id} ROUTER")
@@ -312,31 +316,86 @@ class BusNode:
         if state.status == LOST:
             raise Unreachable(f"{node_id} is lost (silent for {state.age(self._clock()):.1f} s)")
         link = self._link_of.get(node_id)
-        if link is not None and link.joined:
+        if link is not None and link.joined and not self._quiet(link, self._clock()):
             return link.send_frames
         identity = self._identity_of.get(node_id)
-        if identity is not None:
+        if identity is not None:     # a child, a client-side peer, or a peer's beating link
             return lambda frames: send_now(self._router, [identity, *frames])
+        if link is not None and link.joined:
+            return link.send_frames
         raise Unreachable(f"no open link to {node_id}")
+
+    def _quiet(self, link: Link, now: float) -> bool:
+        """Whether ``link`` stays quiet: the peer's own link to our ROUTER carries the pair's
+        beats (``Neighbours.beats_to_us``); its beats heard count for this link too, and
+        requests to it go that way. A link that reconnected under our feet is told to say
+        hello at its first beat once the peer's stop."""
+        return (link.kind == "peer" and link.node_id is not None
+                and link.node_id in self._identity_of
+                and self._neighbours.beats_to_us(link.node_id, self.node_id, self.interval, now))
+
+    def _beat_frames(self, since: float | None = None, upward: bool = False) -> list[bytes] | None:
+        """This node's heartbeat (see ``_heartbeat``) encoded, once for every link and answer
+        it goes out on (None, logged, if it cannot be). Only the one ``upward`` (to the
+        parent) carries the subtree summary: nobody else reads it, and it grows with the
+        subtree (the root's names every node)."""
+        beat = self._heartbeat(since=since)
+        cached = self._beat_encoded.get(upward)
+        if cached is not None and cached[0] is beat:
+            return cached[1]
+        try:
+            frames = encode(dataclasses.replace(beat, summary=self._summary())
+                            if upward and self._summary is not None else beat)
+        except (TypeError, ValueError) as exc:
+            log.error("%s: cannot encode a heartbeat: %s", self.node_id, exc)
+            return None
+        self._beat_encoded[upward] = (beat, frames)
+        return frames
+
+    def _beat_back(self, now: float, due: float) -> None:
+        """Beat back to each neighbour that beats to our ROUTER, over its connection (a child,
+        a peer that alone lists us): see ``Neighbours.beating_to_us``. A peer we also have a
+        link to is the link's (``_beat_on``)."""
+        frames = None
+        for node_id, identity in self._identity_of.items():
+            link = self._link_of.get(node_id)
+            if (link is None or not link.joined) and self._neighbours.beating_to_us(
+                    node_id, self.interval, now):
+                frames = frames or self._beat_frames(since=due)
+                if frames is None:
+                    return
+                send_now(self._router, [identity, *frames])
+
+    def _beat_on(self, link: Link, frames: list[bytes], now: float) -> None:
+        """Send this tick's heartbeat for ``link``: on it, or back over the peer's own
+        connection when it is quiet (on it after all if that one is gone)."""
+        if self._quiet(link, now) and send_now(
+                self._router, [self._identity_of[link.node_id or ""], *frames]):
+            return
+        link.send_frames(frames)
 
     # ----------------------------------------------------------------- ticking
 
     def tick(self) -> None:
         """One round of timers: heartbeats when due, link liveness, neighbour expiry."""
         now = self._clock()
-        if now >= self._next_beat:
+        due = self._next_beat
+        if now >= due:
             # Beats fall on whole multiples of the interval on the clock, so nodes that share
             # one (those on one host) beat together: what an idle node sends and is sent then
             # comes in one burst each interval, one wake-up rather than one per neighbour.
             self._next_beat = (now // self.interval + 1) * self.interval
             if self._next_beat <= now:
                 self._next_beat += self.interval
-            joined = [link for link in self._links if link.joined]
-            if joined:
-                beat = self._heartbeat(fresh=True)
-                for link in joined:
-                    link.send(beat)
+            for link in self._links:
+                frames = self._beat_frames(since=due, upward=link.kind == "parent") \
+                    if link.joined else None
+                if frames is not None:
+                    self._beat_on(link, frames, now)
+            self._beat_back(now, due)
         for link in self._links:
+            if link.joined and self._quiet(link, now):
+                link.heard_elsewhere(self._neighbours.get(link.node_id or "").beat_in)
             link.tick(now)
         for state in self._neighbours.expire(now):
             log.warning("%s %s lost: silent for %.1f s", state.role, state.node_id, state.age(now))
@@ -375,20 +434,22 @@ class BusNode:
         return self._seq
 
     _beat: Heartbeat | None = None    # the last heartbeat built, and when (on the clock)
+    _beat_encoded: dict[bool, tuple[Heartbeat, list[bytes]]]   # its frames (upward or not)
     _beat_at = float("-inf")
 
-    def _heartbeat(self, fresh: bool = False) -> Heartbeat:
-        """This node's heartbeat. The tick builds a fresh one; an answer to a neighbour's beat
-        sends the last one again (the same seq) while it is younger than an interval and
-        nothing was published since: no rebuild per neighbour, and a neighbour that already
-        took that snapshot just counts the beat as a sign of life."""
+    def _heartbeat(self, fresh: bool = False, since: float | None = None) -> Heartbeat:
+        """This node's heartbeat. The tick's is one built since the beat fell due (an answer
+        sent in the same burst may have built it); an answer to a neighbour's beat sends the
+        last one again (the same seq) while it is younger than an interval and nothing was
+        published since: no rebuild per neighbour, and a neighbour that already took that
+        snapshot just counts the beat as a sign of life. ``fresh``: build one now."""
         now = self._clock()
         beat = self._beat
-        if fresh or beat is None or beat.seq != self._seq or not 0 <= now - self._beat_at < self.interval:
+        if (fresh or beat is None or beat.seq != self._seq or (since is not None and self._beat_at < since)
+                or not 0 <= now - self._beat_at < self.interval):
             beat = self._beat = Heartbeat(node_id=self.node_id, epoch=self.epoch,
                                           seq=self._next_seq(), snapshot=self._snapshot(),
-                                          sent_at=time.time(),
-                                          summary=self._summary() if self._summary else None)
+                                          sent_at=time.time())
             self._beat_at = now
         return beat
 
@@ -491,7 +552,17 @@ class BusNode:
                     node_id=self.node_id, code="hello_required", reason="say hello first"))])
                 return
             if self._take_snapshot(msg, self._router_drops):
-                send_now(self._router, [identity, *encode(self._heartbeat())])
+                # The first beat after a handshake is answered (it asks for our snapshot); later
+                # ones are not while our link to it is quiet: our tick beats back instead.
+                now = self._clock()
+                link = self._link_of.get(msg.node_id)
+                beaten_back = (self._quiet(link, now) if link is not None and link.joined
+                               else self._neighbours.beating_to_us(msg.node_id, self.interval, now))
+                if not beaten_back:
+                    answer = self._beat_frames()
+                    if answer is not None:
+                        send_now(self._router, [identity, *answer])
+                self._neighbours.beat_in(msg.node_id, msg.epoch, now)
         elif isinstance(msg, Bye):
             node_id = self._routes.pop(identity, None)
             if node_id is not None and self._identity_of.get(node_id) == identity:
@@ -536,7 +607,7 @@ class BusNode:
         self._pending.fail_to(hello.node_id, "joined again (a new session)")
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
-                                        interval=interval)
+                                        interval=interval, beats_every=hello.interval)
         self._follow(hello.node_id, hello.pub, hello.curve_key)
         send_now(self._router, [identity, *encode(
             self._welcome("parent" if role == "child" else "peer", session))])
@@ -614,11 +685,14 @@ class BusNode:
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
                                         # it answers our heartbeats: at our pace, or its own
-                                        interval=max(welcome.interval, self.interval))
+                                        interval=max(welcome.interval, self.interval),
+                                        beats_every=welcome.interval)
         self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
         self._fire(state)
-        beat = self._heartbeat()       # the first heartbeat at once: the parent sees us now
-        link.send(beat)
+        # The first heartbeat at once: the parent sees us now.
+        frames = self._beat_frames(upward=link.kind == "parent")
+        if frames is not None:
+            link.send_frames(frames)
 
     def _on_link_down(self, link: Link, reason: str) -> None:
         node_id = link.node_id

@@ -24,8 +24,11 @@ Conversations:
   read why it was refused. Each Welcome carries a fresh ``session`` nonce for that connection; a
   node that says hello again from another connection while the first is alive shows it (with
   the same ``epoch``) to prove it is the same party, else it is refused ``duplicate_node``.
-* liveness: every interval a joined DEALER sends :class:`Heartbeat` (full snapshot, ``seq``);
-  the ROUTER answers with its own :class:`Heartbeat`, which is the DEALER's liveness signal.
+* liveness: every interval a joined DEALER sends :class:`Heartbeat` (full snapshot, ``seq``;
+  the subtree ``summary`` only on the link to the parent); the ROUTER side sends its own
+  :class:`Heartbeat` back over that connection, at its own tick when the sender beats at the
+  same interval, else as an answer to each beat (and always to the first after a handshake).
+  Of two peers linked both ways only the lower node id's link carries the beats.
 * broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once.
 * request/reply: :class:`Request` carries ``corr_id``; the :class:`Reply` echoes it.
 * :class:`Bye` says a link is closing on purpose.
@@ -56,7 +59,7 @@ import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import msgpack
 
@@ -244,9 +247,29 @@ class _Snapshot(Message):
     def validate(self) -> None:
         _check_node_id(self.node_id)
         _check_counters(self.epoch, self.seq)
-        self.snapshot = SNAPSHOT.check(self.snapshot, "snapshot")
+        self.snapshot = _checked(SNAPSHOT, self.snapshot, "snapshot", self.node_id)
         if self.summary is not None:
-            self.summary = SUMMARY.check(self.summary, "summary")
+            self.summary = _checked(SUMMARY, self.summary, "summary", self.node_id)
+
+
+# What each node id's last snapshot and summary were, and what their check kept: an idle node
+# sends the same ones beat after beat, and a value equal to the last one is given what was kept
+# then (one comparison, not a walk through the schema). Equal is loose for numbers (1 == 1.0 ==
+# True), so what is kept is always the earlier value, which passed. Bounded: cleared when full.
+_CHECKED: dict[tuple[str, str], tuple[Any, Any]] = {}
+_CHECKED_MAX = 4096
+
+
+def _checked(schema: Schema, value: Any, where: str, node_id: str) -> Any:
+    key = (node_id, where)
+    last = _CHECKED.get(key)
+    if last is not None and last[0] == value:
+        return last[1]
+    kept = schema.check(value, where)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = (value, kept)
+    return kept
 
 
 @dataclass
@@ -370,9 +393,10 @@ SNAPSHOT = Record({
     "node_id": _ID, "address": Maybe(_URL), "labels": _LABELS, "seq": _COUNT,
     "capacity": NODE_VECTOR, "allocated": NODE_VECTOR, "available": NODE_VECTOR, "usage": USAGE,
     "workloads": Record({"count": _COUNT, "names": ListOf(Text(1024)), "labels": _PAIRS}),
-    "uptime": _CLOCK,
+    "started_at": _CLOCK, "uptime": _CLOCK,
 }, extra=Plain())
-"""A node's resource snapshot (heartbeats and updates)."""
+"""A node's resource snapshot (heartbeats and updates); ``started_at`` (wall clock) is sent
+rather than an uptime, so a snapshot stays the same while nothing changes."""
 
 SUMMARY = Record({
     "nodes": Number(1, 2**31, whole=True), "node_ids": ListOf(_ID), "labels": _PAIRS,
@@ -470,24 +494,37 @@ def _ext_refused(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
+def _type_test(hint: Any) -> Callable[[Any], bool]:
+    """A test of whether a decoded value has the field type ``hint`` (made once per field)."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+        tests = [_type_test(arg) for arg in typing.get_args(hint)]
+        return lambda value: any(test(value) for test in tests)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+        test = _type_test(item)
+        return lambda value: isinstance(value, list) and all(test(v) for v in value)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda value: (isinstance(value, (int, float)) and value.__class__ is not bool
+                              and math.isfinite(value))
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        return lambda value: isinstance(value, int) and value.__class__ is not bool
+    return lambda value: isinstance(value, hint)
 
 
 def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# Per message type, each field's (name, type test, is a float, what it must be), worked out
+# once: decoding a heartbeat does not walk type hints.
+_FIELDS: dict[type[Message], tuple[tuple[str, Callable[[Any], bool], bool, str], ...]] = {
+    cls: tuple((f.name, _type_test(hint), hint is float, _describe(hint))
+               for f in fields(cls) for hint in (_HINTS[cls][f.name],))
+    for cls in MESSAGE_TYPES.values()
+}
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -523,20 +560,19 @@ def decode(frames: list[bytes]) -> Message:
     if cls is None:
         raise ProtocolError("unknown_type", f"unknown message type {type_name[:40]!r}",
                             corr_id=corr_id, node_id=node_id, msg_type=type_name)
-    hints = _HINTS[cls]
     missing = _REQUIRED[cls] - raw.keys()
     if missing:
         raise ProtocolError("bad_field", f"{type_name} lacks {', '.join(sorted(missing))}",
                             corr_id=corr_id, node_id=node_id, msg_type=type_name)
     values = {}
-    for name, hint in hints.items():
+    for name, test, is_float, what in _FIELDS[cls]:
         if name not in raw:
             continue
         value = raw[name]
-        if not _type_ok(value, hint) or (hint is float and not math.isfinite(value)):
-            raise ProtocolError("bad_field", f"{type_name}.{name} must be {_describe(hint)}",
+        if not test(value):
+            raise ProtocolError("bad_field", f"{type_name}.{name} must be {what}",
                                 corr_id=corr_id, node_id=node_id, msg_type=type_name)
-        values[name] = float(value) if hint is float else value
+        values[name] = float(value) if is_float else value
     msg = cls(**values)
     try:
         msg.validate()

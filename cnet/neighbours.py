@@ -13,10 +13,10 @@ each value only if it has the expected type, so no neighbour can make this node'
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from .register import BEAT_USAGE_MAX_AGE
 from .resources import Resources
 from .scheduler import NodeView, Snapshot
 
@@ -76,8 +76,12 @@ class LocalView:
 
 
 def self_snapshot(local: LocalView) -> dict:
-    """This node's full resource snapshot (sent in every heartbeat and broadcast)."""
-    resources = local.register.resources()
+    """This node's full resource snapshot (sent in every heartbeat and broadcast).
+
+    What an idle node sends stays the same from beat to beat (its start time, not its uptime;
+    usage sampled once per ``BEAT_USAGE_MAX_AGE``), so its neighbours see no change to show.
+    """
+    resources = local.register.resources(usage_max_age=BEAT_USAGE_MAX_AGE)
     live = local.live.values()
     return {
         "node_id": local.node_id,
@@ -93,7 +97,7 @@ def self_snapshot(local: LocalView) -> dict:
         "workloads": {"count": len(local.live),
                       "names": sorted({wl.name for wl in live})[:512],
                       "labels": sorted({f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]},
-        "uptime": round(time.time() - local.started_at, 1),
+        "started_at": round(local.started_at, 3),
     }
 
 

@@ -22,7 +22,8 @@ from .resources import Resources
 
 log = logging.getLogger(__name__)
 
-USAGE_MAX_AGE = 2.0
+USAGE_MAX_AGE = 2.0    # seconds: what a REST answer shows is at most this old
+BEAT_USAGE_MAX_AGE = 10.0   # seconds: what a heartbeat tells the neighbours is at most this old
 
 
 class Register:
@@ -153,21 +154,29 @@ class Register:
     @property
     def usage(self) -> dict:
         """Measured usage, sampled when read if the last sample is older than
-        ``usage_max_age``: measured no more often than something shows it (a heartbeat, a
-        REST reply), and no timer of its own wakes the agent for it."""
-        if time.monotonic() - self._sampled >= self.usage_max_age:
+        ``usage_max_age``: measured no more often than something shows it (a REST reply),
+        and no timer of its own wakes the agent for it."""
+        return self.usage_within(self.usage_max_age)
+
+    def usage_within(self, max_age: float) -> dict:
+        """Measured usage at most ``max_age`` seconds old (sampled now if the last is older).
+        Heartbeats ask for ``BEAT_USAGE_MAX_AGE``: the neighbours see ``sampled_at``, and an
+        idle node measures itself once in that many beats, not at each."""
+        if time.monotonic() - self._sampled >= max_age:
             self.sample_usage()
         return dict(self._usage)
 
     # -- views ---------------------------------------------------------------------------
 
-    def resources(self) -> dict:
-        """``GET /api/resources``: capacity, allocated, available and measured usage."""
+    def resources(self, usage_max_age: float | None = None) -> dict:
+        """``GET /api/resources``: capacity, allocated, available and measured usage (at most
+        ``usage_max_age`` old; ``usage_max_age`` of the register when not given)."""
         return {
             "node_id": self.node_id,
             "capacity": self.capacity.to_dict(),
             "allocated": self._allocated.to_dict(),
             "available": self.available.to_dict(),
-            "usage": self.usage,
+            "usage": self.usage_within(self.usage_max_age if usage_max_age is None
+                                       else usage_max_age),
             "devices": self.devices.view(),
         }

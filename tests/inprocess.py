@@ -48,8 +48,9 @@ class ManualClock:
 
 class NodeClock:
     """One node's reading of the cluster's clock. ``hold`` stops it (the node then sends no
-    heartbeat of its own; it still answers what it is sent); after ``release`` it goes on from
-    where it stood, so the node just beats late, like a process that was suspended."""
+    heartbeat of its own, nor beats back to those that beat to it; it still answers requests,
+    and a beat that comes after a silence); after ``release`` it goes on from where it stood,
+    so the node just beats late, like a process that was suspended."""
 
     def __init__(self, clock: ManualClock):
         self._clock = clock

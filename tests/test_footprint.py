@@ -12,7 +12,7 @@ import pytest
 
 from bus import BusNode
 from cnet.metrics import AgentMetrics
-from cnet.neighbours import LocalView, scheduler_snapshot
+from cnet.neighbours import LocalView, scheduler_snapshot, self_snapshot
 from cnet.register import Register
 from cnet.resources import Resources
 
@@ -77,6 +77,38 @@ def test_usage_is_sampled_when_read_at_most_once_per_max_age(monkeypatch):
     reg._sampled -= reg.usage_max_age              # as if the sample were that old
     reg.resources()
     assert len(calls) == 2
+
+
+def test_heartbeats_show_usage_up_to_the_beat_age_and_rest_answers_up_to_two_s(monkeypatch):
+    import cnet.register as register_mod
+
+    calls = []
+    real = register_mod.psutil.cpu_percent
+    monkeypatch.setattr(register_mod.psutil, "cpu_percent",
+                        lambda interval=None: calls.append(1) or real(interval=None))
+    local = _local()
+    reg = local.register
+    self_snapshot(local)
+    assert len(calls) == 1
+    reg._sampled -= register_mod.USAGE_MAX_AGE     # old for a REST answer, not for a beat
+    self_snapshot(local)
+    assert len(calls) == 1
+    reg.resources()
+    assert len(calls) == 2
+    reg._sampled -= register_mod.BEAT_USAGE_MAX_AGE
+    self_snapshot(local)
+    assert len(calls) == 3
+
+
+def test_an_idle_nodes_snapshot_is_the_same_from_beat_to_beat():
+    """Its start time, not an uptime: neighbours see no change, so nothing fires there."""
+    local = _local()
+    first = self_snapshot(local)
+    local.register._sampled -= 1.0                 # a second later
+    assert self_snapshot(local) == first
+    assert first["started_at"] == local.started_at and "uptime" not in first
+    local.register.allocate("w1", Resources(cpu=1.0))
+    assert self_snapshot(local) != first
 
 
 def _local() -> LocalView:

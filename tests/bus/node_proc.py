@@ -32,7 +32,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.parent:
         router, pub = args.parent.split(",")
         parent = Endpoints(router=router, pub=pub)
-    node = BusNode(args.node_id, router=args.router, pub=args.pub, parent=parent,
+    peers = [Endpoints(router=router, pub=pub)
+             for router, pub in (peer.split(",") for peer in args.peer)]
+    node = BusNode(args.node_id, router=args.router, pub=args.pub, parent=parent, peers=peers,
                    snapshot=lambda: dict(state), on_neighbour=on_neighbour,
                    heartbeat_interval=args.interval, heartbeat_misses=args.misses, retry_max=0.5)
     await node.start()
@@ -51,6 +53,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--parent", help="ROUTER,PUB endpoints of the parent")
+    parser.add_argument("--peer", action="append", default=[],
+                        help="ROUTER,PUB endpoints of a peer (repeatable)")
     parser.add_argument("--router", default="tcp://127.0.0.1:0")
     parser.add_argument("--pub", default="tcp://127.0.0.1:0")
     parser.add_argument("--interval", type=float, default=1.0)

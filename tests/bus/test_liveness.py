@@ -54,3 +54,39 @@ def test_duplicate_is_a_live_other_incarnation() -> None:
     assert table.is_live_elsewhere("nanjing", 2) is True
     assert table.is_live_elsewhere("nanjing", 1) is False          # same process reconnecting
     assert table.is_live_elsewhere("suqian", 2) is False
+
+
+def test_a_link_to_a_lower_peer_whose_beats_come_to_us_stays_quiet() -> None:
+    """Of two peers linked both ways only the lower id's link beats; the other's stays quiet
+    while those beats come (within 1.5 intervals), at its pace or faster, in this session."""
+    table = Neighbours(misses=3)
+    table.joined("anhui", "peer", 10.0, epoch=1, http="", router="", pub="", interval=1.0)
+    assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.0)        # no beat yet
+    table.beat_in("anhui", 2, 10.0)                                      # another incarnation's
+    assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.0)
+    table.beat_in("anhui", 1, 10.0)
+    assert table.beats_to_us("anhui", "zhejiang", 1.0, 11.5)
+    assert not table.beats_to_us("anhui", "zhejiang", 1.0, 11.6)        # its beats stopped
+    assert not table.beats_to_us("anhui", "aaa", 1.0, 10.5)             # we are the lower id
+    assert not table.beats_to_us("anhui", "zhejiang", 0.5, 10.5)        # it beats slower than us
+    table.joined("anhui", "peer", 10.6, epoch=1, http="", router="", pub="", interval=1.0)
+    assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.6)        # a new session: none yet
+    table.beat_in("anhui", 1, 10.7)
+    table.lose("anhui")
+    assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.8)
+    table.beat_in("anhui", 1, 10.9)                                      # lost: not taken
+    assert not table.beats_to_us("anhui", "zhejiang", 1.0, 10.9)
+
+
+def test_a_neighbour_beating_to_us_at_our_interval_is_beaten_back_not_answered() -> None:
+    table = Neighbours(misses=3)
+    table.joined("gulou", "child", 10.0, epoch=1, http="", router="", pub="", interval=1.0,
+                 beats_every=1.0)
+    table.joined("slow", "child", 10.0, epoch=1, http="", router="", pub="", interval=2.0,
+                 beats_every=2.0)
+    assert not table.beating_to_us("gulou", 1.0, 10.0)       # its first beat: answered
+    table.beat_in("gulou", 1, 10.0)
+    table.beat_in("slow", 1, 10.0)
+    assert table.beating_to_us("gulou", 1.0, 11.0)
+    assert not table.beating_to_us("slow", 1.0, 11.0)       # another interval: answered
+    assert not table.beating_to_us("gulou", 1.0, 11.6)      # after a silence: answered

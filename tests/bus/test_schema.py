@@ -105,6 +105,28 @@ def test_decode_refuses_a_heartbeat_with_a_junk_payload() -> None:
         assert caught.value.node_id == "n"        # the transport knows whom to blame
 
 
+def test_a_snapshot_equal_to_the_last_one_checked_is_given_what_was_kept_then() -> None:
+    """An idle node's beats repeat its snapshot: the check is not walked again, and what is
+    kept is the value that passed (a bool where a number was, loosely equal, is not let in)."""
+    def beat(node_id: str, snapshot: dict) -> list[bytes]:
+        body = {"node_id": node_id, "epoch": 1, "seq": 1, "snapshot": snapshot, "sent_at": 1.0}
+        return [p.VERSION, b"heartbeat", msgpack.packb(body)]
+
+    first = p.decode(beat("repeats", {**SNAPSHOT, "labels": {"zone": "south"}}))
+    again = p.decode(beat("repeats", {**SNAPSHOT, "labels": {"zone": "south"}}))
+    assert again.snapshot is first.snapshot
+    sly = {**SNAPSHOT, "workloads": {**SNAPSHOT["workloads"], "count": True}}   # True == 1
+    kept = p.decode(beat("repeats", sly)).snapshot
+    assert kept is first.snapshot and kept["workloads"]["count"].__class__ is int
+    assert p.decode(beat("other", {**SNAPSHOT})).snapshot is not first.snapshot
+    with pytest.raises(p.ProtocolError, match="snapshot.workloads.count"):
+        p.decode(beat("fresh", sly))                 # checked afresh: refused
+    changed = {**SNAPSHOT, "seq": 13}
+    assert p.decode(beat("repeats", changed)).snapshot == changed
+    with pytest.raises(p.ProtocolError, match="snapshot.available.cpu"):
+        p.decode(beat("repeats", {**changed, "available": {"cpu": math.inf}}))
+
+
 def test_error_replies_and_kept_results_are_checked() -> None:
     good = p.Reply(corr_id="c1", ok=False, error={"code": "x", "message": "m",
                                                     "details": {"status": 409, "reasons": ["r"]}})
