@@ -39,6 +39,7 @@ from .placement import Placer
 from .reconcile import Reconciler
 from .register import Register
 from .remote import NeighbourPort
+from .replica_sets import SetBook
 from .rpc import BusDoor
 from .state_lock import StateLock
 from .store import Store
@@ -64,6 +65,7 @@ class Agent:
         self.metrics: AgentMetrics | None = None
         self.uploads: Uploads | None = None
         self.node: Node | None = None
+        self.sets: SetBook | None = None
         self.local: LocalView | None = None
         self.started_at = time.time()
         self.bus: BusNode | None = None
@@ -101,10 +103,12 @@ class Agent:
                                         Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
                                         clock=self.clock)
+            self.sets = SetBook(cfg, self.store, self.hub, spawn=self.spawn)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
-                             self.port, on_submission=self.metrics.count_submission,
+                             self.port, self.sets, on_submission=self.metrics.count_submission,
                              clock=self.clock)
             await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
+            self.sets.attach(self.node)   # resumes watching the sets stored here
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -114,7 +118,8 @@ class Agent:
         body_limit = max(cfg.max_json_body, cfg.upload_limit + (1 << 20))
         web = Web(self.node, self.hub, self.metrics, self.uploads, self.bus.describe,
                   token=cfg.api_token, max_json_body=cfg.max_json_body,
-                  upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout)
+                  upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout,
+                  replicas=self.sets)
         self._server = tornado.httpserver.HTTPServer(make_app(web), max_body_size=body_limit,
                                                      idle_connection_timeout=120,
                                                      xheaders=False)

@@ -27,7 +27,7 @@ from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
-from .scheduler import Placement, schedule, stays_here
+from .scheduler import Placement, away_from, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
@@ -69,11 +69,14 @@ class Placer:
 
     async def submit(self, body, *, hops: int = 0, visited: tuple[str, ...] = (),
                      upstream: str | None = None, origin: str | None = None,
-                     deadline: float | None = None) -> tuple[Workload, bool]:
+                     deadline: float | None = None,
+                     avoid: dict[str, int] | None = None) -> tuple[Workload, bool]:
         """Place a workload: here if it fits (per strategy), else on the best neighbour.
 
         ``deadline`` (wall-clock seconds) is when whoever delegated it here stops waiting: the
         answer comes before it, with the workload still ``pending`` if its start takes longer.
+        ``avoid`` (node id -> count; a replica set's members) puts the candidates holding
+        fewer first.
         """
         if self.node_id in visited:
             raise CnetError(f"{self.node_id}: already visited by this workload (loop)", code="loop",
@@ -99,7 +102,8 @@ class Placer:
         self._placing[sub.id] = (outcome, self._pending_record(sub, self.node_id, origin))
         self.mirrors.expect(sub.id)
         try:
-            wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline)
+            wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline,
+                                   avoid or {})
         except BaseException as exc:
             if isinstance(exc, Exception):
                 outcome.set_exception(exc)
@@ -120,7 +124,8 @@ class Placer:
         return entry[1] if entry is not None else None
 
     async def _place(self, sub, body, placement: Placement, hops: int, visited: tuple[str, ...],
-                     upstream: str | None, origin: str | None, deadline: float | None) -> Workload:
+                     upstream: str | None, origin: str | None, deadline: float | None,
+                     avoid: dict[str, int]) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
         exclude = set(visited) | ({upstream} if upstream else set())
@@ -131,7 +136,7 @@ class Placer:
             raise BadRequest(decision.impossible, code="impossible_placement")
         tried: list[str] = []
         spec = {**body, "id": sub.id} if isinstance(body, dict) else body
-        for candidate in decision.candidates:
+        for candidate in away_from(decision.candidates, avoid):
             if candidate.role == "self":
                 try:
                     return await self.manager.admit(sub, origin=origin, upstream=upstream,
