@@ -35,6 +35,7 @@ from .model_cache import ModelCache
 from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
+from .ops import OPS, Caller
 from .placement import Placer
 from .reconcile import Reconciler
 from .register import Register
@@ -108,7 +109,7 @@ class Agent:
                              self.port, self.sets, on_submission=self.metrics.count_submission,
                              clock=self.clock)
             await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
-            self.sets.attach(self.node)   # resumes watching the sets stored here
+            self.sets.attach(self.placer, self.port, self._member_op)   # resumes watching
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -225,6 +226,11 @@ class Agent:
         elif event["type"] == "workload_deleted":
             self.bus.publish_event("workload_deleted", {"id": event["id"],
                                                         "node_id": event["node_id"]})
+
+    async def _member_op(self, op: str, member_id: str) -> dict:
+        """Run ``op`` on a replica set's member as the set's origin (see cnet.replica_sets)."""
+        return await OPS[op].parse({"id": member_id}).run(self.node,
+                                                          Caller(node_id=self.config.node_id))
 
     def spawn(self, coro) -> None:
         """Run ``coro`` in the background; it is kept until done."""

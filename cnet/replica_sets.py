@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .errors import CnetError, Conflict, InsufficientResources, NotFound
-from .ops.base import Caller
-from .ops.workloads import Delete, Stop
 from .replica_set import ACTIVE, SET_LABEL, ReplicaSet, member_spec, split_submission
 from .scheduler import Placement
 from .svc_router import Replica, ServiceSet
@@ -29,7 +27,9 @@ from .workload import COMPLETED, FAILED, LIVE, LOST, RUNNING, STOPPED, parse_sub
 if TYPE_CHECKING:
     from .config import Config
     from .events import EventHub
-    from .node import Node
+    from .manager import Manager
+    from .placement import Placer
+    from .remote import NeighbourPort
     from .store import Store
     from .workload import Workload
 
@@ -38,6 +38,8 @@ __all__ = ["SetBook"]
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 5.0          # seconds before another try at a replacement that found no room
+# Runs an operation ("stop", "delete") on one member as its set's origin (the node's own door).
+MemberOp = Callable[[str, str], Awaitable[Any]]
 _REPLACE = {FAILED: "failed", STOPPED: "was stopped", COMPLETED: "ended", LOST: "its node is lost"}
 
 
@@ -50,16 +52,20 @@ class SetBook:
         self.store = store
         self.hub = hub
         self.spawn = spawn
-        self.node: "Node | None" = None
+        self.placer: "Placer | None" = None
+        self.port: "NeighbourPort | None" = None
+        self.manager: "Manager | None" = None
+        self._member_run: MemberOp | None = None
         self.sets: dict[str, ReplicaSet] = {}
         self._creating: dict[str, asyncio.Future] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._checking: set[str] = set()
         self._again: set[str] = set()
 
-    def attach(self, node: "Node") -> None:
-        """Take the node the members are placed from; load the sets stored and look at each."""
-        self.node = node
+    def attach(self, placer: "Placer", port: "NeighbourPort", member_op: MemberOp) -> None:
+        """Take what places and reaches the members; load the sets stored and look at each."""
+        self.placer, self.port, self.manager = placer, port, placer.manager
+        self._member_run = member_op
         for row in self.store.load_sets():
             rs = ReplicaSet.from_row(row)
             self.sets[rs.id] = rs
@@ -86,7 +92,7 @@ class SetBook:
                 and (wtype is None or v["type"] == wtype)]
 
     def _record(self, member_id: str) -> "Workload | None":
-        placer = self.node.placer
+        placer = self.placer
         return placer.known(member_id) or placer.placing(member_id)
 
     def service_set(self, set_id: str) -> ServiceSet | None:
@@ -94,7 +100,7 @@ class SetBook:
         rs = self.sets.get(set_id)
         if rs is None:
             return None
-        states = {n.node_id: n for n in self.node.port.neighbours()}
+        states = {n.node_id: n for n in self.port.neighbours()}
         below = {self.node_id}
         for state in states.values():
             if state.role == "child" and state.status == "alive":
@@ -121,8 +127,7 @@ class SetBook:
     async def create(self, body: dict) -> tuple[dict, bool]:
         """Place a new set (all its members, or none); a retry of a known set returns it."""
         replicas, spec = split_submission(body)
-        node = self.node
-        sub = node.manager.validate(spec)          # the members' spec, checked as any workload's
+        sub = self.manager.validate(spec)          # the members' spec, checked as any workload's
         Placement.parse(sub.placement)
         spec = {**spec, "id": sub.id, "config": sub.config}
         known = self.sets.get(sub.id)
@@ -134,7 +139,7 @@ class SetBook:
                 raise Conflict(f"replica set {sub.id} already exists with a different spec",
                                code="id_conflict")
             return self.view(known), False
-        if node.placer.known(sub.id) or node.placer.placing(sub.id):
+        if self.placer.known(sub.id) or self.placer.placing(sub.id):
             raise Conflict(f"workload id {sub.id} already exists", code="id_conflict")
         rs = ReplicaSet(id=sub.id, spec=spec, replicas=replicas, origin=self.node_id,
                         endpoint=f"{self.url}/svc/{sub.id}/", max_restarts=self.max_restarts)
@@ -175,7 +180,7 @@ class SetBook:
             rs.state = STOPPED
             self._save(rs)
             for mid in [*rs.members, *rs.retired]:
-                await self._member_op(Stop, mid)
+                await self._member_op("stop", mid)
         return self.view(rs)
 
     async def delete(self, set_id: str) -> None:
@@ -209,12 +214,12 @@ class SetBook:
         except BaseException:
             rs.members = [m for m in rs.members if m not in placed]
             for mid in placed:
-                await self._member_op(Delete, mid)
+                await self._member_op("delete", mid)
             raise
 
     async def _place(self, rs: ReplicaSet, used: dict[str, int]) -> str:
         member_id = rs.new_member_id()
-        wl, _ = await self.node.placer.submit(member_spec(rs.spec, rs.id, member_id),
+        wl, _ = await self.placer.submit(member_spec(rs.spec, rs.id, member_id),
                                               avoid=used)
         return wl.id
 
@@ -234,15 +239,15 @@ class SetBook:
 
         return sorted(rs.members, key=key)
 
-    async def _member_op(self, kind, member_id: str) -> bool:
+    async def _member_op(self, op: str, member_id: str) -> bool:
         """Stop or delete one member as its set's origin; False if its node cannot say yet."""
         try:
-            await kind(id=member_id).run(self.node, Caller(node_id=self.node_id))
+            await self._member_run(op, member_id)
         except NotFound:
             return True
         except CnetError as exc:
             log.info("replica set member %s: %s did not go through (%s); again later",
-                     member_id, kind.name, exc.message)
+                     member_id, op, exc.message)
             return False
         return True
 
@@ -326,7 +331,7 @@ class SetBook:
 
     async def _clean(self, rs: ReplicaSet) -> None:
         """Delete the retired members whose nodes answer; the others stay for later."""
-        gone = [mid for mid in list(rs.retired) if await self._member_op(Delete, mid)]
+        gone = [mid for mid in list(rs.retired) if await self._member_op("delete", mid)]
         if gone:
             rs.retired = [m for m in rs.retired if m not in gone]
             self._save(rs)
