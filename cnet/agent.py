@@ -20,7 +20,7 @@ from bus import BusNode, CurveKeys
 
 from . import __version__, neighbours
 from .addresses import is_loopback
-from .api import Web, make_app
+from .api import Web, close_app, make_app
 from .config import Config, ConfigError
 from .events import EventHub
 from .executors import Deferred
@@ -121,7 +121,8 @@ class Agent:
                   token=cfg.api_token, max_json_body=cfg.max_json_body,
                   upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout,
                   replicas=self.sets)
-        self._server = tornado.httpserver.HTTPServer(make_app(web), max_body_size=body_limit,
+        self._app = make_app(web)
+        self._server = tornado.httpserver.HTTPServer(self._app, max_body_size=body_limit,
                                                      idle_connection_timeout=120,
                                                      xheaders=False)
         self._server.add_sockets(sockets)
@@ -201,6 +202,7 @@ class Agent:
                 await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
             except asyncio.TimeoutError:
                 log.warning("some HTTP connections did not close within 5 s; leaving them")
+            close_app(self._app)
         if self.uploads is not None:
             await self.uploads.close()
         if self.manager is not None:

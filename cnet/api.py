@@ -34,6 +34,8 @@ from .ops import (
     Submit,
     check_token,
 )
+from .svc_proxy import ServiceRouter, SvcHandler
+from .svc_upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from .events import EventHub
@@ -63,6 +65,8 @@ class Web:
     upload_limit: int = 1 << 30
     upload_idle_timeout: float = 60.0
     replicas: "ReplicaSource | None" = None   # the sets served at /svc/<id>/; None: every /svc/ is 404
+    svc_body_limit: int = 64 << 20            # request bodies through /svc/ (413 beyond)
+    svc_timeout: float = 60.0                 # how long a replica may take to answer (504 beyond)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -409,7 +413,10 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
 
 
 def make_app(web: Web) -> tornado.web.Application:
+    """The agent's HTTP application; ``app.settings["svc_router"]`` holds the connections to
+    replicas, closed with :func:`close_app`."""
     args = {"web": web}
+    router = ServiceRouter(web.replicas, pool=UpstreamPool(read_timeout=web.svc_timeout))
     routes = [
         (r"/api/workloads/?", WorkloadsHandler, args),
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
@@ -424,11 +431,18 @@ def make_app(web: Web) -> tornado.web.Application:
         (r"/api/bus", BusInfoHandler, args),
         (r"/api/openapi\.json", OpenAPIHandler, args),
         (r"/api/.*", NotFoundHandler, args),
+        (r"/svc/.*", SvcHandler, {"router": router, "metrics": web.metrics,
+                                  "body_limit": web.svc_body_limit}),
     ]
     if UI_DIR.is_dir():
         routes.append((r"/(.*)", tornado.web.StaticFileHandler,
                        {"path": str(UI_DIR), "default_filename": "index.html"}))
-    return tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request)
+    return tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request,
+                                   svc_router=router)
+
+
+def close_app(app: tornado.web.Application) -> None:
+    app.settings["svc_router"].close()
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -1,0 +1,280 @@
+"""``/svc/<set id>/<rest>`` on the agent's HTTP port: each request forwarded to one replica of
+the set (chosen by :class:`cnet.svc_router.Chooser`), retried once on another where that is
+safe, the answer passed back as it came with ``X-CNET-Replica`` naming who gave it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import unquote
+
+import tornado.iostream
+import tornado.web
+
+from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
+from .svc_router import Chooser, ReplicaSource, ServiceSet
+from .svc_upstream import ConnectFailed, Response, TimedOut, UpstreamError, UpstreamPool
+from .workload import ID_RE
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+# Never forwarded either way (RFC 9110 7.6.1), beside those a Connection header names.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection"}
+# Request headers the router sets itself.
+OWN_REQUEST = {"host", "content-length", "expect", "x-forwarded-proto", "x-forwarded-host"}
+COMMIT_AFTER = 256 * 1024   # response bytes held back (so a break before them can be retried)
+REPLICA_HEADER = "X-CNET-Replica"
+
+
+class NoReplica(CnetError):
+    status = 503
+    code = "no_replica"
+
+
+class BadGateway(CnetError):
+    status = 502
+    code = "bad_gateway"
+
+
+class GatewayTimeout(CnetError):
+    status = 504
+    code = "gateway_timeout"
+
+
+class ServiceRouter:
+    """The router one agent runs for all its sets: the choice, its counts and the connections."""
+
+    def __init__(self, source: ReplicaSource | None, *, chooser: Chooser | None = None,
+                 pool: UpstreamPool | None = None) -> None:
+        self.source = source
+        self.chooser = chooser or Chooser()
+        self.pool = pool or UpstreamPool()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+@tornado.web.stream_request_body
+class SvcHandler(tornado.web.RequestHandler):
+    """One request to a set: checked here, forwarded to a replica, its answer relayed.
+
+    No agent token: this is the services' own data plane, which answers without one on the
+    services' ports too (README, "Replicas behind one endpoint")."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def initialize(self, router: ServiceRouter, metrics: Any, body_limit: int) -> None:
+        self.router, self.metrics, self.body_limit = router, metrics, body_limit
+        self._started = time.perf_counter()
+        self._body = bytearray()
+        self._too_large = False
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def compute_etag(self) -> None:
+        return None   # the service's answer goes back as it came, never turned into a 304
+
+    def prepare(self) -> None:
+        self._set_id, self._target = split_target(self.request.uri or "")
+        self._lookup()   # an unknown set is answered before its body is read
+        length = self.request.headers.get("Content-Length")
+        if length is not None and not length.strip().isdigit():
+            raise BadRequest("Content-Length: not a number", code="invalid_header")
+        if int(length or 0) > self.body_limit:
+            raise self._too_large_error()
+        self.request.connection.set_max_body_size(self.body_limit + (1 << 20))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large:
+            return
+        self._body += chunk
+        if len(self._body) > self.body_limit:
+            # Answer now (a chunked body has no length to refuse it by up front).
+            self._too_large = True
+            self._body = bytearray()
+            self._handle_request_exception(self._too_large_error())
+
+    def _too_large_error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds the {self.body_limit}-byte limit "
+                               "of the /svc/ endpoint")
+
+    async def _forward(self, *_args) -> None:
+        if self._too_large:
+            raise self._too_large_error()
+        set_id, target, svc = self._set_id, self._target, self._lookup()
+        method = self.request.method
+        headers = self._upstream_headers()
+        retryable = method in IDEMPOTENT or (method == "POST" and svc.retry_post)
+        chooser, body = self.router.chooser, bytes(self._body)
+        tried: list[str] = []
+        failure: UpstreamError | None = None
+        while True:
+            replica = chooser.pick(svc.replicas, exclude=tried)
+            if replica is None:
+                if failure is None:
+                    raise NoReplica(f"no usable replica in set {set_id!r}")
+                raise _gateway_error(failure, tried)
+            tried.append(replica.id)
+            chooser.started(replica.id)
+            try:
+                await self._relay(replica.id, replica.endpoint, method, target, headers, body,
+                                  retryable)
+                return
+            except UpstreamError as exc:
+                chooser.unreachable(replica.id)
+                log.info("svc %s: replica %s (%s) failed: %s", set_id, replica.id,
+                         replica.endpoint, exc)
+                failure = exc
+                if len(tried) > 1 or (exc.sent and not retryable):
+                    raise _gateway_error(exc, tried) from None
+            finally:
+                chooser.finished(replica.id)
+
+    get = head = post = delete = patch = put = options = _forward
+
+    def _lookup(self) -> ServiceSet:
+        source = self.router.source
+        svc = source.service_set(self._set_id) if source is not None else None
+        if svc is None:
+            raise NotFound(f"no replica set {self._set_id!r} on this node")
+        return svc
+
+    async def _relay(self, replica_id: str, endpoint: str, method: str, target: str,
+                     headers: list[tuple[str, str]], body: bytes, retryable: bool) -> None:
+        """One attempt. Raises UpstreamError only while nothing has gone to the client."""
+        pool = self.router.pool
+        response = await pool.request(endpoint, method, target, headers, body,
+                                      retry_stale=retryable)
+        pieces = response.chunks()
+        held, size = [], 0
+        try:
+            async for piece in pieces:
+                held.append(piece)
+                size += len(piece)
+                if size >= COMMIT_AFTER:
+                    break
+            else:
+                self.router.chooser.reached(replica_id)
+                self._start_reply(response, replica_id, whole=size)
+                self.finish(b"".join(held))
+                return
+        except BaseException:
+            response.close()
+            raise
+        self._start_reply(response, replica_id, whole=None)
+        try:
+            self.write(b"".join(held))
+            await self.flush()
+            async for piece in pieces:
+                self.write(piece)
+                await self.flush()
+        except (UpstreamError, tornado.iostream.StreamClosedError) as exc:
+            # Too late to answer otherwise: cut the connection so the client sees the break.
+            response.close()
+            log.info("svc: answer from %s broke off after it began: %s", replica_id, exc)
+            self.detach().close()
+            self.on_finish()
+            return
+        self.finish()
+
+    def _upstream_headers(self) -> list[tuple[str, str]]:
+        named = {t.strip().lower() for t in self.request.headers.get_list("Connection")
+                 for t in t.split(",")}
+        out, forwarded_for = [], []
+        for name, value in self.request.headers.get_all():
+            if any(c in name or c in value for c in "\r\n\x00"):
+                raise BadRequest(f"header {name[:60]!r}: control characters", code="invalid_header")
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named or lower in OWN_REQUEST:
+                continue
+            if lower == "x-forwarded-for":
+                forwarded_for.append(value)
+                continue
+            out.append((name, value))
+        forwarded_for.append(self.request.remote_ip or "unknown")
+        out += [("X-Forwarded-For", ", ".join(forwarded_for)),
+                ("X-Forwarded-Proto", self.request.protocol),
+                ("X-Forwarded-Host", self.request.host)]
+        return out
+
+    def _start_reply(self, response: Response, replica_id: str, whole: int | None) -> None:
+        head = self.request.method == "HEAD"
+        self.set_status(response.status, _reason(response))
+        for name in ("Content-Type", "Cache-Control", "Server", "Date"):
+            self.clear_header(name)
+        named = {t.strip().lower() for k, v in response.headers if k.lower() == "connection"
+                 for t in v.split(",")}
+        for name, value in response.headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named or lower == REPLICA_HEADER.lower():
+                continue
+            if lower == "content-length" and whole is not None and not head:
+                continue   # set below from what arrived
+            self.add_header(name, value)
+        if whole is not None and not head and response.status not in (204, 304):
+            self.set_header("Content-Length", whole)
+        self.set_header(REPLICA_HEADER, replica_id)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, CnetError):
+            body = exc.to_dict()
+        elif isinstance(exc, tornado.web.HTTPError):
+            body = {"code": "method_not_allowed" if status_code == 405 else "bad_request",
+                    "message": exc.log_message or self._reason}
+        else:
+            body = {"code": "internal", "message": "internal error; see the agent log"}
+        self.finish(json.dumps({"error": body}))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, CnetError):
+            if not self._finished:
+                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+    def on_finish(self) -> None:
+        if self.metrics is not None:
+            self.metrics.requests.labels(self.request.method, "/svc/{id}",
+                                         str(self.get_status())).observe(
+                time.perf_counter() - self._started)
+
+
+def split_target(uri: str) -> tuple[str, str]:
+    """(set id, target to send the replica) of ``/svc/<id>/<rest>[?query]``; NotFound or
+    BadRequest for a path that names no set or would step outside it."""
+    path, sep, query = uri.partition("?")
+    _, _, after = path.partition("/svc/")
+    set_id, slash, rest = after.partition("/")
+    if not path.startswith("/svc/") or not ID_RE.match(unquote(set_id)) or "%" in set_id:
+        raise NotFound(f"no such replica set: {path[:200]!r}")
+    for segment in rest.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "\\" in decoded or "\x00" in decoded:
+            raise BadRequest(f"path segment {segment[:60]!r} is not allowed under /svc/",
+                             code="bad_path")
+    if any(c <= " " or c == "\x7f" for c in uri):
+        raise BadRequest("the request target holds control characters or spaces",
+                         code="bad_path")
+    return set_id, "/" + rest + (sep + query if sep else "")
+
+
+def _gateway_error(exc: UpstreamError, tried: list[str]) -> CnetError:
+    details = {"replicas_tried": list(tried)}
+    if isinstance(exc, TimedOut):
+        return GatewayTimeout(f"the replica did not answer in time: {exc}", details=details)
+    if isinstance(exc, ConnectFailed):
+        return NoReplica(f"no replica could be reached: {exc}", details=details)
+    return BadGateway(f"the replica broke off its answer: {exc}", details=details)
+
+
+def _reason(response: Response) -> str:
+    reason = "".join(c for c in response.reason if " " <= c <= "~")
+    return reason or "Unknown"

@@ -1,0 +1,359 @@
+"""The routed endpoint ``/svc/<set id>/…`` (issue 16, point 2): the agent's real app
+(``make_app``) in front of real HTTP services on free ports, fed by a small ReplicaSource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import tornado.httpclient
+import tornado.httpserver
+import tornado.web
+
+from cnet.api import Web, close_app, make_app
+from cnet.svc_router import Replica, ServiceSet
+
+from .bus.harness import until
+from .echo_service import make_app as echo_app
+from .ports import free_port
+
+ECHO = Path(__file__).with_name("echo_service.py")
+
+
+class Book:
+    """A ReplicaSource: the sets a test declares, changed as the test goes."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, ServiceSet] = {}
+
+    def service_set(self, set_id: str) -> ServiceSet | None:
+        return self.sets.get(set_id)
+
+    def mark(self, set_id: str, replica_id: str, **changes) -> None:
+        svc = self.sets[set_id]
+        self.sets[set_id] = replace(svc, replicas=tuple(
+            replace(r, **changes) if r.id == replica_id else r for r in svc.replicas))
+
+
+@dataclass
+class Bed:
+    url: str                                   # the router's base URL
+    app: tornado.web.Application
+    book: Book
+    services: dict[str, tornado.web.Application] = field(default_factory=dict)
+    client: tornado.httpclient.AsyncHTTPClient = None
+
+    async def fetch(self, path: str, **kwargs) -> tornado.httpclient.HTTPResponse:
+        kwargs.setdefault("request_timeout", 20)
+        return await self.client.fetch(self.url + path, raise_error=False, **kwargs)
+
+    def state(self, name: str) -> dict:
+        return self.services[name].state
+
+    def in_flight(self) -> dict[str, int]:
+        return dict(self.app.settings["svc_router"].chooser._in_flight)
+
+
+@contextlib.asynccontextmanager
+async def bed(replicas: dict[str, dict], *, retry_post: bool = False, **web) -> AsyncIterator[Bed]:
+    """A router serving set ``s`` of the named replicas: ``{"a": {"near": True}, ...}``; a
+    replica with ``"dies": True`` cuts its /slow connections, one with ``"endpoint"`` is not
+    started here."""
+    servers, members, services = [], [], {}
+    for name, spec in replicas.items():
+        endpoint = spec.get("endpoint")
+        if endpoint is None:
+            port = free_port()
+            services[name] = echo_app(name, dies=spec.get("dies", False))
+            server = tornado.httpserver.HTTPServer(services[name])
+            server.listen(port, "127.0.0.1")
+            servers.append(server)
+            endpoint = f"http://127.0.0.1:{port}"
+        members.append(Replica(name, f"node-{name}", endpoint, spec.get("near", True), True))
+    book = Book()
+    book.sets["s"] = ServiceSet("s", tuple(members), retry_post)
+    app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict,
+                       replicas=book, **web))
+    port = free_port()
+    router = tornado.httpserver.HTTPServer(app)
+    router.listen(port, "127.0.0.1")
+    servers.append(router)
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=50)
+    try:
+        yield Bed(f"http://127.0.0.1:{port}", app, book, services, client)
+    finally:
+        client.close()
+        for service in services.values():
+            service.state["release"].set()
+        for server in servers:
+            server.stop()
+            await server.close_all_connections()
+        close_app(app)
+
+
+def error(resp) -> dict:
+    assert resp.headers["Content-Type"].startswith("application/json")
+    return json.loads(resp.body)["error"]
+
+
+async def raw(url: str, request: bytes) -> bytes:
+    """Send bytes as they are (no client tidies the path) and read the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# -- forwarding ------------------------------------------------------------------------------
+
+async def test_method_path_query_headers_and_body_reach_the_replica():
+    async with bed({"a": {}}) as b:
+        resp = await b.fetch("/svc/s/echo/x%20y/z?q=1&r=%2F", method="PUT", body=b"payload",
+                             headers={"X-Mine": "v", "Connection": "X-Hop", "X-Hop": "1",
+                                      "Proxy-Authorization": "p", "X-Forwarded-For": "10.9.9.9",
+                                      "X-Forwarded-Host": "spoofed", "Authorization": "Bearer t"})
+        assert resp.code == 200
+        seen = json.loads(resp.body)
+        headers = {k.lower(): v for k, v in seen["headers"]}
+        assert (seen["method"], seen["path"], seen["query"]) == ("PUT", "/echo/x%20y/z", "q=1&r=%2F")
+        assert seen["size"] == len(b"payload")
+        assert headers["x-mine"] == "v" and headers["authorization"] == "Bearer t"
+        assert "x-hop" not in headers and "proxy-authorization" not in headers
+        endpoint = b.book.sets["s"].replicas[0].endpoint
+        assert headers["host"] == endpoint.removeprefix("http://")   # the replica's own host
+        assert headers["x-forwarded-for"] == "10.9.9.9, 127.0.0.1"
+        assert headers["x-forwarded-host"] == b.url.removeprefix("http://")
+        assert headers["x-forwarded-proto"] == "http"
+        assert resp.headers["X-CNET-Replica"] == "a" == resp.headers["X-Echo-Name"]
+        assert resp.headers["Content-Type"] == "application/json"    # the service's, not ours
+        assert "Cache-Control" not in resp.headers
+
+
+async def test_large_and_streamed_answers_pass_whole():
+    async with bed({"a": {}}) as b:
+        resp = await b.fetch("/svc/s/stream?n=12&size=65536")        # beyond what is held back
+        assert resp.code == 200
+        assert resp.body == b"".join(bytes([65 + i]) * 65536 for i in range(12))
+        head = await b.fetch("/svc/s/echo", method="HEAD")
+        assert head.code == 200 and head.body == b""
+        assert head.headers["Content-Length"] == "1234"
+        for _ in range(3):                                             # kept-alive, reused
+            assert (await b.fetch("/svc/s/echo")).code == 200
+        assert b.app.settings["svc_router"].pool.idle_count() == 1
+
+
+async def test_a_service_error_status_is_passed_through_not_retried():
+    async with bed({"a": {}, "b": {}}) as b:
+        resp = await b.fetch("/svc/s/status/503")
+        assert resp.code == 503
+        assert json.loads(resp.body) == {"name": resp.headers["X-CNET-Replica"], "status": 503}
+        assert b.state("a")["requests"] + b.state("b")["requests"] == 1
+
+
+async def test_requests_in_flight_spread_over_the_replicas():
+    async with bed({"a": {}, "b": {}, "c": {}}) as b:
+        pending = [asyncio.ensure_future(b.fetch("/svc/s/slow?s=hold")) for _ in range(9)]
+        await until(lambda: sum(b.state(n)["started"] for n in "abc") == 9, 10, "9 in flight")
+        assert [b.state(n)["started"] for n in "abc"] == [3, 3, 3]
+        assert b.in_flight() == {"a": 3, "b": 3, "c": 3}
+        for n in "abc":
+            b.state(n)["release"].set()
+        answers = await asyncio.gather(*pending)
+        assert [r.code for r in answers] == [200] * 9
+        assert b.in_flight() == {}
+
+
+async def test_near_replicas_first_far_ones_when_near_are_busier():
+    async with bed({"near": {"near": True}, "far1": {"near": False},
+                    "far2": {"near": False}}) as b:
+        for _ in range(6):
+            assert (await b.fetch("/svc/s/echo")).headers["X-CNET-Replica"] == "near"
+        held = asyncio.ensure_future(b.fetch("/svc/s/slow?s=hold"))
+        await until(lambda: b.state("near")["started"] == 1, 10, "near busy")
+        assert (await b.fetch("/svc/s/echo")).headers["X-CNET-Replica"] in ("far1", "far2")
+        b.state("near")["release"].set()
+        assert (await held).headers["X-CNET-Replica"] == "near"
+
+
+async def test_unusable_replicas_are_skipped_at_once():
+    async with bed({"a": {}, "b": {"near": False}}) as b:
+        b.book.mark("s", "a", usable=False)
+        for _ in range(4):
+            assert (await b.fetch("/svc/s/echo")).headers["X-CNET-Replica"] == "b"
+        assert b.state("a")["requests"] == 0
+        b.book.mark("s", "b", usable=False)
+        resp = await b.fetch("/svc/s/echo")
+        assert resp.code == 503 and error(resp)["code"] == "no_replica"
+        assert b.state("a")["requests"] == b.state("b")["requests"] - 4 == 0
+
+
+# -- failures and retries --------------------------------------------------------------------
+
+async def test_a_replica_that_dies_mid_request_is_retried_once_elsewhere():
+    async with bed({"dying": {"near": True, "dies": True}, "ok": {"near": False}}) as b:
+        resp = await b.fetch("/svc/s/slow?s=0")
+        assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+        assert b.state("dying")["started"] == b.state("ok")["started"] == 1
+        # Passive health: the near replica is skipped now, though its port still answers.
+        for _ in range(3):
+            assert (await b.fetch("/svc/s/echo")).headers["X-CNET-Replica"] == "ok"
+        assert b.state("dying")["requests"] == 1
+        assert b.in_flight() == {}
+
+
+async def test_a_replica_killed_with_sigkill_mid_request():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ECHO), "--port", str(port), "--name", "victim"],
+                            stdout=subprocess.PIPE)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+        async with bed({"victim": {"near": True, "endpoint": f"http://127.0.0.1:{port}"},
+                        "ok": {"near": False}}) as b:
+            pending = asyncio.ensure_future(b.fetch("/svc/s/slow?s=hold"))
+
+            async def victim_started():
+                count = await b.client.fetch(f"http://127.0.0.1:{port}/count", raise_error=False)
+                return count.code == 200 and json.loads(count.body)["started"] == 1
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await victim_started():
+                assert asyncio.get_running_loop().time() < deadline, "the victim got no request"
+                await asyncio.sleep(0.01)
+            os.kill(proc.pid, signal.SIGKILL)
+            await until(lambda: b.state("ok")["started"] == 1, 10, "the retry on ok")
+            b.state("ok")["release"].set()
+            resp = await pending
+            assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+async def test_a_post_is_not_retried_unless_the_set_says_posts_are_pure():
+    async with bed({"dying": {"dies": True}, "ok": {"near": False}}) as b:
+        resp = await b.fetch("/svc/s/slow?s=0", method="POST", body=b"x")
+        assert resp.code == 502 and error(resp)["code"] == "bad_gateway"
+        assert error(resp)["details"] == {"replicas_tried": ["dying"]}
+        assert b.state("ok")["requests"] == 0
+    async with bed({"dying": {"dies": True}, "ok": {"near": False}}, retry_post=True) as b:
+        resp = await b.fetch("/svc/s/slow?s=0", method="POST", body=b"x")
+        assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+        assert b.state("ok")["posts"] == 1
+
+
+async def test_a_refused_connection_is_retried_even_for_a_post():
+    closed = f"http://127.0.0.1:{free_port()}"    # nothing listens there: nothing was sent
+    async with bed({"gone": {"endpoint": closed}, "ok": {"near": False}}) as b:
+        resp = await b.fetch("/svc/s/predict", method="POST", body=b"image")
+        assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+        b.book.mark("s", "ok", usable=False)
+        resp = await b.fetch("/svc/s/predict", method="POST", body=b"image")
+        assert resp.code == 503 and error(resp)["code"] == "no_replica"
+
+
+async def test_a_timeout_after_a_post_was_accepted_is_not_retried():
+    async with bed({"slow": {}, "ok": {"near": False}}, svc_timeout=0.3) as b:
+        resp = await b.fetch("/svc/s/slow?s=hold", method="POST", body=b"x")
+        assert resp.code == 504 and error(resp)["code"] == "gateway_timeout"
+        assert b.state("slow")["posts"] == 1 and b.state("ok")["requests"] == 0
+        assert b.in_flight() == {}
+
+
+async def test_a_timeout_of_a_get_is_retried_once_then_504():
+    async with bed({"a": {}, "b": {}}, svc_timeout=0.3) as b:
+        resp = await b.fetch("/svc/s/slow?s=hold")
+        assert resp.code == 504 and error(resp)["code"] == "gateway_timeout"
+        assert sorted(error(resp)["details"]["replicas_tried"]) == ["a", "b"]
+        assert b.state("a")["started"] == b.state("b")["started"] == 1
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+async def test_unknown_and_malformed_sets_are_404():
+    async with bed({"a": {}}) as b:
+        for path in ("/svc/nope/echo", "/svc/nope", "/svc/", "/svc/bad%20id/echo",
+                     "/svc/%73/echo", "/svc/-x/echo", "/svc/" + "x" * 65 + "/echo"):
+            resp = await b.fetch(path)
+            assert resp.code == 404 and error(resp)["code"] == "not_found", path
+        assert b.state("a")["requests"] == 0
+    app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict))
+    assert app.settings["svc_router"].source is None
+    close_app(app)
+
+
+async def test_a_set_without_a_trailing_path_reaches_the_root():
+    async with bed({"a": {}}) as b:
+        resp = await b.fetch("/svc/s")
+        assert resp.code == 404 and resp.headers["X-CNET-Replica"] == "a"   # the echo has no /
+
+
+async def test_path_traversal_does_not_leave_the_set():
+    async with bed({"a": {}}) as b:
+        for path in ("/svc/s/../../api/nodes", "/svc/s/%2e%2e/%2E%2E/api/nodes",
+                     "/svc/s/./echo", "/svc/s/echo/..", "/svc/s/..%5c..%5capi", "/svc/s/a%00b"):
+            answer = await raw(b.url, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert answer.startswith(b"HTTP/1.1 400 "), (path, answer[:80])
+            assert b'"bad_path"' in answer
+        assert b.state("a")["requests"] == 0
+
+
+async def test_header_injection_does_not_reach_the_replica():
+    async with bed({"a": {}}) as b:
+        folded = await raw(b.url, b"GET /svc/s/echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n"
+                                  b" X-Injected: b\r\nConnection: close\r\n\r\n")
+        status, _, body = folded.partition(b"\r\n\r\n")
+        if status.startswith(b"HTTP/1.1 200"):
+            names = {k.lower() for k, _ in json.loads(body)["headers"]}
+            assert "x-injected" not in names
+        else:
+            assert status.startswith(b"HTTP/1.1 400")
+        bare_cr = await raw(b.url, b"GET /svc/s/echo HTTP/1.1\r\nHost: x\r\n"
+                                   b"X-A: a\rX-Injected: b\r\nConnection: close\r\n\r\n")
+        assert bare_cr.startswith(b"HTTP/1.1 400")
+        resp = await b.fetch("/svc/s/echo", headers={"X-CNET-Replica": "forged"})
+        assert resp.headers["X-CNET-Replica"] == "a"
+
+
+async def test_a_body_over_the_limit_is_413_and_never_forwarded():
+    async with bed({"a": {}}, svc_body_limit=64 * 1024) as b:
+        resp = await b.fetch("/svc/s/predict", method="POST", body=b"x" * (64 * 1024 + 1))
+        assert resp.code == 413 and error(resp)["code"] == "payload_too_large"
+
+        def chunks(write):
+            async def produce():
+                for _ in range(20):
+                    await write(b"y" * 8192)
+            return produce()
+        resp = await b.fetch("/svc/s/predict", method="POST", body_producer=chunks)
+        assert resp.code == 413 and error(resp)["code"] == "payload_too_large"
+        resp = await b.fetch("/svc/s/predict", method="POST", body=b"x" * (64 * 1024))
+        assert resp.code == 200 and json.loads(resp.body)["size"] == 64 * 1024
+        assert b.state("a")["requests"] == 1
+
+
+# -- on a real agent -------------------------------------------------------------------------
+
+def test_a_real_agent_serves_svc_without_its_token_and_keeps_its_api_out_of_reach(make_agent):
+    import requests
+    agent = make_agent(config={"api": {"token": "svc-token"}})
+    resp = requests.get(agent.url + "/svc/nope/predict", timeout=10)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+    assert requests.get(agent.url + "/api/nodes", timeout=10).status_code == 401
+    session = requests.Session()
+    prepared = session.prepare_request(requests.Request("GET", agent.url + "/svc/x/../../api/nodes"))
+    prepared.url = agent.url + "/svc/x/../../api/nodes"     # as sent, not tidied by the client
+    resp = session.send(prepared, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_path"
