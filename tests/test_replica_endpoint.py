@@ -1,0 +1,116 @@
+"""A replica set behind its one endpoint (``/svc/<id>/`` on the origin), on a real 3-node tree:
+identical answers from every replica, and a bounded load that loses no request while a
+replica's service, or a replica's whole node, is killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import requests
+
+from .harness import wait_for
+from .test_replica_sets import ROOT, TREE, astronaut_b64, faces, tree  # noqa: F401 (fixtures)
+
+LOAD_THREADS = 3
+
+
+class Load:
+    """Clients posting /predict through the set's endpoint until stopped; every answer kept."""
+
+    def __init__(self, endpoint: str, image_b64: str):
+        self.url = endpoint + "predict"
+        self.body = {"image": image_b64}
+        self.ok: list[tuple[str, list]] = []          # (replica that answered, detections)
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(LOAD_THREADS)]
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    resp = session.post(self.url, json=self.body, timeout=30)
+                except requests.RequestException as exc:
+                    self.failed.append(repr(exc))
+                    continue
+                if resp.status_code == 200:
+                    self.ok.append((resp.headers.get("X-CNET-Replica", ""),
+                                    resp.json()["detections"]))
+                else:
+                    self.failed.append(f"{resp.status_code} {resp.text[:200]}")
+
+    def wait_answers(self, more: int, timeout: float = 30.0) -> None:
+        target = len(self.ok) + more
+        wait_for(lambda: len(self.ok) >= target, timeout=timeout, interval=0.05,
+                 message=f"{more} more answers through the endpoint")
+
+
+def _members(agent, set_id: str = "faces") -> list[dict]:
+    return agent.workload(set_id)["members"]
+
+
+def test_one_endpoint_answers_alike_from_every_replica(tree, astronaut_b64):  # noqa: F811
+    root = tree[ROOT]
+    record = root.submit(faces())
+    direct = requests.post(record["members"][0]["endpoint"] + "/predict",
+                           json={"image": astronaut_b64}, timeout=30).json()["detections"]
+    assert direct
+    with Load(record["endpoint"], astronaut_b64) as load:
+        wait_for(lambda: {r for r, _ in load.ok} >= {m["id"] for m in record["members"]},
+                 timeout=60, message="answers from all three replicas")
+    assert not load.failed
+    assert all(detections == direct for _, detections in load.ok)
+
+
+def test_a_killed_replica_service_loses_no_request(tree, astronaut_b64):  # noqa: F811
+    root = tree[ROOT]
+    record = root.submit(faces())
+    victim = next(m for m in record["members"] if m["node_id"] != ROOT)
+    host = tree[victim["node_id"]]
+    pid = host.workload(victim["id"])["process_pid"]
+    with Load(record["endpoint"], astronaut_b64) as load:
+        load.wait_answers(20)
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: (w := host.workload(victim["id"]))["restart_count"] == 1
+                 and w["status"] == "running", timeout=30, message="the service restarted")
+        load.wait_answers(20)
+    assert not load.failed, load.failed[:5]
+    assert root.workload("faces")["restart_count"] == 0       # restarted in place, not replaced
+
+
+def test_a_killed_replica_node_loses_no_request_and_is_replaced(tree, astronaut_b64):  # noqa: F811
+    root = tree[ROOT]
+    record = root.submit(faces(replicas=2))
+    victim = next(m for m in record["members"] if m["node_id"] != ROOT)
+    host = tree[victim["node_id"]]
+    pid = host.workload(victim["id"])["process_pid"]
+    started = time.monotonic()
+    with Load(record["endpoint"], astronaut_b64) as load:
+        load.wait_answers(20)
+        host.kill()                            # the node's machine goes: its agent and services
+        os.killpg(pid, signal.SIGKILL)
+        replaced = wait_for(lambda: (r := root.workload("faces"))["restart_count"] == 1
+                            and all(m["status"] == "running" for m in r["members"]) and r,
+                            timeout=45, message="the lost member replaced")
+        load.wait_answers(20)
+    assert not load.failed, load.failed[:5]
+    nodes = {m["node_id"] for m in replaced["members"]}
+    assert victim["node_id"] not in nodes and len(nodes) == 2
+    after = {r for r, _ in load.ok[-10:]}
+    assert victim["id"] not in after
+    print(f"node lost and its member replaced within {time.monotonic() - started:.1f} s; "
+          f"{len(load.ok)} requests answered, none failed")
