@@ -22,7 +22,7 @@ from .errors import CnetError, Conflict, InsufficientResources, NotFound
 from .replica_set import ACTIVE, SET_LABEL, ReplicaSet, member_spec, split_submission
 from .scheduler import Placement
 from .svc_router import Replica, ServiceSet
-from .workload import COMPLETED, FAILED, LIVE, LOST, RUNNING, STOPPED, parse_submission
+from .workload import COMPLETED, FAILED, LOST, RUNNING, STOPPED, parse_submission
 
 if TYPE_CHECKING:
     from .config import Config

@@ -12,7 +12,7 @@ import time
 import requests
 
 from .harness import wait_for
-from .test_replica_sets import ROOT, TREE, astronaut_b64, faces, tree  # noqa: F401 (fixtures)
+from .test_replica_sets import ROOT, faces, tree  # noqa: F401 (the fixture)
 
 LOAD_THREADS = 3
 

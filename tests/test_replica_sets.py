@@ -6,11 +6,9 @@ The opencv service with its bundled face cascade needs no model file, so these a
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 
-import cv2
 import pytest
 import requests
 
@@ -36,14 +34,6 @@ def tree(make_cluster):
     # Each agent its own service ports: they share this machine.
     node_config = {n: {"services": {"port_range": list(free_port_range(20))}} for n in TREE}
     return make_cluster(TREE, config=CONFIG, node_config=node_config)
-
-
-@pytest.fixture(scope="module")
-def astronaut_b64() -> str:
-    skimage_data = pytest.importorskip("skimage.data")
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
-    assert ok
-    return base64.b64encode(jpeg.tobytes()).decode()
 
 
 def _detect(endpoint: str, image_b64: str) -> dict:
@@ -140,8 +130,8 @@ def test_a_member_that_fails_is_replaced_within_the_budget(tree):
     host = tree[victim["node_id"]]
     # max_restarts 1: the first kill is restarted by its node, the second fails the member.
     for restarts in (0, 1):
-        wl = wait_for(lambda: (w := host.workload(victim["id"]))["status"] == "running"
-                      and w["restart_count"] == restarts and w, message="the member running")
+        wl = wait_for(lambda n=restarts: (w := host.workload(victim["id"]))["status"] == "running"
+                      and w["restart_count"] == n and w, message="the member running")
         os.kill(wl["process_pid"], signal.SIGKILL)
         if restarts == 0:
             wait_for(lambda: host.workload(victim["id"])["restart_count"] == 1,
