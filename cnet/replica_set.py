@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import BadRequest
-from .workload import FAILED, LOST, PENDING, RUNNING, STOPPED, STOPPING
+from .workload import DELETING, FAILED, LOST, PENDING, RUNNING, STOPPED, STOPPING
 
 if TYPE_CHECKING:
     from .workload import Workload
@@ -88,7 +88,7 @@ class ReplicaSet:
     next_index: int = 1
     restart_count: int = 0       # members replaced
     max_restarts: int = 3        # replacements allowed per desired replica (services.max_restarts)
-    state: str = ACTIVE          # active | stopped
+    state: str = ACTIVE          # active | stopped | deleting (until its last member is gone)
     history: list[dict] = field(default_factory=list)  # {"at", "replaced", "by", "reason"}
     message: str | None = None
     created_at: float = field(default_factory=time.time)
@@ -136,7 +136,10 @@ class ReplicaSet:
 
     def status(self, statuses: set[str]) -> str:
         """Running with one member running; pending while none runs yet (or one is being
-        replaced); failed when none is live and none can be replaced; stopped once stopped."""
+        replaced); failed when none is live and none can be replaced; stopped once stopped;
+        deleting while a deleted set's member on an unreachable node waits to be deleted."""
+        if self.state == DELETING:
+            return DELETING
         if self.state != ACTIVE:
             return STOPPING if statuses & {PENDING, RUNNING, STOPPING} else STOPPED
         if RUNNING in statuses:

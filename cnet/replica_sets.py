@@ -22,7 +22,7 @@ from .errors import CnetError, Conflict, InsufficientResources, NotFound
 from .replica_set import ACTIVE, SET_LABEL, ReplicaSet, member_spec, split_submission
 from .scheduler import Placement
 from .svc_router import Replica, ServiceSet
-from .workload import COMPLETED, FAILED, LOST, RUNNING, STOPPED, parse_submission
+from .workload import COMPLETED, DELETING, FAILED, LOST, RUNNING, STOPPED, parse_submission
 
 if TYPE_CHECKING:
     from .config import Config
@@ -135,6 +135,10 @@ class SetBook:
             await asyncio.shield(self._creating[sub.id])
             known = self.sets.get(sub.id)
         if known is not None:
+            if known.state == DELETING:
+                raise Conflict(f"replica set {sub.id} is being deleted (a member's node is "
+                               "unreachable); submit it again once it is gone",
+                               code="id_conflict")
             if not _same(known, spec):
                 raise Conflict(f"replica set {sub.id} already exists with a different spec",
                                code="id_conflict")
@@ -184,17 +188,15 @@ class SetBook:
         return self.view(rs)
 
     async def delete(self, set_id: str) -> None:
+        """Delete every member, then the set; a member whose node cannot be reached now is
+        deleted once it can, and the set (``deleting`` until then) with it."""
         rs = self._set(set_id)
         async with self._lock(set_id):
-            rs.state = STOPPED
+            rs.state = DELETING
             rs.retired.extend(rs.members)
             rs.members = []
             self._save(rs)
             await self._clean(rs)
-            del self.sets[set_id]
-            self._locks.pop(set_id, None)
-            self.store.delete_set(set_id)
-        self.hub.publish({"type": "workload_deleted", "id": set_id, "node_id": self.node_id})
 
     def _set(self, set_id: str) -> ReplicaSet:
         rs = self.sets.get(set_id)
@@ -335,6 +337,16 @@ class SetBook:
         if gone:
             rs.retired = [m for m in rs.retired if m not in gone]
             self._save(rs)
+        if rs.state == DELETING and not rs.retired and self.sets.get(rs.id) is rs:
+            del self.sets[rs.id]
+            self._locks.pop(rs.id, None)
+            self.store.delete_set(rs.id)
+            self.hub.publish({"type": "workload_deleted", "id": rs.id, "node_id": self.node_id})
+        elif rs.state == DELETING:
+            message = f"deleting: waiting for the nodes of {', '.join(rs.retired)} to answer"
+            if rs.message != message:
+                rs.message = message
+                self._save(rs)
 
     def _where(self, member_id: str) -> str:
         wl = self._record(member_id)

@@ -12,6 +12,8 @@ import signal
 import pytest
 import requests
 
+from cnet.client import SyncClient
+
 from .harness import deep_merge, free_port_range, wait_for
 from .service_helpers import FAST_SERVICES
 
@@ -151,13 +153,95 @@ def test_a_member_whose_node_is_lost_is_replaced_elsewhere(tree):
     members = root.submit(faces(replicas=2))["members"]
     victim = next(m for m in members if m["node_id"] != ROOT)
     survivor = next(n for n in TREE if n not in (ROOT, victim["node_id"]))
-    tree[victim["node_id"]].kill()
+    lost = tree[victim["node_id"]]
+    lost.kill()                      # kill -9 of its agent: its service runs on, unheard of
     record = wait_for(lambda: (r := _set(root))["restart_count"] == 1 and r, timeout=30,
                       message="the lost member replaced")
     placed = {m["node_id"] for m in record["members"]}
     assert victim["node_id"] not in placed and survivor in placed
     assert record["history"][0]["reason"] == "its node is lost"
     _running_members(root, "faces", 2)
+    # The node comes back with the old member still running: it is deleted there.
+    lost.start()
+    wait_for(lambda: lost.api("GET", f"/api/workloads/{victim['id']}").status_code == 404,
+             timeout=30, message="the replaced member deleted once its node is back")
+    assert lost.resources()["allocated"]["cpu"] == 0.0
+    assert len(_set(root)["members"]) == 2
+
+
+def test_a_set_deleted_while_a_members_node_is_down_is_deleted_when_it_is_back(tree):
+    root = tree[ROOT]
+    members = root.submit(faces(replicas=3))["members"]
+    victim = next(m for m in members if m["node_id"] != ROOT)
+    down = tree[victim["node_id"]]
+    down.kill()
+    wait_for(lambda: root.workload(victim["id"])["status"] == "lost", timeout=20,
+             message="the member lost")
+    assert root.api("DELETE", "/api/workloads/faces").json() == {"id": "faces", "deleted": True}
+    record = _set(root)
+    assert record["status"] == "deleting" and record["members"] == []
+    again = root.api("POST", "/api/workloads", json=faces())
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "id_conflict")
+    down.start()
+    wait_for(lambda: root.api("GET", "/api/workloads/faces").status_code == 404, timeout=30,
+             message="the set gone once its last member is")
+    for node_id, agent in tree.items():
+        assert agent.api("GET", "/api/workloads").json()["workloads"] == [], node_id
+
+
+def test_replacements_stop_when_the_budget_is_spent(tree):
+    root = tree[ROOT]
+    # max_restarts 1: one replacement for a set of one; each member fails on its 2nd kill.
+    root.submit(faces(replicas=1, placement={"node": LEFT}))
+    for replaced in (0, 1):
+        member = _running_members(root, "faces", 1)[0]
+        for restarts in (0, 1):
+            wl = wait_for(lambda n=restarts: (w := tree[LEFT].workload(member["id"]))["status"]
+                          == "running" and w["restart_count"] == n and w,
+                          message="the member running")
+            os.kill(wl["process_pid"], signal.SIGKILL)
+        if replaced == 0:
+            wait_for(lambda: _set(root)["restart_count"] == 1, timeout=30,
+                     message="the first failure replaced")
+    record = wait_for(lambda: (r := _set(root))["status"] == "failed" and r, timeout=30,
+                      message="the set failed")
+    assert record["restart_count"] == 1 and record["members"][0]["status"] == "failed"
+    assert "budget" in record["message"]
+
+
+def test_a_member_that_failed_while_its_origin_was_down_is_replaced_at_its_restart(tree):
+    root = tree[ROOT]
+    members = root.submit(faces(replicas=2))["members"]
+    victim = next(m for m in members if m["node_id"] != ROOT)
+    host = tree[victim["node_id"]]
+    root.terminate()
+    for restarts in (0, 1):
+        wl = wait_for(lambda n=restarts: (w := host.workload(victim["id"]))["status"] == "running"
+                      and w["restart_count"] == n and w, message="the member running")
+        os.kill(wl["process_pid"], signal.SIGKILL)
+    host.wait_status(victim["id"], "failed", timeout=20)
+    root.start()
+    record = wait_for(lambda: (r := _set(root))["restart_count"] == 1 and r, timeout=30,
+                      message="the failed member replaced after the origin's restart")
+    assert victim["id"] not in {m["id"] for m in record["members"]}
+    _running_members(root, "faces", 2)
+
+
+def test_a_shrink_takes_the_far_members_first(make_cluster):
+    # A peer of the origin is far (not the origin nor below it): its member goes first.
+    topology = {ROOT: {"peers": ["zhejiang"]}, LEFT: {"parent": ROOT},
+                "zhejiang": {"peers": [ROOT]}}
+    node_config = {n: {"services": {"port_range": list(free_port_range(20))}} for n in topology}
+    agents = make_cluster(topology, config=CONFIG, node_config=node_config)
+    root = agents[ROOT]
+    members = root.submit(faces())["members"]
+    assert sorted(m["node_id"] for m in members) == sorted(topology)
+    far = next(m for m in members if m["node_id"] == "zhejiang")
+    with SyncClient(root.url, timeout=30) as client:     # the bus door, as `cnet scale`
+        shrunk = client.scale("faces", 2)
+    assert far["id"] not in {m["id"] for m in shrunk["members"]}
+    assert len(shrunk["members"]) == 2
+    assert agents["zhejiang"].api("GET", f"/api/workloads/{far['id']}").status_code == 404
 
 
 def test_the_set_outlives_a_restart_of_its_origin(tree):
