@@ -56,6 +56,15 @@ def _running_members(agent, set_id: str, count: int, timeout: float = 30.0) -> l
     return wait_for(ready, timeout=timeout, message=f"{count} running members of {set_id}")
 
 
+def _fail(host, member_id: str) -> None:
+    """kill -9 a member's service until its node gives up on it (max_restarts 1: twice)."""
+    for restarts in (0, 1):
+        wl = wait_for(lambda n=restarts: (w := host.workload(member_id))["status"] == "running"
+                      and w["restart_count"] == n and w, timeout=20,
+                      message=f"{member_id} running after {restarts} restarts")
+        os.kill(wl["process_pid"], signal.SIGKILL)
+
+
 def test_three_replicas_spread_over_three_nodes_answer_alike(tree, astronaut_b64):
     root = tree[ROOT]
     record = root.submit(faces())
@@ -130,14 +139,7 @@ def test_a_member_that_fails_is_replaced_within_the_budget(tree):
     members = root.submit(faces(replicas=2))["members"]
     victim = next(m for m in members if m["node_id"] != ROOT)
     host = tree[victim["node_id"]]
-    # max_restarts 1: the first kill is restarted by its node, the second fails the member.
-    for restarts in (0, 1):
-        wl = wait_for(lambda n=restarts: (w := host.workload(victim["id"]))["status"] == "running"
-                      and w["restart_count"] == n and w, message="the member running")
-        os.kill(wl["process_pid"], signal.SIGKILL)
-        if restarts == 0:
-            wait_for(lambda: host.workload(victim["id"])["restart_count"] == 1,
-                     timeout=20, message="the service restarted by its node")
+    _fail(host, victim["id"])   # max_restarts 1: restarted by its node once, then failed
     record = wait_for(lambda: (r := _set(root))["restart_count"] == 1 and r, timeout=30,
                       message="the failed member replaced")
     assert victim["id"] not in {m["id"] for m in record["members"]}
@@ -194,12 +196,7 @@ def test_replacements_stop_when_the_budget_is_spent(tree):
     # max_restarts 1: one replacement for a set of one; each member fails on its 2nd kill.
     root.submit(faces(replicas=1, placement={"node": LEFT}))
     for replaced in (0, 1):
-        member = _running_members(root, "faces", 1)[0]
-        for restarts in (0, 1):
-            wl = wait_for(lambda n=restarts: (w := tree[LEFT].workload(member["id"]))["status"]
-                          == "running" and w["restart_count"] == n and w,
-                          message="the member running")
-            os.kill(wl["process_pid"], signal.SIGKILL)
+        _fail(tree[LEFT], _running_members(root, "faces", 1)[0]["id"])
         if replaced == 0:
             wait_for(lambda: _set(root)["restart_count"] == 1, timeout=30,
                      message="the first failure replaced")
@@ -215,10 +212,7 @@ def test_a_member_that_failed_while_its_origin_was_down_is_replaced_at_its_resta
     victim = next(m for m in members if m["node_id"] != ROOT)
     host = tree[victim["node_id"]]
     root.terminate()
-    for restarts in (0, 1):
-        wl = wait_for(lambda n=restarts: (w := host.workload(victim["id"]))["status"] == "running"
-                      and w["restart_count"] == n and w, message="the member running")
-        os.kill(wl["process_pid"], signal.SIGKILL)
+    _fail(host, victim["id"])
     host.wait_status(victim["id"], "failed", timeout=20)
     root.start()
     record = wait_for(lambda: (r := _set(root))["restart_count"] == 1 and r, timeout=30,
