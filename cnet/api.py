@@ -19,6 +19,7 @@ import tornado.web
 import tornado.websocket
 
 from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
+from .http_errors import CODES, JsonErrors
 from .ops import (
     Caller,
     Delete,
@@ -69,7 +70,7 @@ class Web:
     svc_timeout: float = 60.0                 # how long a replica may take to answer (504 beyond)
 
 
-class BaseHandler(tornado.web.RequestHandler):
+class BaseHandler(JsonErrors):
     """JSON in, JSON out; bearer-token auth; CnetError becomes ``{"error": {code, message}}``."""
 
     public = False  # True: no token needed (health, bus discovery)
@@ -78,10 +79,6 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, web: Web) -> None:
         self.web = web
         self._started = time.perf_counter()
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
 
     def prepare(self):
         if not self.public:
@@ -111,25 +108,6 @@ class BaseHandler(tornado.web.RequestHandler):
         found = {name: self.get_query_argument(name, None) for name in names}
         return {name: value for name, value in found.items() if value is not None}
 
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, CnetError):
-            if not self._finished:
-                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, CnetError):
-            body = exc.to_dict()
-        elif isinstance(exc, tornado.web.HTTPError):
-            body = {"code": _CODES.get(status_code, "http_error"),
-                    "message": exc.log_message or self._reason}
-        else:
-            body = {"code": "internal", "message": "internal error; see the agent log"}
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"error": body}))
-
     def on_finish(self) -> None:
         self.web.metrics.requests.labels(self.request.method, self.route,
                                          str(self.get_status())).observe(
@@ -139,10 +117,6 @@ class BaseHandler(tornado.web.RequestHandler):
 def _bearer(request) -> str:
     header = request.headers.get("Authorization", "")
     return header[7:].strip() if header.startswith("Bearer ") else ""
-
-
-_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          413: "payload_too_large", 415: "unsupported_media_type", 500: "internal"}
 
 
 @tornado.web.stream_request_body
@@ -380,7 +354,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
-        self._json_error(status_code, {"code": _CODES.get(status_code, "http_error"),
+        self._json_error(status_code, {"code": CODES.get(status_code, "http_error"),
                                        "message": message})
 
     def _json_error(self, status: int, error: dict) -> None:
@@ -447,6 +421,7 @@ def close_app(app: tornado.web.Application) -> None:
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
-    level = logging.WARNING if status >= 500 else logging.DEBUG
+    relayed = getattr(handler, "relayed", False)   # a service's answer through /svc/
+    level = logging.WARNING if status >= 500 and not relayed else logging.DEBUG
     log.log(level, "%d %s %.1fms", status, handler._request_summary(),
             1000.0 * handler.request.request_time())

@@ -68,3 +68,13 @@ class InsufficientResources(CnetError):
 class Unavailable(CnetError):
     status = 503
     code = "unavailable"
+
+
+class BadGateway(CnetError):
+    status = 502
+    code = "bad_gateway"
+
+
+class GatewayTimeout(CnetError):
+    status = 504
+    code = "gateway_timeout"

@@ -5,7 +5,6 @@ safe, the answer passed back as it came with ``X-CNET-Replica`` naming who gave 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -14,9 +13,25 @@ from urllib.parse import unquote
 import tornado.iostream
 import tornado.web
 
-from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
+from .errors import (
+    BadGateway,
+    BadRequest,
+    CnetError,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from .http_errors import JsonErrors
 from .svc_router import Chooser, ReplicaSource, ServiceSet
-from .svc_upstream import ConnectFailed, Response, TimedOut, UpstreamError, UpstreamPool
+from .svc_upstream import (
+    ConnectFailed,
+    Response,
+    TimedOut,
+    UpstreamError,
+    UpstreamPool,
+    connection_tokens,
+)
 from .workload import ID_RE
 
 log = logging.getLogger(__name__)
@@ -29,21 +44,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 OWN_REQUEST = {"host", "content-length", "expect", "x-forwarded-proto", "x-forwarded-host"}
 COMMIT_AFTER = 256 * 1024   # response bytes held back (so a break before them can be retried)
 REPLICA_HEADER = "X-CNET-Replica"
-
-
-class NoReplica(CnetError):
-    status = 503
-    code = "no_replica"
-
-
-class BadGateway(CnetError):
-    status = 502
-    code = "bad_gateway"
-
-
-class GatewayTimeout(CnetError):
-    status = 504
-    code = "gateway_timeout"
 
 
 class ServiceRouter:
@@ -60,7 +60,7 @@ class ServiceRouter:
 
 
 @tornado.web.stream_request_body
-class SvcHandler(tornado.web.RequestHandler):
+class SvcHandler(JsonErrors):
     """One request to a set: checked here, forwarded to a replica, its answer relayed.
 
     No agent token: this is the services' own data plane, which answers without one on the
@@ -73,10 +73,7 @@ class SvcHandler(tornado.web.RequestHandler):
         self._started = time.perf_counter()
         self._body = bytearray()
         self._too_large = False
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
+        self.relayed = False
 
     def compute_etag(self) -> None:
         return None   # the service's answer goes back as it came, never turned into a 304
@@ -119,7 +116,7 @@ class SvcHandler(tornado.web.RequestHandler):
             replica = chooser.pick(svc.replicas, exclude=tried)
             if replica is None:
                 if failure is None:
-                    raise NoReplica(f"no usable replica in set {set_id!r}")
+                    raise Unavailable(f"no usable replica in set {set_id!r}", code="no_replica")
                 raise _gateway_error(failure, tried)
             tried.append(replica.id)
             chooser.started(replica.id)
@@ -163,7 +160,9 @@ class SvcHandler(tornado.web.RequestHandler):
             else:
                 self.router.chooser.reached(replica_id)
                 self._start_reply(response, replica_id, whole=size)
-                self.finish(b"".join(held))
+                if held:
+                    self.write(b"".join(held))
+                self.finish()
                 return
         except BaseException:
             response.close()
@@ -185,8 +184,7 @@ class SvcHandler(tornado.web.RequestHandler):
         self.finish()
 
     def _upstream_headers(self) -> list[tuple[str, str]]:
-        named = {t.strip().lower() for t in self.request.headers.get_list("Connection")
-                 for t in t.split(",")}
+        named = connection_tokens(self.request.headers.get_all())
         out, forwarded_for = [], []
         for name, value in self.request.headers.get_all():
             if any(c in name or c in value for c in "\r\n\x00"):
@@ -206,39 +204,24 @@ class SvcHandler(tornado.web.RequestHandler):
 
     def _start_reply(self, response: Response, replica_id: str, whole: int | None) -> None:
         head = self.request.method == "HEAD"
+        self.relayed = True   # the service's own status: not logged as the agent's error
         self.set_status(response.status, _reason(response))
         for name in ("Content-Type", "Cache-Control", "Server", "Date"):
             self.clear_header(name)
-        named = {t.strip().lower() for k, v in response.headers if k.lower() == "connection"
-                 for t in v.split(",")}
+        named = connection_tokens(response.headers)
         for name, value in response.headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named or lower == REPLICA_HEADER.lower():
                 continue
             if lower == "content-length" and whole is not None and not head:
                 continue   # set below from what arrived
-            self.add_header(name, value)
+            try:
+                self.add_header(name, value)
+            except ValueError:
+                log.info("svc: dropped header %r from %s: control characters", name, replica_id)
         if whole is not None and not head and response.status not in (204, 304):
             self.set_header("Content-Length", whole)
         self.set_header(REPLICA_HEADER, replica_id)
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, CnetError):
-            body = exc.to_dict()
-        elif isinstance(exc, tornado.web.HTTPError):
-            body = {"code": "method_not_allowed" if status_code == 405 else "bad_request",
-                    "message": exc.log_message or self._reason}
-        else:
-            body = {"code": "internal", "message": "internal error; see the agent log"}
-        self.finish(json.dumps({"error": body}))
-
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, CnetError):
-            if not self._finished:
-                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
 
     def on_finish(self) -> None:
         if self.metrics is not None:
@@ -271,7 +254,8 @@ def _gateway_error(exc: UpstreamError, tried: list[str]) -> CnetError:
     if isinstance(exc, TimedOut):
         return GatewayTimeout(f"the replica did not answer in time: {exc}", details=details)
     if isinstance(exc, ConnectFailed):
-        return NoReplica(f"no replica could be reached: {exc}", details=details)
+        return Unavailable(f"no replica could be reached: {exc}", code="no_replica",
+                           details=details)
     return BadGateway(f"the replica broke off its answer: {exc}", details=details)
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 CHUNK = 64 * 1024
 MAX_HEAD = 64 * 1024       # status line and headers of one response
+ONE_WRITE = 1 << 20        # a request body up to this is sent in one write with its head
 NO_BODY = {204, 304}
 
 
@@ -201,8 +202,10 @@ class UpstreamPool:
         read_any = False
         try:
             async with asyncio.timeout(self.read_timeout):
-                conn.writer.write(head)
-                if body:
+                if len(body) <= ONE_WRITE:
+                    conn.writer.write(head + body)   # one send: cheaper than the copy
+                else:
+                    conn.writer.write(head)
                     conn.writer.write(body)
                 await conn.writer.drain()
                 while True:
@@ -224,8 +227,7 @@ class UpstreamPool:
         return self._response(key, conn, method, status, reason, headers, version)
 
     def _response(self, key, conn, method, status, reason, headers, version) -> Response:
-        tokens = {t.strip().lower() for k, v in headers if k.lower() == "connection"
-                  for t in v.split(",")}
+        tokens = connection_tokens(headers)
         keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
         encodings = [v.strip().lower() for k, v in headers if k.lower() == "transfer-encoding"]
         lengths = {v.strip() for k, v in headers if k.lower() == "content-length"}
@@ -285,6 +287,13 @@ class UpstreamPool:
             while idle:
                 idle.popleft().close()
         self._idle.clear()
+
+
+def connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
+    """What the Connection headers list (options, and header names that are hop-by-hop too),
+    lower-cased."""
+    return {token.strip().lower() for name, value in headers if name.lower() == "connection"
+            for token in value.split(",")}
 
 
 def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]], str]:

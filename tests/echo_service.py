@@ -92,6 +92,9 @@ class Stream(Base):
 class Status(Base):
     def get(self, code: str) -> None:
         self.set_status(int(code))
+        if int(code) in (204, 304):
+            self.finish()
+            return
         self.answer(status=int(code))
 
 

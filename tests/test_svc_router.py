@@ -161,6 +161,10 @@ async def test_a_service_error_status_is_passed_through_not_retried():
         assert resp.code == 503
         assert json.loads(resp.body) == {"name": resp.headers["X-CNET-Replica"], "status": 503}
         assert b.state("a")["requests"] + b.state("b")["requests"] == 1
+        for code in (204, 304, 404):
+            resp = await b.fetch(f"/svc/s/status/{code}")
+            assert resp.code == code and "X-CNET-Replica" in resp.headers
+            assert resp.body == b"" if code != 404 else json.loads(resp.body)["status"] == 404
 
 
 async def test_requests_in_flight_spread_over_the_replicas():
@@ -332,16 +336,18 @@ async def test_a_body_over_the_limit_is_413_and_never_forwarded():
         resp = await b.fetch("/svc/s/predict", method="POST", body=b"x" * (64 * 1024 + 1))
         assert resp.code == 413 and error(resp)["code"] == "payload_too_large"
 
-        def chunks(write):
-            async def produce():
-                for _ in range(20):
+        def chunks(count: int):
+            async def produce(write):
+                for _ in range(count):
                     await write(b"y" * 8192)
-            return produce()
-        resp = await b.fetch("/svc/s/predict", method="POST", body_producer=chunks)
+            return produce
+        resp = await b.fetch("/svc/s/predict", method="POST", body_producer=chunks(20))
         assert resp.code == 413 and error(resp)["code"] == "payload_too_large"
         resp = await b.fetch("/svc/s/predict", method="POST", body=b"x" * (64 * 1024))
         assert resp.code == 200 and json.loads(resp.body)["size"] == 64 * 1024
-        assert b.state("a")["requests"] == 1
+        resp = await b.fetch("/svc/s/predict", method="POST", body_producer=chunks(3))
+        assert resp.code == 200 and json.loads(resp.body)["size"] == 3 * 8192   # chunked in
+        assert b.state("a")["requests"] == 2
 
 
 # -- on a real agent -------------------------------------------------------------------------

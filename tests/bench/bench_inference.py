@@ -120,7 +120,8 @@ def latency_pair(model: Path, port: int, image: bytes, n: int, threads: int
     return local, remote
 
 
-def throughput(port: int, image: bytes, n: int, concurrency: int) -> float:
+def throughput(port: int, image: bytes, n: int, concurrency: int, send=post) -> float:
+    """Requests/s of ``concurrency`` clients, each ``send(conn, image)`` in a loop."""
     per_client = max(1, n // concurrency)
     barrier = threading.Barrier(concurrency + 1)
     errors: list[BaseException] = []
@@ -128,10 +129,10 @@ def throughput(port: int, image: bytes, n: int, concurrency: int) -> float:
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
-            post(conn, image)  # warm the connection and the workers
+            send(conn, image)  # warm the connection and the workers
             barrier.wait()
             for _ in range(per_client):
-                post(conn, image)
+                send(conn, image)
         except BaseException as exc:
             errors.append(exc)
         finally:
