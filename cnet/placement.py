@@ -118,6 +118,20 @@ class Placer:
             del self._placing[sub.id]
             self.mirrors.settled(sub.id)
 
+    def first_choice(self, body: dict, avoid: dict[str, int]) -> str | None:
+        """The node (this one, a child or a peer) that ``submit(body, avoid=avoid)`` from a
+        client would try first right now; None when no known node fits."""
+        sub = parse_submission(body, self.manager.executors.keys())
+        placement = Placement.parse(sub.placement, self.default_strategy)
+        if stays_here(sub.requirements, placement, self.node_id, self.local.labels,
+                      self.local.register.available):
+            return self.node_id
+        decision = schedule(sub.requirements, placement,
+                            scheduler_snapshot(self.local, self.port.neighbours(),
+                                               exclude={self.node_id}))
+        ranked = away_from(decision.candidates, avoid)
+        return ranked[0].node_id if ranked else None
+
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""
         entry = self._placing.get(workload_id)

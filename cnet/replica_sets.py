@@ -37,6 +37,7 @@ __all__ = ["SetBook"]
 
 log = logging.getLogger(__name__)
 
+PARALLEL = 8              # members placed at once
 RETRY_AFTER = 5.0          # seconds before another try at a replacement that found no room
 # Runs an operation ("stop", "delete") on one member as its set's origin (the node's own door).
 MemberOp = Callable[[str, str], Awaitable[Any]]
@@ -207,22 +208,38 @@ class SetBook:
     # -- placing members -----------------------------------------------------------------
 
     async def _grow(self, rs: ReplicaSet, count: int) -> None:
-        """Place ``count`` more members, spread away from the set's; all of them or none."""
+        """Place ``count`` more members, spread away from the set's; all of them or none.
+
+        Up to ``PARALLEL`` at a time: each is told the nodes its siblings are heading for
+        (where the placer would send them first), so they spread as if placed one by one; one
+        that finds its node full moves on as any placement does."""
         placed: list[str] = []
         try:
-            for _ in range(count):
-                placed.append(await self._place(rs, self._used(rs, placed)))
-                rs.members.append(placed[-1])
+            while len(placed) < count:
+                plans, used = [], self._used(rs)
+                probe = member_spec(rs.spec, rs.id, rs.id)
+                for _ in range(min(PARALLEL, count - len(placed))):
+                    plans.append(dict(used))
+                    target = self.placer.first_choice(probe, used)
+                    if target is not None:
+                        used[target] = used.get(target, 0) + 1
+                ids = [rs.new_member_id() for _ in plans]
+                results = await asyncio.gather(*(self._place(rs, mid, plan)
+                                                 for mid, plan in zip(ids, plans)),
+                                               return_exceptions=True)
+                placed.extend(r for r in results if isinstance(r, str))
+                rs.members.extend(r for r in results if isinstance(r, str))
+                failed = next((r for r in results if isinstance(r, BaseException)), None)
+                if failed is not None:
+                    raise failed
         except BaseException:
             rs.members = [m for m in rs.members if m not in placed]
             for mid in placed:
                 await self._member_op("delete", mid)
             raise
 
-    async def _place(self, rs: ReplicaSet, used: dict[str, int]) -> str:
-        member_id = rs.new_member_id()
-        wl, _ = await self.placer.submit(member_spec(rs.spec, rs.id, member_id),
-                                              avoid=used)
+    async def _place(self, rs: ReplicaSet, member_id: str, used: dict[str, int]) -> str:
+        wl, _ = await self.placer.submit(member_spec(rs.spec, rs.id, member_id), avoid=used)
         return wl.id
 
     def _used(self, rs: ReplicaSet, extra: list[str] = ()) -> dict[str, int]:
@@ -316,7 +333,7 @@ class SetBook:
         if wl is not None and wl.status == LOST:
             used[wl.node_id] = used.get(wl.node_id, 0) + len(rs.members)   # elsewhere first
         try:
-            new = await self._place(rs, used)
+            new = await self._place(rs, rs.new_member_id(), used)
         except CnetError as exc:
             rs.message = f"member {old} {reason}; its replacement found no room yet: {exc.message}"
             self._save(rs)
