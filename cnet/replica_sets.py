@@ -130,7 +130,9 @@ class SetBook:
         replicas, spec = split_submission(body)
         sub = self.manager.validate(spec)          # the members' spec, checked as any workload's
         Placement.parse(sub.placement)
-        spec = {**spec, "id": sub.id, "config": sub.config}
+        spec = {**spec, "id": sub.id, "config": sub.config,   # as the members run it
+                "requirements": sub.requirements.to_dict(), "placement": sub.placement,
+                "labels": sub.labels}
         known = self.sets.get(sub.id)
         if known is None and sub.id in self._creating:
             await asyncio.shield(self._creating[sub.id])

@@ -69,6 +69,7 @@ def test_three_replicas_spread_over_three_nodes_answer_alike(tree, astronaut_b64
     root = tree[ROOT]
     record = root.submit(faces())
     assert record["replicas"] == 3 and record["status"] == "running"
+    assert record["requirements"] == {"cpu": 1.0, "memory": GIB // 2, "gpu": 0, "storage": 0}
     assert record["endpoint"] == f"http://127.0.0.1:{root.port}/svc/faces/"
     members = record["members"]
     assert [m["id"] for m in members] == ["faces-r1", "faces-r2", "faces-r3"]
