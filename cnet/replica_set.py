@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import BadRequest
-from .workload import DELETING, FAILED, LOST, PENDING, RUNNING, STOPPED, STOPPING
+from .workload import DELETING, FAILED, PENDING, RUNNING, STOPPED, STOPPING
 
 if TYPE_CHECKING:
     from .workload import Workload
@@ -116,7 +116,7 @@ class ReplicaSet:
         ``members``; ``members`` pairs each member id with its record (None: not known)."""
         shown = [{"id": mid, "node_id": wl.node_id if wl else None,
                   "endpoint": wl.runtime.get("endpoint") if wl else None,
-                  "status": wl.status if wl else LOST,
+                  "status": wl.status if wl else PENDING,   # being placed, or gone: replaced
                   "restart_count": wl.restart_count if wl else 0} for mid, wl in members]
         statuses = {m["status"] for m in shown}
         started = [wl.started_at for _, wl in members if wl and wl.started_at]

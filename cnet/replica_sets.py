@@ -133,10 +133,9 @@ class SetBook:
         spec = {**spec, "id": sub.id, "config": sub.config,   # as the members run it
                 "requirements": sub.requirements.to_dict(), "placement": sub.placement,
                 "labels": sub.labels}
-        known = self.sets.get(sub.id)
-        if known is None and sub.id in self._creating:
+        if sub.id in self._creating:        # the same submission, still being placed
             await asyncio.shield(self._creating[sub.id])
-            known = self.sets.get(sub.id)
+        known = self.sets.get(sub.id)
         if known is not None:
             if known.state == DELETING:
                 raise Conflict(f"replica set {sub.id} is being deleted (a member's node is "
@@ -151,10 +150,16 @@ class SetBook:
         rs = ReplicaSet(id=sub.id, spec=spec, replicas=replicas, origin=self.node_id,
                         endpoint=f"{self.url}/svc/{sub.id}/", max_restarts=self.max_restarts)
         done = self._creating[rs.id] = asyncio.get_running_loop().create_future()
+        # Listed (pending) and stored while its members are placed: if this agent stops
+        # meanwhile, the members placed so far are its own, and its watch replaces the rest.
+        self.sets[rs.id] = rs
         try:
-            await self._grow(rs, replicas)
-            self.sets[rs.id] = rs
-            self._save(rs)
+            async with self._lock(rs.id):
+                self._save(rs)
+                await self._grow(rs, replicas)
+        except BaseException:
+            self._forget(rs)
+            raise
         finally:
             del self._creating[rs.id]
             done.set_result(None)
@@ -214,30 +219,34 @@ class SetBook:
 
         Up to ``PARALLEL`` at a time: each is told the nodes its siblings are heading for
         (where the placer would send them first), so they spread as if placed one by one; one
-        that finds its node full moves on as any placement does."""
-        placed: list[str] = []
+        that finds its node full moves on as any placement does. Each is recorded before it
+        goes out: if this agent stops meanwhile, none runs unknown to its set (one that never
+        started is replaced)."""
+        mine: list[str] = []
         try:
-            while len(placed) < count:
+            while len(mine) < count:
                 plans, used = [], self._used(rs)
                 probe = member_spec(rs.spec, rs.id, rs.id)
-                for _ in range(min(PARALLEL, count - len(placed))):
+                for _ in range(min(PARALLEL, count - len(mine))):
                     plans.append(dict(used))
                     target = self.placer.first_choice(probe, used)
                     if target is not None:
                         used[target] = used.get(target, 0) + 1
                 ids = [rs.new_member_id() for _ in plans]
+                mine.extend(ids)
+                rs.members.extend(ids)
+                self._save(rs)
                 results = await asyncio.gather(*(self._place(rs, mid, plan)
                                                  for mid, plan in zip(ids, plans)),
                                                return_exceptions=True)
-                placed.extend(r for r in results if isinstance(r, str))
-                rs.members.extend(r for r in results if isinstance(r, str))
                 failed = next((r for r in results if isinstance(r, BaseException)), None)
                 if failed is not None:
                     raise failed
         except BaseException:
-            rs.members = [m for m in rs.members if m not in placed]
-            for mid in placed:
+            rs.members = [m for m in rs.members if m not in mine]
+            for mid in mine:
                 await self._member_op("delete", mid)
+            self._save(rs)
             raise
 
     async def _place(self, rs: ReplicaSet, member_id: str, used: dict[str, int]) -> str:
@@ -334,16 +343,20 @@ class SetBook:
         used = self._used(rs)
         if wl is not None and wl.status == LOST:
             used[wl.node_id] = used.get(wl.node_id, 0) + len(rs.members)   # elsewhere first
+        new = rs.new_member_id()
+        rs.members[rs.members.index(old)] = new      # recorded before it goes out, as in _grow
+        rs.retired.append(old)
+        self._save(rs)
         try:
-            new = await self._place(rs, rs.new_member_id(), used)
+            await self._place(rs, new, used)
         except CnetError as exc:
+            rs.members[rs.members.index(new)] = old
+            rs.retired.remove(old)
             rs.message = f"member {old} {reason}; its replacement found no room yet: {exc.message}"
             self._save(rs)
             if isinstance(exc, InsufficientResources) or exc.status >= 500:
                 asyncio.get_running_loop().call_later(RETRY_AFTER, self.kick, rs.id)
             return False
-        rs.members[rs.members.index(old)] = new
-        rs.retired.append(old)
         rs.replaced(old, new, reason)
         rs.message = f"member {old} {reason}; replaced by {new} on {self._where(new)}"
         log.warning("replica set %s: %s", rs.id, rs.message)
@@ -356,16 +369,21 @@ class SetBook:
         if gone:
             rs.retired = [m for m in rs.retired if m not in gone]
             self._save(rs)
-        if rs.state == DELETING and not rs.retired and self.sets.get(rs.id) is rs:
-            del self.sets[rs.id]
-            self._locks.pop(rs.id, None)
-            self.store.delete_set(rs.id)
-            self.hub.publish({"type": "workload_deleted", "id": rs.id, "node_id": self.node_id})
+        if rs.state == DELETING and not rs.retired:
+            self._forget(rs)
         elif rs.state == DELETING:
             message = f"deleting: waiting for the nodes of {', '.join(rs.retired)} to answer"
             if rs.message != message:
                 rs.message = message
                 self._save(rs)
+
+    def _forget(self, rs: ReplicaSet) -> None:
+        """The set is gone: from the book, the store and the listeners."""
+        if self.sets.get(rs.id) is rs:
+            del self.sets[rs.id]
+            self._locks.pop(rs.id, None)
+            self.store.delete_set(rs.id)
+            self.hub.publish({"type": "workload_deleted", "id": rs.id, "node_id": self.node_id})
 
     def _where(self, member_id: str) -> str:
         wl = self._record(member_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 import requests
@@ -248,6 +249,32 @@ def test_the_set_outlives_a_restart_of_its_origin(tree):
     record = _running_members(root, "faces", 2)
     assert [m["id"] for m in record] == [m["id"] for m in members]
     assert _set(root)["replicas"] == 2
+
+
+def test_an_origin_killed_while_placing_a_set_finishes_it_with_no_member_unknown(tree):
+    root = tree[ROOT]
+    answers: list = []
+
+    def post() -> None:
+        try:
+            answers.append(root.api("POST", "/api/workloads", json=faces(), timeout=30))
+        except requests.RequestException as exc:     # killed before it answered
+            answers.append(exc)
+
+    submit = threading.Thread(target=post)
+    submit.start()
+    wait_for(lambda: root.api("GET", "/api/workloads/faces").status_code == 200,
+             interval=0.005, message="the set listed")
+    root.kill()                      # while its members are being placed (or just after)
+    submit.join(timeout=30)
+    root.start()
+    members = {m["id"] for m in _running_members(root, "faces", 3)}
+    labelled = set()
+    for agent in tree.values():
+        for wl in agent.api("GET", "/api/workloads").json()["workloads"]:
+            if wl["labels"].get("cnet.set") == "faces" and wl["status"] in ("pending", "running"):
+                labelled.add(wl["id"])
+    assert labelled == members        # every member running is one its set knows
 
 
 BAD = [
