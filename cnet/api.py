@@ -405,7 +405,7 @@ def make_app(web: Web) -> tornado.web.Application:
         (r"/api/bus", BusInfoHandler, args),
         (r"/api/openapi\.json", OpenAPIHandler, args),
         (r"/api/.*", NotFoundHandler, args),
-        (r"/svc/.*", SvcHandler, {"router": router, "metrics": web.metrics,
+        (r"/svc(?:/.*)?", SvcHandler, {"router": router, "metrics": web.metrics,
                                   "body_limit": web.svc_body_limit}),
     ]
     if UI_DIR.is_dir():

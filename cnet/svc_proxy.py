@@ -149,6 +149,7 @@ class SvcHandler(JsonErrors):
         pool = self.router.pool
         response = await pool.request(endpoint, method, target, headers, body,
                                       retry_stale=retryable)
+        self.router.chooser.reached(replica_id)
         pieces = response.chunks()
         held, size = [], 0
         try:
@@ -158,7 +159,6 @@ class SvcHandler(JsonErrors):
                 if size >= COMMIT_AFTER:
                     break
             else:
-                self.router.chooser.reached(replica_id)
                 self._start_reply(response, replica_id, whole=size)
                 if held:
                     self.write(b"".join(held))

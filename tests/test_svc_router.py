@@ -288,7 +288,7 @@ async def test_a_timeout_of_a_get_is_retried_once_then_504():
 
 async def test_unknown_and_malformed_sets_are_404():
     async with bed({"a": {}}) as b:
-        for path in ("/svc/nope/echo", "/svc/nope", "/svc/", "/svc/bad%20id/echo",
+        for path in ("/svc/nope/echo", "/svc/nope", "/svc/", "/svc", "/svc/bad%20id/echo",
                      "/svc/%73/echo", "/svc/-x/echo", "/svc/" + "x" * 65 + "/echo"):
             resp = await b.fetch(path)
             assert resp.code == 404 and error(resp)["code"] == "not_found", path
