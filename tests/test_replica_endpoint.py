@@ -12,7 +12,7 @@ import time
 import requests
 
 from .harness import wait_for
-from .test_replica_sets import ROOT, faces, tree  # noqa: F401 (the fixture)
+from .test_replica_sets import ROOT, faces, submit_set, tree  # noqa: F401 (the fixture)
 
 LOAD_THREADS = 3
 
@@ -78,9 +78,7 @@ def test_one_endpoint_answers_alike_from_every_replica(tree, astronaut_b64):  # 
 
 def test_a_killed_replica_service_loses_no_request(tree, astronaut_b64):  # noqa: F811
     root = tree[ROOT]
-    record = root.submit(faces())
-    victim = next(m for m in record["members"] if m["node_id"] != ROOT)
-    host = tree[victim["node_id"]]
+    record, victim, host = submit_set(tree, 3)
     pid = host.workload(victim["id"])["process_pid"]
     with Load(record["endpoint"], astronaut_b64) as load:
         load.wait_answers(20)
@@ -94,9 +92,7 @@ def test_a_killed_replica_service_loses_no_request(tree, astronaut_b64):  # noqa
 
 def test_a_killed_replica_node_loses_no_request_and_is_replaced(tree, astronaut_b64):  # noqa: F811
     root = tree[ROOT]
-    record = root.submit(faces(replicas=2))
-    victim = next(m for m in record["members"] if m["node_id"] != ROOT)
-    host = tree[victim["node_id"]]
+    record, victim, host = submit_set(tree, 2)
     pid = host.workload(victim["id"])["process_pid"]
     started = time.monotonic()
     with Load(record["endpoint"], astronaut_b64) as load:

@@ -57,6 +57,13 @@ def _running_members(agent, set_id: str, count: int, timeout: float = 30.0) -> l
     return wait_for(ready, timeout=timeout, message=f"{count} running members of {set_id}")
 
 
+def submit_set(tree, replicas: int) -> tuple[dict, dict, object]:
+    """Submit ``faces`` at the root: (the set's record, a member not on the root, its node)."""
+    record = tree[ROOT].submit(faces(replicas=replicas))
+    victim = next(m for m in record["members"] if m["node_id"] != ROOT)
+    return record, victim, tree[victim["node_id"]]
+
+
 def _fail(host, member_id: str) -> None:
     """kill -9 a member's service until its node gives up on it (max_restarts 1: twice)."""
     for restarts in (0, 1):
@@ -138,9 +145,7 @@ def test_stop_and_delete_the_set_stop_and_delete_every_member(tree):
 
 def test_a_member_that_fails_is_replaced_within_the_budget(tree):
     root = tree[ROOT]
-    members = root.submit(faces(replicas=2))["members"]
-    victim = next(m for m in members if m["node_id"] != ROOT)
-    host = tree[victim["node_id"]]
+    _, victim, host = submit_set(tree, 2)
     _fail(host, victim["id"])   # max_restarts 1: restarted by its node once, then failed
     record = wait_for(lambda: (r := _set(root))["restart_count"] == 1 and r, timeout=30,
                       message="the failed member replaced")
@@ -154,10 +159,8 @@ def test_a_member_that_fails_is_replaced_within_the_budget(tree):
 
 def test_a_member_whose_node_is_lost_is_replaced_elsewhere(tree):
     root = tree[ROOT]
-    members = root.submit(faces(replicas=2))["members"]
-    victim = next(m for m in members if m["node_id"] != ROOT)
+    _, victim, lost = submit_set(tree, 2)
     survivor = next(n for n in TREE if n not in (ROOT, victim["node_id"]))
-    lost = tree[victim["node_id"]]
     lost.kill()                      # kill -9 of its agent: its service runs on, unheard of
     record = wait_for(lambda: (r := _set(root))["restart_count"] == 1 and r, timeout=30,
                       message="the lost member replaced")
@@ -175,9 +178,7 @@ def test_a_member_whose_node_is_lost_is_replaced_elsewhere(tree):
 
 def test_a_set_deleted_while_a_members_node_is_down_is_deleted_when_it_is_back(tree):
     root = tree[ROOT]
-    members = root.submit(faces(replicas=3))["members"]
-    victim = next(m for m in members if m["node_id"] != ROOT)
-    down = tree[victim["node_id"]]
+    _, victim, down = submit_set(tree, 3)
     down.kill()
     wait_for(lambda: root.workload(victim["id"])["status"] == "lost", timeout=20,
              message="the member lost")
@@ -210,9 +211,7 @@ def test_replacements_stop_when_the_budget_is_spent(tree):
 
 def test_a_member_that_failed_while_its_origin_was_down_is_replaced_at_its_restart(tree):
     root = tree[ROOT]
-    members = root.submit(faces(replicas=2))["members"]
-    victim = next(m for m in members if m["node_id"] != ROOT)
-    host = tree[victim["node_id"]]
+    _, victim, host = submit_set(tree, 2)
     root.terminate()
     _fail(host, victim["id"])
     host.wait_status(victim["id"], "failed", timeout=20)
