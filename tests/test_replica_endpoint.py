@@ -9,9 +9,10 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 
-from .harness import wait_for
+from .harness import MODELS_DIR, wait_for
 from .test_replica_sets import ROOT, faces, submit_set, tree  # noqa: F401 (the fixture)
 
 LOAD_THREADS = 3
@@ -69,6 +70,25 @@ def test_one_endpoint_answers_alike_from_every_replica(tree, astronaut_b64):  # 
     direct = requests.post(record["members"][0]["endpoint"] + "/predict",
                            json={"image": astronaut_b64}, timeout=30).json()["detections"]
     assert direct
+    with Load(record["endpoint"], astronaut_b64) as load:
+        wait_for(lambda: {r for r, _ in load.ok} >= {m["id"] for m in record["members"]},
+                 timeout=60, message="answers from all three replicas")
+    assert not load.failed
+    assert all(detections == direct for _, detections in load.ok)
+
+
+def test_a_yolo_set_answers_alike_from_every_replica(tree, astronaut_b64):  # noqa: F811
+    model = MODELS_DIR / "yolo11n-320-int8.onnx"
+    if not model.is_file():
+        pytest.skip(f"shared models not found ({model}; set CNET_MODELS_DIR)")
+    record = tree[ROOT].submit({"id": "yolo", "name": "yolo", "type": "mlmodel", "replicas": 3,
+                                "config": {"model_type": "yolo", "model_path": str(model),
+                                           "threads": 1},
+                                "requirements": {"cpu": 1.0, "memory": 1 << 30}})
+    assert sorted(m["node_id"] for m in record["members"]) == sorted(tree)
+    direct = requests.post(record["members"][0]["endpoint"] + "/predict",
+                           json={"image": astronaut_b64}, timeout=30).json()["detections"]
+    assert "person" in {d["class"] for d in direct}
     with Load(record["endpoint"], astronaut_b64) as load:
         wait_for(lambda: {r for r, _ in load.ok} >= {m["id"] for m in record["members"]},
                  timeout=60, message="answers from all three replicas")
