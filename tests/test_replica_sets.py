@@ -125,6 +125,18 @@ def test_scale_up_and_down(tree):
                          for n, a in tree.items()), message="the scaled-away members' release")
 
 
+def test_constraints_apply_to_every_member(make_cluster):
+    topology = {ROOT: {}, LEFT: {"parent": ROOT, "labels": {"zone": "a"}},
+                RIGHT: {"parent": ROOT, "labels": {"zone": "a"}}, "wuxi": {"parent": ROOT}}
+    node_config = {n: {"services": {"port_range": list(free_port_range(10))}} for n in topology}
+    root = make_cluster(topology, config=CONFIG, node_config=node_config)[ROOT]
+    pinned = root.submit(faces("pinned", replicas=2, placement={"node": LEFT}))
+    assert [m["node_id"] for m in pinned["members"]] == [LEFT, LEFT]      # all there
+    zoned = root.submit(faces("zoned", replicas=3, placement={"node_selector": {"zone": "a"}}))
+    nodes = [m["node_id"] for m in zoned["members"]]
+    assert set(nodes) == {LEFT, RIGHT} and len(nodes) == 3     # spread over the two that may
+
+
 def test_stop_and_delete_the_set_stop_and_delete_every_member(tree):
     root = tree[ROOT]
     members = root.submit(faces())["members"]
