@@ -37,10 +37,12 @@ from .model_holders import model_holders
 from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
+from .ops import OPS, Caller
 from .placement import Placer
 from .reconcile import Reconciler
 from .register import Register
 from .remote import NeighbourPort
+from .replica_sets import SetBook
 from .rpc import BusDoor
 from .state_lock import StateLock
 from .store import Store
@@ -66,6 +68,7 @@ class Agent:
         self.metrics: AgentMetrics | None = None
         self.uploads: Uploads | None = None
         self.node: Node | None = None
+        self.sets: SetBook | None = None
         self.local: LocalView | None = None
         self.started_at = time.time()
         self.bus: BusNode | None = None
@@ -105,10 +108,12 @@ class Agent:
                                         Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
                                         clock=self.clock)
+            self.sets = SetBook(cfg, self.store, self.hub, spawn=self.spawn)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
-                             self.port, on_submission=self.metrics.count_submission,
+                             self.port, self.sets, on_submission=self.metrics.count_submission,
                              clock=self.clock, models=self.models)
             await self._start_bus()  # before HTTP, so /api/bus can name the endpoints
+            self.sets.attach(self.placer, self.port, self._member_op)   # resumes watching
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -118,7 +123,8 @@ class Agent:
         body_limit = max(cfg.max_json_body, cfg.upload_limit + (1 << 20))
         web = Web(self.node, self.hub, self.metrics, self.uploads, self.bus.describe,
                   token=cfg.api_token, max_json_body=cfg.max_json_body,
-                  upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout)
+                  upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout,
+                  replicas=self.sets)
         self._app = make_app(web)
         self._server = tornado.httpserver.HTTPServer(self._app, max_body_size=body_limit,
                                                      idle_connection_timeout=120,
@@ -226,6 +232,11 @@ class Agent:
         elif event["type"] == "workload_deleted":
             self.bus.publish_event("workload_deleted", {"id": event["id"],
                                                         "node_id": event["node_id"]})
+
+    async def _member_op(self, op: str, member_id: str) -> dict:
+        """Run ``op`` on a replica set's member as the set's origin (see cnet.replica_sets)."""
+        return await OPS[op].parse({"id": member_id}).run(self.node,
+                                                          Caller(node_id=self.config.node_id))
 
     def spawn(self, coro) -> None:
         """Run ``coro`` in the background; it is kept until done."""

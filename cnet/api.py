@@ -32,6 +32,7 @@ from .ops import (
     Nodes,
     Operation,
     ResourcesOp,
+    Scale,
     Stop,
     Submit,
     check_token,
@@ -240,6 +241,17 @@ class WorkloadStopHandler(BaseHandler):
         self.reply(await self.run(Stop, {"id": workload_id}))
 
 
+class WorkloadScaleHandler(BaseHandler):
+    route = "/api/workloads/{id}/scale"
+
+    async def post(self, workload_id: str):
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object: {\"replicas\": M}",
+                             code="invalid_body")
+        self.reply(await self.run(Scale, {**body, "id": workload_id}))
+
+
 class WorkloadLogsHandler(BaseHandler):
     route = "/api/workloads/{id}/logs"
 
@@ -348,6 +360,7 @@ def make_app(web: Web) -> tornado.web.Application:
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
         (rf"/api/workloads/{_ID}/stop", WorkloadStopHandler, args),
         (rf"/api/workloads/{_ID}/logs", WorkloadLogsHandler, args),
+        (rf"/api/workloads/{_ID}/scale", WorkloadScaleHandler, args),
         (r"/api/resources", ResourcesHandler, args),
         (r"/api/nodes", NodesHandler, args),
         (r"/api/health", HealthHandler, args),

@@ -1,5 +1,5 @@
-"""The ``cnet`` commands that talk to an agent: submit, ls, get, stop, rm, logs, resources, nodes,
-health (over the ZeroMQ bus by default, over REST with ``--rest``) and ``watch``."""
+"""The ``cnet`` commands that talk to an agent: submit, ls, get, stop, rm, scale, logs, resources,
+nodes, health (over the ZeroMQ bus by default, over REST with ``--rest``) and ``watch``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         ("rm", "stop and delete a workload")):
         c = client_cmd(name, help_, _cmd_one)
         c.add_argument("id")
+    c = client_cmd("scale", "grow or shrink a replica set", _cmd_scale)
+    c.add_argument("id")
+    c.add_argument("replicas", type=int, help="the set's new member count")
     c = client_cmd("logs", "show a workload's log tail", _cmd_logs)
     c.add_argument("id")
     c.add_argument("--tail", type=int, default=100)
@@ -95,6 +98,9 @@ class _RestClient:
 
     def delete(self, workload_id: str) -> dict[str, Any]:
         return self._call(self._http.delete, workload_id)
+
+    def scale(self, set_id: str, replicas: int) -> dict[str, Any]:
+        return self._call(self._http.scale, set_id, replicas)
 
     def logs(self, workload_id: str, tail: int = 100) -> str:
         return self._call(self._http.logs, workload_id, tail)
@@ -172,6 +178,10 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 def _cmd_one(args: argparse.Namespace) -> int:
     op = {"get": "get", "stop": "stop", "rm": "delete"}[args._name]
     return _run(args, lambda c: getattr(c, op)(args.id))
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    return _run(args, lambda c: c.scale(args.id, args.replicas))
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:

@@ -194,6 +194,10 @@ class Client:
     async def stop(self, workload_id: str) -> dict[str, Any]:
         return await self.run(ops.Stop(id=workload_id))
 
+    async def scale(self, set_id: str, replicas: int) -> dict[str, Any]:
+        """Grow or shrink a replica set to ``replicas`` members: the set as it is then."""
+        return await self.run(ops.Scale(id=set_id, replicas=replicas))
+
     async def delete(self, workload_id: str) -> dict[str, Any]:
         """Stop (if running) and delete: ``{"id", "deleted": True}``."""
         return await self.run(ops.Delete(id=workload_id))
@@ -288,6 +292,9 @@ class SyncClient:
 
     def stop(self, workload_id: str) -> dict[str, Any]:
         return self._run(self.client.stop(workload_id))
+
+    def scale(self, set_id: str, replicas: int) -> dict[str, Any]:
+        return self._run(self.client.scale(set_id, replicas))
 
     def delete(self, workload_id: str) -> dict[str, Any]:
         return self._run(self.client.delete(workload_id))

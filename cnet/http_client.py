@@ -58,6 +58,10 @@ class HttpClient:
     def stop(self, workload_id: str) -> dict:
         return self.request("POST", f"/api/workloads/{urllib.parse.quote(workload_id)}/stop")
 
+    def scale(self, set_id: str, replicas: int) -> dict:
+        return self.request("POST", f"/api/workloads/{urllib.parse.quote(set_id)}/scale",
+                            {"replicas": replicas})
+
     def delete(self, workload_id: str) -> dict:
         return self.request("DELETE", f"/api/workloads/{urllib.parse.quote(workload_id)}")
 

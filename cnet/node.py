@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .placement import Placer
     from .register import Register
     from .remote import NeighbourPort
+    from .replica_sets import SetBook
     from .workload import Workload
 
 __all__ = ["Node"]
@@ -33,6 +34,7 @@ class Node:
     mirrors: "MirrorBook"         # the records of workloads this node placed elsewhere
     placer: "Placer"              # where a submission runs
     port: "NeighbourPort"         # the neighbours and what this node asks of them
+    sets: "SetBook"               # the replica sets this node is the origin of
     on_submission: Callable[[str, str], None] = lambda wtype, result: None  # (type, outcome)
     clock: Callable[[], float] = time.monotonic   # the bus's clock: neighbour ages are on it
     models: "ModelCache | None" = None            # the model cache (its copies, for locate)

@@ -27,7 +27,7 @@ from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
-from .scheduler import Placement, schedule, stays_here
+from .scheduler import Placement, away_from, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
@@ -74,11 +74,14 @@ class Placer:
 
     async def submit(self, body, *, hops: int = 0, visited: tuple[str, ...] = (),
                      upstream: str | None = None, origin: str | None = None,
-                     deadline: float | None = None) -> tuple[Workload, bool]:
+                     deadline: float | None = None,
+                     avoid: dict[str, int] | None = None) -> tuple[Workload, bool]:
         """Place a workload: here if it fits (per strategy), else on the best neighbour.
 
         ``deadline`` (wall-clock seconds) is when whoever delegated it here stops waiting: the
         answer comes before it, with the workload still ``pending`` if its start takes longer.
+        ``avoid`` (node id -> count; a replica set's members) puts the candidates holding
+        fewer first.
         """
         if self.node_id in visited:
             raise CnetError(f"{self.node_id}: already visited by this workload (loop)", code="loop",
@@ -104,7 +107,7 @@ class Placer:
             if self.known(sub.id) is not None or sub.id in self._placing:
                 # A retry came meanwhile: answered as one.
                 return await self.submit(body, hops=hops, visited=visited, upstream=upstream,
-                                         origin=origin, deadline=deadline)
+                                         origin=origin, deadline=deadline, avoid=avoid)
         if here:
             return await self.manager.admit(sub, origin=origin, upstream=upstream,
                                             ready_within=_ready_within(deadline)), True
@@ -113,7 +116,7 @@ class Placer:
         self.mirrors.expect(sub.id)
         try:
             wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline,
-                                   holders)
+                                   avoid or {}, holders)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 outcome.set_exception(exc)
@@ -128,6 +131,20 @@ class Placer:
             del self._placing[sub.id]
             self.mirrors.settled(sub.id)
 
+    def first_choice(self, body: dict, avoid: dict[str, int]) -> str | None:
+        """The node (this one, a child or a peer) that ``submit(body, avoid=avoid)`` from a
+        client would try first right now; None when no known node fits."""
+        sub = parse_submission(body, self.manager.executors.keys())
+        placement = Placement.parse(sub.placement, self.default_strategy)
+        if stays_here(sub.requirements, placement, self.node_id, self.local.labels,
+                      self.local.register.available):
+            return self.node_id
+        decision = schedule(sub.requirements, placement,
+                            scheduler_snapshot(self.local, self.port.neighbours(),
+                                               exclude={self.node_id}))
+        ranked = away_from(decision.candidates, avoid)
+        return ranked[0].node_id if ranked else None
+
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""
         entry = self._placing.get(workload_id)
@@ -135,7 +152,7 @@ class Placer:
 
     async def _place(self, sub, body, placement: Placement, hops: int, visited: tuple[str, ...],
                      upstream: str | None, origin: str | None, deadline: float | None,
-                     holders: frozenset[str] = frozenset()) -> Workload:
+                     avoid: dict[str, int], holders: frozenset[str] = frozenset()) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
         exclude = set(visited) | ({upstream} if upstream else set())
@@ -147,7 +164,7 @@ class Placer:
             raise BadRequest(decision.impossible, code="impossible_placement")
         tried: list[str] = []
         spec = {**body, "id": sub.id} if isinstance(body, dict) else body
-        for candidate in decision.candidates:
+        for candidate in away_from(decision.candidates, avoid):
             if candidate.role == "self":
                 try:
                     return await self.manager.admit(sub, origin=origin, upstream=upstream,

@@ -393,3 +393,15 @@ def _strategy_key(request: Resources, strategy: str, snap: Snapshot, idx: list[i
         for p in (idx.index(i) for i in snap.selves if i in idx):
             key[p] = key[p] - 1e6
     return key
+
+
+def away_from(candidates: list[NodeView], used: dict[str, int]) -> list[NodeView]:
+    """``candidates`` with those holding fewer of ``used`` (node id -> how many instances of a
+    replica set run there; a child counts its subtree's) first, in their order otherwise."""
+    if not used:
+        return candidates
+
+    def held(node: NodeView) -> int:
+        return used.get(node.node_id, 0) + sum(used.get(n, 0) for n in node.subtree_nodes)
+
+    return sorted(candidates, key=held)

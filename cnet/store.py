@@ -1,4 +1,5 @@
-"""Persistent state: peewee models on SQLite in WAL mode (workloads, transitions, data objects).
+"""Persistent state: peewee models on SQLite in WAL mode (workloads, transitions, data objects,
+the replica sets this node is the origin of).
 
 The ``data_objects`` table is also read, read-only, by the S3 gateway (``services/gateway``),
 which knows nothing of this module; its columns are a contract:
@@ -87,7 +88,15 @@ class DataObjectRow(_Base):
         table_name = "data_objects"
 
 
-MODELS = (WorkloadRow, TransitionRow, DataObjectRow)
+class ReplicaSetRow(_Base):
+    id = pw.CharField(primary_key=True, max_length=64)
+    record = JSONField()                         # cnet.replica_set.ReplicaSet.to_row()
+
+    class Meta:
+        table_name = "replica_sets"
+
+
+MODELS = (WorkloadRow, TransitionRow, DataObjectRow, ReplicaSetRow)
 _COLUMNS = {f.column_name: f for f in WorkloadRow._meta.sorted_fields}
 _INSERT_TRANSITION = "INSERT INTO transitions (workload_id, at, status, message) VALUES (?, ?, ?, ?)"
 
@@ -166,6 +175,20 @@ class Store:
     def load_workloads(self) -> list[dict]:
         with self._bound():
             return list(WorkloadRow.select().order_by(WorkloadRow.created_at).dicts())
+
+    # -- replica sets ------------------------------------------------------------------
+
+    def save_set(self, set_id: str, record: dict) -> None:
+        with self._bound(), self.db.atomic():
+            ReplicaSetRow.replace(id=set_id, record=record).execute()
+
+    def delete_set(self, set_id: str) -> None:
+        with self._bound(), self.db.atomic():
+            ReplicaSetRow.delete().where(ReplicaSetRow.id == set_id).execute()
+
+    def load_sets(self) -> list[dict]:
+        with self._bound():
+            return [row.record for row in ReplicaSetRow.select().order_by(ReplicaSetRow.id)]
 
     # -- data objects --------------------------------------------------------------------
 

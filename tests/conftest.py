@@ -54,6 +54,18 @@ def agent(make_agent):
     return make_agent()
 
 
+@pytest.fixture(scope="session")
+def astronaut_b64() -> str:
+    """skimage's astronaut photo (one face, one person) as a base64 JPEG, for /predict."""
+    import base64
+
+    import cv2
+    skimage_data = pytest.importorskip("skimage.data")
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    assert ok
+    return base64.b64encode(jpeg.tobytes()).decode()
+
+
 @pytest.fixture
 def inprocess_cluster(tmp_path):
     """Factory of in-process clusters (tests/inprocess.py), for ``async def`` tests:

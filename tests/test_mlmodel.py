@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 
-import cv2
 import pytest
 import requests
 
@@ -27,14 +25,6 @@ def model() -> str:
 @pytest.fixture
 def ml_agent(make_agent):
     return make_agent(config=deep_merge(FAST_SERVICES, {"services": {"port_range": list(free_port_range(41))}}))
-
-
-@pytest.fixture(scope="module")
-def astronaut_b64() -> str:
-    skimage_data = pytest.importorskip("skimage.data")
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
-    assert ok
-    return base64.b64encode(jpeg.tobytes()).decode()
 
 
 def _seed_yolo(model_path: str, port: int) -> dict:

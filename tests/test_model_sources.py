@@ -23,7 +23,7 @@ from cnet.ops import Stop, Submit
 
 from .harness import deep_merge, free_port_range, process_spec
 from .service_helpers import FAKE_SERVICE, FAST_SERVICES
-from .test_mlmodel import _predict, astronaut_b64  # noqa: F401 (a fixture)
+from .test_mlmodel import _predict
 from .test_model_cache import upload
 
 TREE = {"jiangsu": {}, "nanjing": {"parent": "jiangsu"}, "suzhou": {"parent": "jiangsu"}}
@@ -215,7 +215,7 @@ async def test_placement_prefers_a_node_with_a_cached_copy_also_after_its_restar
 
 
 async def test_an_opencv_custom_cascade_named_as_data_detects_like_the_bundled_one(
-        inprocess_cluster, astronaut_b64):  # noqa: F811
+        inprocess_cluster, astronaut_b64):
     bundled = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
     async with inprocess_cluster(TREE, config=services()) as cluster:
         stored = await upload(cluster["jiangsu"], "cascades", {"face.xml": bundled,

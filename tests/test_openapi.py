@@ -133,7 +133,11 @@ FORBIDDEN = {
     "a process without command": {"name": "p", "type": "process", "config": {"args": ["1"]}},
     "a blank name": {"name": "  ", "type": "opencv"},
     "a data workload as JSON": {"name": "d", "type": "data"},
-    "an unknown field": {"name": "p", "type": "opencv", "replicas": 2},
+    "an unknown field": {"name": "p", "type": "opencv", "colour": 2},
+    "replicas on a process": {"name": "p", "type": "process", "config": {"command": "true"},
+                              "replicas": 2},
+    "no replicas": {"name": "p", "type": "opencv", "replicas": 0},
+    "a replica count as a string": {"name": "p", "type": "opencv", "replicas": "2"},
     "a negative requirement": {"name": "p", "type": "opencv", "requirements": {"cpu": -1}},
     "a null cascade": {"name": "p", "type": "opencv", "config": {"cascade_type": None}},
     "a bad bucket": {"name": "g", "type": "datagateway", "config": {"bucket": "A_B"}},
@@ -288,6 +292,8 @@ def _known_good(recorder: Recorder, schema) -> None:
          "placement": {"strategy": "binpack"}, "id": "openapi-long"},
         {"name": "faces", "type": "opencv", "config": {"cascade_type": "eye", "workers": 1}},
         {"name": "gateway", "type": "datagateway", "config": {"bucket": "openapi"}},
+        {"name": "face set", "type": "opencv", "replicas": 2, "id": "openapi-set",
+         "config": {"cascade_type": "face", "workers": 1}},
     ]
     made = []
     for body in bodies:
@@ -306,6 +312,9 @@ def _known_good(recorder: Recorder, schema) -> None:
         send("/api/workloads/{id}", "GET", path_parameters={"id": wid})
         for query in ({"tail": 5}, {"format": "text"}):
             send("/api/workloads/{id}/logs", "GET", path_parameters={"id": wid}, query=query)
+    scaled = send("/api/workloads/{id}/scale", "POST", path_parameters={"id": "openapi-set"},
+                  body={"replicas": 1}, media_type="application/json")
+    assert scaled.status_code == 200 and len(scaled.json()["members"]) == 1, scaled.text
     send("/api/workloads/{id}/stop", "POST", path_parameters={"id": made[1]})
     send("/api/workloads/{id}", "DELETE", path_parameters={"id": made[0]})
 
@@ -315,15 +324,20 @@ def _settle(recorder: Recorder) -> None:
     every reservation and leaves no file."""
     agent = recorder.agent
     listed = agent.api("GET", "/api/workloads").json()["workloads"]
-    assert {wl["id"] for wl in listed} == recorder.created - recorder.deleted
+    # A replica set's members are its own (stopped and deleted with it, by it alone).
+    members = {wl["id"] for wl in listed if "cnet.set" in wl["labels"]}
+    assert members == {m["id"] for wl in listed for m in wl.get("members", [])}
+    assert {wl["id"] for wl in listed} - members == recorder.created - recorder.deleted
     for wl in listed:
-        assert agent.api("POST", f"/api/workloads/{wl['id']}/stop").status_code == 200
+        if wl["id"] not in members:
+            assert agent.api("POST", f"/api/workloads/{wl['id']}/stop").status_code == 200
     listed = agent.api("GET", "/api/workloads").json()["workloads"]
     assert not [wl["id"] for wl in listed if wl["status"] in LIVE]
     stored = sum(wl["requirements"]["storage"] for wl in listed if wl["type"] == "data")
     assert agent.resources()["allocated"] == {"cpu": 0.0, "memory": 0, "gpu": 0, "storage": stored}
     for wl in listed:
-        assert agent.api("DELETE", f"/api/workloads/{wl['id']}").status_code == 200
+        if wl["id"] not in members:
+            assert agent.api("DELETE", f"/api/workloads/{wl['id']}").status_code == 200
     assert agent.api("GET", "/api/workloads").json()["count"] == 0
     assert agent.resources()["allocated"] == {"cpu": 0.0, "memory": 0, "gpu": 0, "storage": 0}
     data = agent.state_dir / "data"

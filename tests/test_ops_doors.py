@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cnet.client import ClientError, SyncClient
-from cnet.ops import OPS, List, Logs, Submit
+from cnet.ops import OPS, List, Logs, Scale, Submit
 
 from .harness import process_spec
 
@@ -64,6 +64,23 @@ CASES = [
      "/api/workloads", process_spec(args=["a\x00"])),
     ("nested too deep", "submit", {"workload": {**process_spec(), "labels": _deep(40)}}, "POST",
      "/api/workloads", {**process_spec(), "labels": _deep(40)}),
+    ("replicas out of range", "submit",
+     {"workload": {"name": "f", "type": "opencv", "replicas": 0}}, "POST", "/api/workloads",
+     {"name": "f", "type": "opencv", "replicas": 0}),
+    ("replicas on a process", "submit", {"workload": {**process_spec(), "replicas": 2}}, "POST",
+     "/api/workloads", {**process_spec(), "replicas": 2}),
+    ("the set label by hand", "submit",
+     {"workload": {**process_spec(), "labels": {"cnet.set": "s"}}}, "POST", "/api/workloads",
+     {**process_spec(), "labels": {"cnet.set": "s"}}),
+    ("scale an unknown id", "scale", {"id": "nope", "replicas": 2}, "POST",
+     "/api/workloads/nope/scale", {"replicas": 2}),
+    ("scale without replicas", "scale", {"id": "nope"}, "POST", "/api/workloads/nope/scale", {}),
+    ("scale to 0", "scale", {"id": "nope", "replicas": 0}, "POST", "/api/workloads/nope/scale",
+     {"replicas": 0}),
+    ("scale to a string", "scale", {"id": "nope", "replicas": "2"}, "POST",
+     "/api/workloads/nope/scale", {"replicas": "2"}),
+    ("scale with an unknown field", "scale", {"id": "nope", "replicas": 2, "x": 1}, "POST",
+     "/api/workloads/nope/scale", {"replicas": 2, "x": 1}),
     ("integer beyond 64 bits in an env", "submit",
      {"workload": {**process_spec(), "config": {"command": "sleep", "env": {"A": 2 ** 63}}}},
      "POST", "/api/workloads",
@@ -138,10 +155,10 @@ def test_the_client_builds_what_the_operation_parses():
     """One definition of each operation's name and fields: what the client sends parses back
     into the same request."""
     for op in (List(status="running", type="process", scope="subtree"), Logs(id="abc", tail=5),
-               Submit(workload=process_spec())):
+               Submit(workload=process_spec()), Scale(id="faces", replicas=3)):
         assert OPS[op.name].parse(op.args()) == op
     assert set(OPS) == {"submit", "delegate", "reconcile", "list", "get", "stop", "delete", "logs", "nodes",
-                        "resources", "health", "locate", "fetch"}
+                        "resources", "health", "locate", "fetch", "scale"}
 
 
 # Bodies only JSON can carry (the bus's msgpack cannot even encode them): each is a 400 with

@@ -318,3 +318,17 @@ def test_pinning_and_affinity_outweigh_the_preference():
     assert ids(decide_preferring(nodes, {"a"}, strategy="least_loaded", node="b")) == ["b"]
     d = decide_preferring(nodes, {"a"}, strategy="least_loaded", affinity=["db"])
     assert ids(d) == ["c", "a", "b"]
+
+
+def test_away_from_puts_the_nodes_holding_fewer_of_a_set_first():
+    from cnet.scheduler import away_from
+    here = NodeView("a", "self")
+    child = NodeView("b", "child", subtree_nodes=frozenset({"b1", "b2"}))
+    peer = NodeView("c", "peer")
+    order = [here, child, peer]
+    assert away_from(order, {}) == order
+    # A child counts what its subtree holds; equal counts keep the given order.
+    assert [n.node_id for n in away_from(order, {"a": 1, "b2": 1})] == ["c", "a", "b"]
+    assert [n.node_id for n in away_from(order, {"a": 2, "b1": 1, "b2": 1, "c": 1})] == \
+        ["c", "a", "b"]
+    assert [n.node_id for n in away_from(order, {"c": 1})] == ["a", "b", "c"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 from .base import Caller, Operation, check_token
 from .cluster import Health, Nodes, ResourcesOp
 from .data import Fetch, Locate
+from .sets import Scale
 from .workloads import Delegate, Delete, Get, List, Logs, Reconcile, Stop, Submit
 
 __all__ = ["OPS", "Caller", "Delegate", "Delete", "Fetch", "Get", "Health", "List", "Locate",
-           "Logs", "Nodes", "Operation", "Reconcile", "ResourcesOp", "Stop", "Submit", "check_token"]
+           "Logs", "Nodes", "Operation", "Reconcile", "ResourcesOp", "Scale", "Stop", "Submit",
+           "check_token"]
 
 OPS: dict[str, type[Operation]] = {op.name: op for op in (
     Submit, Delegate, Reconcile, List, Get, Stop, Delete, Logs, Nodes, ResourcesOp, Health,
-    Locate, Fetch)}
+    Locate, Fetch, Scale)}

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import BadRequest, CnetError
+from ..errors import BadRequest, CnetError, Conflict
+from ..replica_set import SET_LABEL
 from ..workload import FROM, ID_RE, STATUSES, TYPES
 from .base import Caller, Operation, check_plain, whole_number, workload_id
 
@@ -47,12 +48,20 @@ class Submit(Operation):
         wtype = body.get("type") if isinstance(body, dict) else None
         wtype = wtype if isinstance(wtype, str) and wtype in node.manager.executors else "unknown"
         try:
-            wl, created = await node.placer.submit(body)
+            if isinstance(body, dict) and "replicas" in body:
+                shown, created = await node.sets.create(body)
+            else:
+                labels = body.get("labels") if isinstance(body, dict) else None
+                if isinstance(labels, dict) and SET_LABEL in labels:
+                    raise BadRequest(f"labels: {SET_LABEL} is set by the agent on a replica "
+                                     "set's members", code="invalid_field")
+                wl, created = await node.placer.submit(body)
+                shown = wl.to_dict()
         except CnetError as exc:
             node.on_submission(wtype, exc.code)
             raise
         node.on_submission(wtype, "created" if created else "existing")
-        return {"workload": wl.to_dict(), "created": created}
+        return {"workload": shown, "created": created}
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ class List(Operation):
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
         mine = {wl.id: wl.to_dict() for wl in _listed(node, self.status, self.type)}
+        mine.update((v["id"], v) for v in node.sets.views(self.status, self.type))
         if self.scope == "subtree":
             await self._add_subtree(node, mine)
         items = list(mine.values())
@@ -166,6 +176,17 @@ class List(Operation):
                 # The record of the node that runs it (no "via") wins over any mirror of it.
                 if known is None or ("via" in known and "via" not in item):
                     mine[item["id"]] = item
+
+
+def _not_a_member(node: "Node", wl: "Workload", caller: Caller, what: str) -> "Workload":
+    """A client may not stop or delete a member of a set this node is the origin of: the set
+    would replace it. (Its origin may; elsewhere, the member stops and its set replaces it.)"""
+    rs = node.sets.set_of(wl)
+    if rs is not None and caller.node_id is None:
+        raise Conflict(f"workload {wl.id} is a member of replica set {rs.id}: {what} the set, or "
+                       f"scale it (POST /api/workloads/{rs.id}/scale)", code="member_of_set",
+                       details={"set_id": rs.id})
+    return wl
 
 
 def _listed(node: "Node", status: str | None, wtype: str | None) -> list["Workload"]:
@@ -192,6 +213,8 @@ class Get(_OneWorkload):
     name = "get"
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        if (rs := node.sets.get(self.id)) is not None:
+            return node.sets.view(rs)
         placing = node.placer.placing(self.id)
         if placing is not None and node.placer.known(self.id) is None:
             return placing.to_dict()
@@ -205,7 +228,9 @@ class Stop(_OneWorkload):
     name = "stop"
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
-        wl = node.find(self.id)
+        if node.sets.get(self.id) is not None:
+            return await node.sets.stop(self.id)
+        wl = _not_a_member(node, node.find(self.id), caller, "stop")
         if not node.is_mirror(wl):
             return (await node.manager.stop(self.id)).to_dict()
         result = await node.port.forward(wl, self.name, {})
@@ -219,7 +244,10 @@ class Delete(_OneWorkload):
     name = "delete"
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
-        wl = node.find(self.id)
+        if node.sets.get(self.id) is not None:
+            await node.sets.delete(self.id)
+            return {"id": self.id, "deleted": True}
+        wl = _not_a_member(node, node.find(self.id), caller, "delete")
         if not node.is_mirror(wl):
             await node.manager.delete(self.id)
         else:
@@ -244,6 +272,9 @@ class Logs(_OneWorkload):
         return cls(id=workload_id(args), tail=whole_number(args, "tail", 100, 0, MAX_TAIL))
 
     async def run(self, node: "Node", caller: Caller) -> dict[str, Any]:
+        if (rs := node.sets.get(self.id)) is not None:
+            raise Conflict(f"{self.id} is a replica set: each member has its own log "
+                           f"({', '.join(rs.members[:8]) or 'none now'})", code="replica_set")
         wl = node.find(self.id)
         if node.is_mirror(wl):
             text = (await node.port.forward(wl, self.name, {"tail": self.tail}))["logs"]

@@ -1,0 +1,55 @@
+"""The set book as the router's ReplicaSource (in-process agents on a hand-moved clock, fake
+service programs): members near (this node and below) or far (a peer), usable while running
+and reached, a lost peer's member unusable at once and then replaced."""
+
+from __future__ import annotations
+
+from cnet.ops import Submit
+
+from .bus.harness import until
+from .ports import free_port_range
+from .service_helpers import fake_install
+
+# jiangsu names zhejiang as its peer (one way: see test_replica_sets' far-members test).
+TREE = {"jiangsu": {"peers": ["zhejiang"]}, "nanjing": {"parent": "jiangsu"}, "zhejiang": {}}
+SET = {"id": "faces", "name": "faces", "type": "opencv", "replicas": 3,
+       "config": {"cascade_type": "face"}, "requirements": {"cpu": 1.0}}
+
+
+async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_path,
+                                                         monkeypatch):
+    env, _ = fake_install(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    node_config = {n: {"services": {"port_range": list(free_port_range(10))}} for n in TREE}
+    async with inprocess_cluster(TREE, node_config=node_config) as cluster:
+        root = cluster["jiangsu"]
+        record = (await cluster.run("jiangsu", Submit(workload=SET)))["workload"]
+        where = {m["id"]: m["node_id"] for m in record["members"]}
+        assert sorted(where.values()) == sorted(TREE)
+        assert root.sets.service_set("nope") is None
+
+        served = root.sets.service_set("faces")
+        assert served.id == "faces" and served.retry_post is True
+        by_node = {r.node_id: r for r in served.replicas}
+        assert {n: r.near for n, r in by_node.items()} == {"jiangsu": True, "nanjing": True,
+                                                          "zhejiang": False}
+        assert all(r.usable for r in served.replicas)
+        assert {r.id: r.endpoint for r in served.replicas} == {
+            m["id"]: m["endpoint"] for m in record["members"]}
+
+        far = by_node["zhejiang"].id
+        await cluster.stop("zhejiang")               # its agent goes (its service runs on)
+        await cluster.advance(cluster.loss_window + cluster.interval)
+        await until(lambda: root.mirrors.get(far).status == "lost", 5, "the member lost")
+        # Lost: unusable at once (or already replaced by a member on a near node).
+        now = {r.id: r for r in root.sets.service_set("faces").replicas}
+        assert far not in now or not now[far].usable
+        await until(lambda: root.sets.get("faces").restart_count == 1, 20,
+                    "the lost peer's member replaced")
+
+        def replaced() -> bool:
+            replicas = root.sets.service_set("faces").replicas
+            return len(replicas) == 3 and all(r.usable and r.near for r in replicas)
+
+        await until(replaced, 20, "three usable members again, all near")
