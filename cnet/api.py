@@ -37,8 +37,6 @@ from .ops import (
     Submit,
     check_token,
 )
-from .svc_proxy import ServiceRouter, SvcHandler
-from .svc_upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from .events import EventHub
@@ -328,20 +326,41 @@ class NotFoundHandler(BaseHandler):
 
 
 class OnFirstUse(tornado.routing.Router):
-    """A route whose handler class is imported by the first request it gets, so that what only
-    it needs costs an idle agent no memory (the events socket: tornado.websocket)."""
+    """A route whose handler is imported (and its arguments made) by the first request it gets,
+    so that what only it needs costs an idle agent no memory: the events socket
+    (tornado.websocket), the /svc/ router and its connections."""
 
-    def __init__(self, load: Callable[[], type[tornado.web.RequestHandler]]):
+    def __init__(self, load: Callable[[tornado.web.Application], tuple[type, dict[str, Any]]]):
         self.load = load
         self.application: tornado.web.Application | None = None
+        self._target: tuple[type, dict[str, Any]] | None = None
+
+    def target(self) -> tuple[type, dict[str, Any]]:
+        """The handler class and its arguments, made on the first call."""
+        if self._target is None:
+            self._target = self.load(self.application)
+        return self._target
 
     def find_handler(self, request, **target_params):
-        return self.application.get_handler_delegate(request, self.load(), **target_params)
+        handler, kwargs = self.target()
+        return self.application.get_handler_delegate(request, handler, kwargs)
 
 
-def _events_socket() -> type[tornado.web.RequestHandler]:
-    from .events_socket import EventsSocket  # noqa: PLC0415 -- lazy: on the first /api/events
-    return EventsSocket
+def _events_socket(web: Web) -> Callable[[tornado.web.Application], tuple[type, dict]]:
+    def load(app: tornado.web.Application) -> tuple[type, dict]:
+        from .events_socket import EventsSocket  # noqa: PLC0415 -- lazy: on the first /api/events
+        return EventsSocket, {"web": web}
+    return load
+
+
+def _service_router(web: Web) -> Callable[[tornado.web.Application], tuple[type, dict]]:
+    def load(app: tornado.web.Application) -> tuple[type, dict]:
+        from .svc_proxy import ServiceRouter, SvcHandler  # noqa: PLC0415 -- lazy: the first /svc/
+        from .svc_upstream import UpstreamPool  # noqa: PLC0415
+        router = ServiceRouter(web.replicas, pool=UpstreamPool(read_timeout=web.svc_timeout))
+        app.settings["svc_router"] = router
+        return SvcHandler, {"router": router, "metrics": web.metrics, "body_limit": web.svc_body_limit}
+    return load
 
 
 def openapi_document() -> dict:
@@ -350,11 +369,10 @@ def openapi_document() -> dict:
 
 
 def make_app(web: Web) -> tornado.web.Application:
-    """The agent's HTTP application; ``app.settings["svc_router"]`` holds the connections to
-    replicas, closed with :func:`close_app`."""
+    """The agent's HTTP application; ``app.settings["svc_router"]``, once a /svc/ request made
+    it, holds the connections to replicas, closed with :func:`close_app`."""
     args = {"web": web}
-    router = ServiceRouter(web.replicas, pool=UpstreamPool(read_timeout=web.svc_timeout))
-    events = OnFirstUse(_events_socket)
+    events, svc = OnFirstUse(_events_socket(web)), OnFirstUse(_service_router(web))
     routes = [
         (r"/api/workloads/?", WorkloadsHandler, args),
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
@@ -364,25 +382,25 @@ def make_app(web: Web) -> tornado.web.Application:
         (r"/api/resources", ResourcesHandler, args),
         (r"/api/nodes", NodesHandler, args),
         (r"/api/health", HealthHandler, args),
-        (r"/api/events", events, args),
+        (r"/api/events", events),
         (r"/metrics", MetricsHandler, args),
         (r"/api/bus", BusInfoHandler, args),
         (r"/api/openapi\.json", OpenAPIHandler, args),
         (r"/api/.*", NotFoundHandler, args),
-        (r"/svc(?:/.*)?", SvcHandler, {"router": router, "metrics": web.metrics,
-                                  "body_limit": web.svc_body_limit}),
+        (r"/svc(?:/.*)?", svc),
     ]
     if UI_DIR.is_dir():
         routes.append((r"/(.*)", tornado.web.StaticFileHandler,
                        {"path": str(UI_DIR), "default_filename": "index.html"}))
-    app = tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request,
-                                  svc_router=router)
-    events.application = app
+    app = tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request)
+    events.application = svc.application = app
     return app
 
 
 def close_app(app: tornado.web.Application) -> None:
-    app.settings["svc_router"].close()
+    router = app.settings.get("svc_router")
+    if router is not None:
+        router.close()
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

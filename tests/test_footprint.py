@@ -196,11 +196,12 @@ def test_service_executors_are_built_by_their_first_use(tmp_path):
 
 # Loaded by what first needs them, never by an agent that nobody sends such a request: the
 # events socket, uploads, Curve, the client side (commands, bus client, HTTP client), argparse,
-# the container config checks.
+# the container config checks, the /svc/ router and its connections.
 LAZY = ("tornado.websocket", "tornado.httpclient", "tornado.simple_httpclient", "python_multipart",
         "zmq.auth", "bus.zap", "bus.client", "argparse", "cnet.events_socket", "cnet.upload",
         "cnet.upload_form", "cnet.upload_staging", "cnet.client", "cnet.cli_client",
-        "cnet.cli_keys", "cnet.cli_configs", "cnet.executors.container_config")
+        "cnet.cli_keys", "cnet.cli_configs", "cnet.executors.container_config",
+        "cnet.svc_proxy", "cnet.svc_upstream")
 HEAVY = ("numpy", "cv2", "onnxruntime", "docker", "prometheus_client")
 
 # Runs ``python -m cnet ARGS...`` as the agent command runs it, and once the agent's parent is

@@ -41,7 +41,7 @@ def served_routes(app: tornado.web.Application, params: dict[str, str]) -> dict[
             continue
         for pattern, name in params.items():
             path = path.replace(pattern, name)
-        handler = rule.target.load() if isinstance(rule.target, OnFirstUse) else rule.target
+        handler = rule.target.target()[0] if isinstance(rule.target, OnFirstUse) else rule.target
         routes[path] = {m for m in METHODS
                         if getattr(handler, m) is not getattr(tornado.web.RequestHandler, m)}
     return routes
