@@ -129,6 +129,9 @@ class BusNode:
         self._advertise = advertise_host
         self._clock = clock
         self._seq = 0
+        # +1 whenever what ``neighbours()`` shows changes (a join, a new snapshot or summary, a
+        # loss, a refusal): what was made from one reading of it holds while this stands.
+        self.view_version = 0
         self._neighbours = Neighbours(heartbeat_misses)
         self._pending = PendingReplies()
         self._dispatcher = Dispatcher(node_id, handler)
@@ -406,6 +409,7 @@ class BusNode:
                        curve_key=self._curve.public_text if self._curve else None)
 
     def _fire(self, state: NeighbourState) -> None:
+        self.view_version += 1
         if self._on_neighbour is None:
             return
         try:

@@ -57,12 +57,16 @@ class PendingReplies:
 
     async def wait(self, corr_id: str, future: asyncio.Future[Reply], timeout: float,
                    what: str) -> Reply:
-        """Await the reply for ``corr_id``; raise :class:`RequestTimeout` naming ``what``."""
+        """Await the reply for ``corr_id``; raise :class:`RequestTimeout` naming ``what``.
+
+        The timer fails the future itself (no ``wait_for``: its extra future and callbacks
+        cost the reply a turn of the loop on every request)."""
+        timer = asyncio.get_running_loop().call_later(
+            timeout, _expire, future, f"no reply to {what} within {timeout:g} s")
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise RequestTimeout(f"no reply to {what} within {timeout:g} s") from None
+            return await future
         finally:
+            timer.cancel()
             self._waiting.pop(corr_id, None)
             self._target.pop(corr_id, None)
 
@@ -72,3 +76,8 @@ class PendingReplies:
                 future.set_exception(exc)
         self._waiting.clear()
         self._target.clear()
+
+
+def _expire(future: asyncio.Future[Reply], message: str) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(message))

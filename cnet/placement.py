@@ -27,7 +27,7 @@ from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
-from .scheduler import Placement, schedule, stays_here
+from .scheduler import Placement, Snapshot, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Placer:
         self.spawn = spawn
         # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
         self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
+        self._snap: tuple[tuple, Snapshot] | None = None   # (what it was made from, snapshot)
 
     def known(self, workload_id: str) -> Workload | None:
         """The workload with this id if this node has it: its own, or a mirror."""
@@ -114,6 +115,16 @@ class Placer:
             del self._placing[sub.id]
             self.mirrors.settled(sub.id)
 
+    def _snapshot(self, exclude: frozenset[str]) -> Snapshot:
+        """The scheduler's candidates, made again only when what they are made of changed: a
+        neighbour's report or state (the bus's view version), this node's allocations or live
+        workloads, or the nodes left out. The snapshot is plain data the scheduler only reads."""
+        local = self.local
+        key = (self.port.view_version, local.register.seq, tuple(local.live), exclude)
+        if self._snap is None or self._snap[0] != key:
+            self._snap = (key, scheduler_snapshot(local, self.port.neighbours(), exclude=exclude))
+        return self._snap[1]
+
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""
         entry = self._placing.get(workload_id)
@@ -123,9 +134,8 @@ class Placer:
                      upstream: str | None, origin: str | None, deadline: float | None) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
-        exclude = set(visited) | ({upstream} if upstream else set())
-        decision = schedule(sub.requirements, placement,
-                            scheduler_snapshot(self.local, self.port.neighbours(), exclude=exclude))
+        exclude = frozenset(visited) | ({upstream} if upstream else frozenset())
+        decision = schedule(sub.requirements, placement, self._snapshot(exclude))
         if decision.impossible and hops == 0:
             # Only where it was submitted: further down, the view leaves out the nodes behind us.
             raise BadRequest(decision.impossible, code="impossible_placement")
