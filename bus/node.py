@@ -279,9 +279,9 @@ class BusNode:
         req = Request(corr_id=new_corr_id(), op=op, args=args or {}, token=token, hops=hops,
                       visited=list(visited))
         req.validate()
-        send = self._route(node_id)
+        send, via = self._route(node_id)
         frames = encode(req)
-        future = self._pending.expect(req.corr_id, node_id)
+        future = self._pending.expect(req.corr_id, node_id, via)
         if not send(frames):
             self._pending.discard(req.corr_id)
             raise Unreachable(f"cannot send {op!r} to {node_id}: link down or queue full")
@@ -308,7 +308,9 @@ class BusNode:
                               err.get("details") if isinstance(err.get("details"), dict) else None)
         return reply.result or {}
 
-    def _route(self, node_id: str) -> Callable[[list[bytes]], bool]:
+    def _route(self, node_id: str) -> tuple[Callable[[list[bytes]], bool], str]:
+        """How to send to ``node_id``, and on which connection: our ``link`` to it when it is
+        joined, else the ``router`` connection it joined us on."""
         state = self._neighbours.get(node_id)
         if state is None:
             raise Unreachable(f"{node_id} is not a neighbour of {self.node_id}")
@@ -316,10 +318,10 @@ class BusNode:
             raise Unreachable(f"{node_id} is lost (silent for {state.age(self._clock()):.1f} s)")
         link = self._link_of.get(node_id)
         if link is not None and link.joined:
-            return link.send_frames
+            return link.send_frames, "link"
         identity = self._identity_of.get(node_id)
         if identity is not None:
-            return lambda frames: send_now(self._router, [identity, *frames])
+            return (lambda frames: send_now(self._router, [identity, *frames])), "router"
         raise Unreachable(f"no open link to {node_id}")
 
     # ----------------------------------------------------------------- ticking
@@ -537,7 +539,8 @@ class BusNode:
         session = self._session_of[hello.node_id] = new_corr_id()
         # A child beats at its own interval; a peer is also heard through our link's replies.
         interval = hello.interval if role == "child" else max(hello.interval, self.interval)
-        self._pending.fail_to(hello.node_id, "joined again (a new session)")
+        # What went out on its old connection to us is lost; what went on our link to it is not.
+        self._pending.fail_to(hello.node_id, "joined again (a new session)", via="router")
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval)
@@ -613,7 +616,9 @@ class BusNode:
             log.error("%s link at %s leads to this node itself; ignoring it", link.kind, link.address)
             return
         self._link_of[welcome.node_id] = link
-        self._pending.fail_to(welcome.node_id, "joined again (a new session)")
+        # What went out on this link's last socket is lost; what went through the connection
+        # the neighbour joined us on (a peer's own link) is not.
+        self._pending.fail_to(welcome.node_id, "joined again (a new session)", via="link")
         state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
