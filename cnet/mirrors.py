@@ -73,6 +73,10 @@ class MirrorBook:
         """Its placement on a neighbour starts: keep reports about it until it is added."""
         self._expected.add(workload_id)
 
+    def expecting(self, workload_id: str) -> bool:
+        """Whether its placement on a neighbour is under way (its answer will add the mirror)."""
+        return workload_id in self._expected
+
     def abandon(self, workload_id: str | None, via: str) -> None:
         """Its delegation through ``via`` was lost in flight: it may still start over there.
         A report of it through ``via`` later adds it as a mirror (it is listed, not unseen)."""

@@ -160,8 +160,10 @@ class Placer:
             if result is not None:
                 if result["node_id"] == self.node_id:  # cannot happen: we are visited
                     raise CnetError("a neighbour placed the workload back here", code="loop")
-                return self.known(result["id"]) or self.mirrors.add(result, via=candidate.node_id,
-                                                                    upstream=upstream)
+                known = self.known(result["id"])
+                if known is not None:          # a report through it came first: the newer wins
+                    return self.mirrors.update(result, via=candidate.node_id) or known
+                return self.mirrors.add(result, via=candidate.node_id, upstream=upstream)
         reasons = tried + decision.reasons()
         raise InsufficientResources("no node can take this workload: " + "; ".join(reasons),
                                     details={"reasons": reasons})
