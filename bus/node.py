@@ -550,8 +550,10 @@ class BusNode:
         log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
         self._fire(state)
 
-    def _follow(self, node_id: str, pub: str, curve_key: str | None) -> None:
-        """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed)."""
+    def _follow(self, node_id: str, pub: str, curve_key: str | None,
+                topics: Sequence[bytes] = (b"",)) -> None:
+        """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed), for
+        ``topics`` (prefixes; the PUB sends nothing else, so nothing else wakes this node)."""
         if self._context is None or not pub or self._sub_of.get(node_id) == pub:
             return
         old = self._sub_of.pop(node_id, None)
@@ -562,7 +564,8 @@ class BusNode:
                 log.error("not subscribing to %s: its curve key is not accepted", node_id)
                 return
             sub = new_socket(self._context, zmq.SUB)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            for topic in topics:
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
             if self._curve is not None:
                 self._curve.make_client(sub, curve_key or "")
             try:
@@ -624,7 +627,11 @@ class BusNode:
                                         router=welcome.router, pub=welcome.pub,
                                         # it answers our heartbeats: at our pace, or its own
                                         interval=max(welcome.interval, self.interval))
-        self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
+        # From a parent only its snapshots: its events are of workloads it placed below it or
+        # on its peers, never through this node (a child mirrors nothing through its parent),
+        # and each one would wake every child of it for nothing.
+        self._follow(welcome.node_id, welcome.pub, welcome.curve_key,
+                     (TOPIC_UPDATE,) if link.kind == "parent" else (b"",))
         self._fire(state)
         beat = self._heartbeat()       # the first heartbeat at once: the parent sees us now
         link.send(beat)
