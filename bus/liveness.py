@@ -6,7 +6,6 @@ on each tick which neighbours have gone silent. Times are ``time.monotonic()`` v
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,11 @@ class NeighbourState:
         return max(0.0, now - self.last_seen)
 
     def copy(self) -> NeighbourState:
-        return dataclasses.replace(self)
+        # A shallow copy, as dataclasses.replace makes, at a tenth of its cost: the agent copies
+        # every neighbour for each summary it sends and each placement it decides.
+        new = object.__new__(NeighbourState)
+        new.__dict__.update(self.__dict__)
+        return new
 
 
 class Neighbours:

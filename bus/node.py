@@ -132,6 +132,9 @@ class BusNode:
         self._advertise = advertise_host
         self._clock = clock
         self._seq = 0
+        # +1 whenever what ``neighbours()`` shows changes (a join, a new snapshot or summary, a
+        # loss, a refusal): what was made from one reading of it holds while this stands.
+        self.view_version = 0
         self._neighbours = Neighbours(heartbeat_misses)
         self._pending = PendingReplies()
         self._dispatcher = Dispatcher(node_id, handler)
@@ -280,9 +283,9 @@ class BusNode:
         req = Request(corr_id=new_corr_id(), op=op, args=args or {}, token=token, hops=hops,
                       visited=list(visited))
         req.validate()
-        send = self._route(node_id)
+        send, via = self._route(node_id)
         frames = encode(req)
-        future = self._pending.expect(req.corr_id, node_id)
+        future = self._pending.expect(req.corr_id, node_id, via)
         if not send(frames):
             self._pending.discard(req.corr_id)
             raise Unreachable(f"cannot send {op!r} to {node_id}: link down or queue full")
@@ -309,7 +312,9 @@ class BusNode:
                               err.get("details") if isinstance(err.get("details"), dict) else None)
         return reply.result or {}
 
-    def _route(self, node_id: str) -> Callable[[list[bytes]], bool]:
+    def _route(self, node_id: str) -> tuple[Callable[[list[bytes]], bool], str]:
+        """How to send to ``node_id``, and on which connection: our ``link`` to it when it is
+        joined, else the ``router`` connection it joined us on."""
         state = self._neighbours.get(node_id)
         if state is None:
             raise Unreachable(f"{node_id} is not a neighbour of {self.node_id}")
@@ -317,12 +322,12 @@ class BusNode:
             raise Unreachable(f"{node_id} is lost (silent for {state.age(self._clock()):.1f} s)")
         link = self._link_of.get(node_id)
         if link is not None and link.joined and not self._quiet(link, self._clock()):
-            return link.send_frames
+            return link.send_frames, "link"
         identity = self._identity_of.get(node_id)
         if identity is not None:     # a child, a client-side peer, or a peer's beating link
-            return lambda frames: send_now(self._router, [identity, *frames])
+            return (lambda frames: send_now(self._router, [identity, *frames])), "router"
         if link is not None and link.joined:
-            return link.send_frames
+            return link.send_frames, "link"
         raise Unreachable(f"no open link to {node_id}")
 
     def _quiet(self, link: Link, now: float) -> bool:
@@ -467,6 +472,7 @@ class BusNode:
                        curve_key=self._curve.public_text if self._curve else None)
 
     def _fire(self, state: NeighbourState) -> None:
+        self.view_version += 1
         if self._on_neighbour is None:
             return
         try:
@@ -604,7 +610,8 @@ class BusNode:
         session = self._session_of[hello.node_id] = new_corr_id()
         # A child beats at its own interval; a peer is also heard through our link's replies.
         interval = hello.interval if role == "child" else max(hello.interval, self.interval)
-        self._pending.fail_to(hello.node_id, "joined again (a new session)")
+        # What went out on its old connection to us is lost; what went on our link to it is not.
+        self._pending.fail_to(hello.node_id, "joined again (a new session)", via="router")
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval, beats_every=hello.interval)
@@ -614,8 +621,10 @@ class BusNode:
         log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
         self._fire(state)
 
-    def _follow(self, node_id: str, pub: str, curve_key: str | None) -> None:
-        """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed)."""
+    def _follow(self, node_id: str, pub: str, curve_key: str | None,
+                topics: Sequence[bytes] = (b"",)) -> None:
+        """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed), for
+        ``topics`` (prefixes; the PUB sends nothing else, so nothing else wakes this node)."""
         if self._context is None or not pub or self._sub_of.get(node_id) == pub:
             return
         old = self._sub_of.pop(node_id, None)
@@ -626,7 +635,8 @@ class BusNode:
                 log.error("not subscribing to %s: its curve key is not accepted", node_id)
                 return
             sub = new_socket(self._context, zmq.SUB)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            for topic in topics:
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
             if self._curve is not None:
                 self._curve.make_client(sub, curve_key or "")
             try:
@@ -680,14 +690,20 @@ class BusNode:
             log.error("%s link at %s leads to this node itself; ignoring it", link.kind, link.address)
             return
         self._link_of[welcome.node_id] = link
-        self._pending.fail_to(welcome.node_id, "joined again (a new session)")
+        # What went out on this link's last socket is lost; what went through the connection
+        # the neighbour joined us on (a peer's own link) is not.
+        self._pending.fail_to(welcome.node_id, "joined again (a new session)", via="link")
         state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
                                         epoch=welcome.epoch, http=welcome.http,
                                         router=welcome.router, pub=welcome.pub,
                                         # it answers our heartbeats: at our pace, or its own
                                         interval=max(welcome.interval, self.interval),
                                         beats_every=welcome.interval)
-        self._follow(welcome.node_id, welcome.pub, welcome.curve_key)
+        # From a parent only its snapshots: its events are of workloads it placed below it or
+        # on its peers, never through this node (a child mirrors nothing through its parent),
+        # and each one would wake every child of it for nothing.
+        self._follow(welcome.node_id, welcome.pub, welcome.curve_key,
+                     (TOPIC_UPDATE,) if link.kind == "parent" else (b"",))
         self._fire(state)
         # The first heartbeat at once: the parent sees us now.
         frames = self._beat_frames(upward=link.kind == "parent")

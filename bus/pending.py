@@ -15,16 +15,19 @@ class PendingReplies:
 
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
-        self._target: dict[str, str] = {}      # corr_id -> the node it was sent to
+        self._target: dict[str, tuple[str, str]] = {}   # corr_id -> (node sent to, connection)
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def expect(self, corr_id: str, target: str | None = None) -> asyncio.Future[Reply]:
+    def expect(self, corr_id: str, target: str | None = None,
+               via: str = "") -> asyncio.Future[Reply]:
+        """A future for ``corr_id``'s reply; ``target`` is the node asked and ``via`` the
+        connection it went out on (``link`` or ``router``)."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[corr_id] = future
         if target is not None:
-            self._target[corr_id] = target
+            self._target[corr_id] = (target, via)
         return future
 
     def discard(self, corr_id: str) -> None:
@@ -34,11 +37,13 @@ class PendingReplies:
         if future is not None:
             future.cancel()
 
-    def fail_to(self, target: str, why: str) -> int:
-        """Fail at once every request waiting on ``target`` (lost, or a new session of it):
-        its answer, if any comes, would be to a conversation that no longer exists."""
+    def fail_to(self, target: str, why: str, via: str | None = None) -> int:
+        """Fail at once every request waiting on ``target`` (lost, or a new session of it; with
+        ``via``, only those sent on that connection, which the new session replaced): its
+        answer, if any comes, would be to a conversation that no longer exists."""
         failed = 0
-        for corr_id in [c for c, node in self._target.items() if node == target]:
+        for corr_id in [c for c, (node, went) in self._target.items()
+                        if node == target and via in (None, went)]:
             del self._target[corr_id]
             future = self._waiting.pop(corr_id, None)
             if future is not None and not future.done():
@@ -57,12 +62,16 @@ class PendingReplies:
 
     async def wait(self, corr_id: str, future: asyncio.Future[Reply], timeout: float,
                    what: str) -> Reply:
-        """Await the reply for ``corr_id``; raise :class:`RequestTimeout` naming ``what``."""
+        """Await the reply for ``corr_id``; raise :class:`RequestTimeout` naming ``what``.
+
+        The timer fails the future itself (no ``wait_for``: its extra future and callbacks
+        cost the reply a turn of the loop on every request)."""
+        timer = asyncio.get_running_loop().call_later(
+            timeout, _expire, future, f"no reply to {what} within {timeout:g} s")
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise RequestTimeout(f"no reply to {what} within {timeout:g} s") from None
+            return await future
         finally:
+            timer.cancel()
             self._waiting.pop(corr_id, None)
             self._target.pop(corr_id, None)
 
@@ -72,3 +81,8 @@ class PendingReplies:
                 future.set_exception(exc)
         self._waiting.clear()
         self._target.clear()
+
+
+def _expire(future: asyncio.Future[Reply], message: str) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(message))

@@ -58,8 +58,9 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -154,7 +155,10 @@ class Message:
 
     def to_body(self) -> dict[str, Any]:
         # Shallow: msgpack walks nested values itself; asdict() would deep-copy snapshots.
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = tuple(f.name for f in fields(self))
+        return {name: getattr(self, name) for name in names}
 
 
 def _check_node_id(value: str, name: str = "node_id") -> None:
@@ -495,7 +499,9 @@ def _ext_refused(code: int, data: bytes) -> Any:
 
 
 def _type_test(hint: Any) -> Callable[[Any], bool]:
-    """A test of whether a decoded value has the field type ``hint`` (made once per field)."""
+    """Whether a decoded value has the field's type. msgpack makes only exact built-in types,
+    so these test ``type(value)``; a bool is never an int, a float is finite, an int counts
+    as a float."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         tests = [_type_test(arg) for arg in typing.get_args(hint)]
@@ -505,26 +511,24 @@ def _type_test(hint: Any) -> Callable[[Any], bool]:
     if origin is list:
         (item,) = typing.get_args(hint)
         test = _type_test(item)
-        return lambda value: isinstance(value, list) and all(test(v) for v in value)
+        return lambda value: type(value) is list and all(map(test, value))
     if hint is float:
-        return lambda value: (isinstance(value, (int, float)) and value.__class__ is not bool
-                              and math.isfinite(value))
-    if hint is int:
-        return lambda value: isinstance(value, int) and value.__class__ is not bool
-    return lambda value: isinstance(value, hint)
+        return lambda value: (type(value) is float and math.isfinite(value)) or type(value) is int
+    return lambda value, kind=hint: type(value) is kind
 
 
 def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-# Per message type, each field's (name, type test, is a float, what it must be), worked out
-# once: decoding a heartbeat does not walk type hints.
-_FIELDS: dict[type[Message], tuple[tuple[str, Callable[[Any], bool], bool, str], ...]] = {
-    cls: tuple((f.name, _type_test(hint), hint is float, _describe(hint))
-               for f in fields(cls) for hint in (_HINTS[cls][f.name],))
+# Each message type's fields, compiled once: (name, type test, made a float, what it must be).
+_FIELD_TESTS: dict[type[Message], tuple[tuple[str, Callable[[Any], bool], bool, str], ...]] = {
+    cls: tuple((name, _type_test(hint), hint is float, _describe(hint))
+               for name, hint in _HINTS[cls].items())
     for cls in MESSAGE_TYPES.values()
 }
+_FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
+    cls: tuple(_HINTS[cls]) for cls in MESSAGE_TYPES.values()}
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -548,38 +552,40 @@ def decode(frames: list[bytes]) -> Message:
                             msg_type=type_name) from None
     if not isinstance(raw, dict):
         raise ProtocolError("bad_body", f"{type_name} body is not a map", msg_type=type_name)
-    corr_id = raw.get("corr_id") if isinstance(raw.get("corr_id"), str) else ""
-    corr_id = corr_id if _CORR.fullmatch(corr_id or "") else ""
-    node_id = raw.get("node_id") if isinstance(raw.get("node_id"), str) else ""
-    node_id = node_id if _IDENT.fullmatch(node_id or "") else ""
     if version != VERSION and cls is not Refuse:
-        raise ProtocolError("version_mismatch",
-                            f"protocol {version.decode('ascii', 'replace')} not supported; "
-                            f"this node speaks {VERSION.decode()}",
-                            corr_id=corr_id, node_id=node_id, msg_type=type_name)
+        raise _refusal(raw, "version_mismatch",
+                       f"protocol {version.decode('ascii', 'replace')} not supported; "
+                       f"this node speaks {VERSION.decode()}", type_name)
     if cls is None:
-        raise ProtocolError("unknown_type", f"unknown message type {type_name[:40]!r}",
-                            corr_id=corr_id, node_id=node_id, msg_type=type_name)
-    missing = _REQUIRED[cls] - raw.keys()
-    if missing:
-        raise ProtocolError("bad_field", f"{type_name} lacks {', '.join(sorted(missing))}",
-                            corr_id=corr_id, node_id=node_id, msg_type=type_name)
+        raise _refusal(raw, "unknown_type", f"unknown message type {type_name[:40]!r}", type_name)
+    if not _REQUIRED[cls] <= raw.keys():
+        missing = _REQUIRED[cls] - raw.keys()
+        raise _refusal(raw, "bad_field", f"{type_name} lacks {', '.join(sorted(missing))}",
+                       type_name)
     values = {}
-    for name, test, is_float, what in _FIELDS[cls]:
+    for name, test, as_float, what in _FIELD_TESTS[cls]:
         if name not in raw:
             continue
         value = raw[name]
         if not test(value):
-            raise ProtocolError("bad_field", f"{type_name}.{name} must be {what}",
-                                corr_id=corr_id, node_id=node_id, msg_type=type_name)
-        values[name] = float(value) if is_float else value
+            raise _refusal(raw, "bad_field", f"{type_name}.{name} must be {what}", type_name)
+        values[name] = float(value) if as_float else value
     msg = cls(**values)
     try:
         msg.validate()
     except (ValueError, TypeError) as exc:
-        raise ProtocolError("bad_field", f"{type_name}: {exc}", corr_id=corr_id,
-                            node_id=node_id, msg_type=type_name) from None
+        raise _refusal(raw, "bad_field", f"{type_name}: {exc}", type_name) from None
     return msg
+
+
+def _refusal(raw: dict, code: str, message: str, type_name: str) -> ProtocolError:
+    """The error for a message refused after its body was read: with its correlation and node
+    ids when they are well formed, so the transport can address a reply and blame the sender."""
+    corr_id, node_id = raw.get("corr_id"), raw.get("node_id")
+    return ProtocolError(
+        code, message, msg_type=type_name,
+        corr_id=corr_id if isinstance(corr_id, str) and _CORR.fullmatch(corr_id) else "",
+        node_id=node_id if isinstance(node_id, str) and _IDENT.fullmatch(node_id) else "")
 
 
 def decode_published(frames: list[bytes]) -> tuple[bytes, Message]:

@@ -1,19 +1,22 @@
 """A small declarative checker for bus payloads: numbers, strings, lists, maps, records and
 free-form data, each bounded. ``bus.protocol`` declares the payload schemas with it.
 
-Every payload a node receives is checked (a heartbeat's snapshot and summary each second, from
-each neighbour), so the check is compiled once per schema into plain closures: a value that
-passes costs a few isinstance tests per field and builds no strings. Where a bad value sits is
-only spelled out when one is refused: the path is collected on the way out of the closures.
+Every payload a node receives goes through it (a snapshot with each heartbeat and broadcast, a
+workload with each event and answer), so checking is compiled: each schema is turned once into
+a plain function (``compiled``) that checks a value without naming where it is, and only a
+value it refuses is checked again by the declarative walk (``explain``), which names the first
+bad field. Both keep the same rules; the compiled one just does not build a field name for
+every value it passes.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 __all__ = ["MAX_ITEMS", "MAX_PLAIN_ITEMS", "MAX_TEXT", "ListOf", "MapOf", "Maybe", "Number",
            "Plain", "Record", "Schema", "Text"]
@@ -22,47 +25,13 @@ MAX_TEXT = 1 << 20          # characters in one string of a payload
 MAX_ITEMS = 1024            # entries in a declared list or map of a payload
 MAX_PLAIN_ITEMS = 1 << 16   # entries in one list or map of free-form data
 
+
+class _Refused(Exception):
+    """A compiled check refused a value (``explain`` then says why and where)."""
+
+
+_REFUSED = _Refused()
 Check = Callable[[Any], Any]
-
-
-class _Bad(Exception):
-    """A refused value: ``reason`` follows its path; ``path`` is filled in innermost first."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-        self.path: list[str] = []
-
-    def at(self, step: str) -> _Bad:
-        self.path.append(step)
-        return self
-
-    def render(self, where: str) -> str:
-        return f"{where}{''.join(reversed(self.path))} {self.reason}"
-
-
-def _key(check: Check, key: Any) -> Any:
-    """A map's ``key`` checked; a refusal says it was the key."""
-    try:
-        return check(key)
-    except _Bad as bad:
-        raise bad.at(" key") from None
-
-
-def _entry(check: Check, value: Any, key: str) -> Any:
-    """A map's entry ``key``'s ``value`` checked; a refusal names the key on its path."""
-    try:
-        return check(value)
-    except _Bad as bad:
-        raise bad.at(f".{key[:40]}") from None
-
-
-def _sized(value: Any, kind: type, what: str, max_len: int, too_many: str) -> None:
-    """``value`` is a ``kind`` (``what``) of at most ``max_len`` entries, or ``_Bad``."""
-    if not isinstance(value, kind):
-        raise _Bad(f"must be {what}")
-    if len(value) > max_len:
-        raise _Bad(too_many)
 
 
 class Schema:
@@ -72,15 +41,19 @@ class Schema:
     def check(self, value: Any, where: str) -> Any:
         try:
             return self.compiled(value)
-        except _Bad as bad:
-            raise ValueError(bad.render(where)) from None
+        except _Refused:
+            return self.explain(value, where)
 
     @cached_property
     def compiled(self) -> Check:
-        """The check as one closure (made on first use): the value kept, or ``_Bad``."""
+        """The check as one function of the value: what to keep, or ``_Refused``."""
         return self._compile()
 
     def _compile(self) -> Check:
+        raise NotImplementedError
+
+    def explain(self, value: Any, where: str) -> Any:
+        """The declarative walk: what to keep, or ValueError naming the first bad field."""
         raise NotImplementedError
 
 
@@ -93,18 +66,29 @@ class Number(Schema):
     whole: bool = False
 
     def _compile(self) -> Check:
-        lo, hi, kinds = self.lo, self.hi, int if self.whole else (int, float)
-        not_kind = f"must be {'an integer' if self.whole else 'a number'}"
-        out_of_range = f"must be a finite number in [{lo:g}, {hi:g}]"
-        isfinite = math.isfinite
+        lo, hi = self.lo, self.hi
+        if self.whole:
+            def check(value: Any) -> Any:
+                if type(value) is int and lo <= value <= hi:
+                    return value
+                raise _REFUSED
+        else:
+            def check(value: Any) -> Any:
+                kind = type(value)
+                if kind is int and lo <= value <= hi:
+                    return value
+                # finite: inf - inf and nan - nan are nan, which equals nothing
+                if kind is float and lo <= value <= hi and value - value == 0.0:
+                    return value
+                raise _REFUSED
+        return check
 
-        def number(value: Any) -> Any:
-            if value.__class__ is bool or not isinstance(value, kinds):
-                raise _Bad(not_kind)
-            if not lo <= value <= hi or (value.__class__ is float and not isfinite(value)):
-                raise _Bad(out_of_range)
-            return value
-        return number
+    def explain(self, value: Any, where: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int if self.whole else (int, float)):
+            raise ValueError(f"{where} must be {'an integer' if self.whole else 'a number'}")
+        if (isinstance(value, float) and not math.isfinite(value)) or not self.lo <= value <= self.hi:
+            raise ValueError(f"{where} must be a finite number in [{self.lo:g}, {self.hi:g}]")
+        return value
 
 
 @dataclass(frozen=True)
@@ -115,22 +99,32 @@ class Text(Schema):
     pattern: re.Pattern[str] | None = None
 
     def _compile(self) -> Check:
-        max_len = self.max_len
-        too_long = f"is longer than {max_len} characters"
-        match = self.pattern.fullmatch if self.pattern is not None else None
+        max_len, pattern = self.max_len, self.pattern
+        if pattern is None:
+            def check(value: Any) -> Any:
+                if type(value) is str and len(value) <= max_len and "\x00" not in value:
+                    return value
+                raise _REFUSED
+        else:
+            match = pattern.fullmatch
 
-        def text(value: Any) -> Any:
-            if not isinstance(value, str):
-                raise _Bad("must be a string")
-            if len(value) > max_len:
-                raise _Bad(too_long)
-            if "\x00" in value:
-                raise _Bad("holds a NUL character")
-            if match is not None and not match(value):
-                bad = _Bad(f"{value[:40]!r} is not a valid value")
-                raise bad
-            return value
-        return text
+            def check(value: Any) -> Any:
+                if (type(value) is str and len(value) <= max_len and "\x00" not in value
+                        and match(value)):
+                    return value
+                raise _REFUSED
+        return check
+
+    def explain(self, value: Any, where: str) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string")
+        if len(value) > self.max_len:
+            raise ValueError(f"{where} is longer than {self.max_len} characters")
+        if "\x00" in value:
+            raise ValueError(f"{where} holds a NUL character")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise ValueError(f"{where} {value[:40]!r} is not a valid value")
+        return value
 
 
 @dataclass(frozen=True)
@@ -142,9 +136,12 @@ class Maybe(Schema):
     def _compile(self) -> Check:
         inner = self.inner.compiled
 
-        def maybe(value: Any) -> Any:
+        def check(value: Any) -> Any:
             return None if value is None else inner(value)
-        return maybe
+        return check
+
+    def explain(self, value: Any, where: str) -> Any:
+        return None if value is None else self.inner.explain(value, where)
 
 
 @dataclass(frozen=True)
@@ -154,18 +151,19 @@ class ListOf(Schema):
 
     def _compile(self) -> Check:
         item, max_len = self.item.compiled, self.max_len
-        too_many = f"has more than {max_len} entries"
 
-        def list_of(value: Any) -> Any:
-            _sized(value, list, "a list", max_len, too_many)
-            out = []
-            for v in value:
-                try:
-                    out.append(item(v))
-                except _Bad as bad:
-                    raise bad.at(f"[{len(out)}]") from None
-            return out
-        return list_of
+        def check(value: Any) -> Any:
+            if type(value) is not list or len(value) > max_len:
+                raise _REFUSED
+            return [item(v) for v in value]
+        return check
+
+    def explain(self, value: Any, where: str) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list")
+        if len(value) > self.max_len:
+            raise ValueError(f"{where} has more than {self.max_len} entries")
+        return [self.item.explain(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
 
 @dataclass(frozen=True)
@@ -177,17 +175,21 @@ class MapOf(Schema):
     max_len: int = MAX_ITEMS
 
     def _compile(self) -> Check:
-        key_check, value_check, max_len = self.key.compiled, self.value.compiled, self.max_len
-        too_many = f"has more than {max_len} entries"
+        key, item, max_len = self.key.compiled, self.value.compiled, self.max_len
 
-        def map_of(value: Any) -> Any:
-            _sized(value, dict, "a map", max_len, too_many)
-            out = {}
-            for k, v in value.items():
-                k = _key(key_check, k)
-                out[k] = _entry(value_check, v, k)
-            return out
-        return map_of
+        def check(value: Any) -> Any:
+            if type(value) is not dict or len(value) > max_len:
+                raise _REFUSED
+            return {key(k): item(v) for k, v in value.items()}
+        return check
+
+    def explain(self, value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a map")
+        if len(value) > self.max_len:
+            raise ValueError(f"{where} has more than {self.max_len} entries")
+        return {self.key.explain(k, f"{where} key"): self.value.explain(v, f"{where}.{k[:40]}")
+                for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -200,32 +202,44 @@ class Record(Schema):
     extra: Schema | None = None
 
     def _compile(self) -> Check:
-        specs = {name: spec.compiled for name, spec in self.fields.items()}
-        required = self.required
+        fields = {name: spec.compiled for name, spec in self.fields.items()}
+        required, most = self.required, len(self.fields) + MAX_ITEMS
         extra = self.extra.compiled if self.extra is not None else None
-        most = len(self.fields) + MAX_ITEMS
-        too_many = f"has more than {most} keys"
-        field_name = _FIELD_NAME.compiled
-        get = specs.get
+        name_ok = _FIELD_NAME.compiled
 
-        def record(value: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _Bad("must be a map")
-            if required and not required <= value.keys():
-                raise _Bad(f"lacks {', '.join(sorted(required - value.keys()))}")
-            if len(value) > most:
-                raise _Bad(too_many)
+        def check(value: Any) -> Any:
+            if type(value) is not dict or len(value) > most or not required <= value.keys():
+                raise _REFUSED
             out = {}
             for key, item in value.items():
-                spec = get(key) if isinstance(key, str) else None
+                spec = fields.get(key) if type(key) is str else None
                 if spec is None:
                     if extra is None:
                         continue
+                    name_ok(key)
                     spec = extra
-                    _key(field_name, key)
-                out[key] = _entry(spec, item, key)
+                out[key] = spec(item)
             return out
-        return record
+        return check
+
+    def explain(self, value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a map")
+        missing = self.required - value.keys()
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
+        if len(value) > len(self.fields) + MAX_ITEMS:
+            raise ValueError(f"{where} has more than {len(self.fields) + MAX_ITEMS} keys")
+        out = {}
+        for key, item in value.items():
+            spec = self.fields.get(key) if isinstance(key, str) else None
+            if spec is None:
+                if self.extra is None:
+                    continue
+                spec = self.extra
+                _FIELD_NAME.explain(key, f"{where} key")
+            out[key] = spec.explain(item, f"{where}.{key}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -236,48 +250,54 @@ class Plain(Schema):
     depth: int = 8
 
     def _compile(self) -> Check:
-        depth = self.depth
-        text, whole, field_name = _TEXT.compiled, _PLAIN_INT.compiled, _FIELD_NAME.compiled
-        isfinite = math.isfinite
-        too_deep = f"is nested deeper than {depth} levels"
-        too_many = f"has more than {MAX_PLAIN_ITEMS} entries"
+        depth, text, whole = self.depth, _TEXT.compiled, _PLAIN_INT.compiled
+        name_ok = _FIELD_NAME.compiled
+        scalars = (type(None), bool)
 
-        def plain(value: Any, level: int = 0) -> Any:
-            if value is None or value.__class__ is bool:
-                return value
-            if isinstance(value, str):
+        def walk(value: Any, level: int) -> Any:
+            kind = type(value)
+            if kind is str:
                 return text(value)
-            if isinstance(value, int):
+            if kind is int:
                 return whole(value)
-            if isinstance(value, float):
-                if not isfinite(value):
-                    raise _Bad("must be a finite number")
+            if kind is float:
+                if value - value == 0.0:      # finite: inf - inf and nan - nan are nan
+                    return value
+                raise _REFUSED
+            if kind in scalars:
                 return value
-            if level >= depth:
-                raise _Bad(too_deep)
-            if isinstance(value, list):
-                if len(value) > MAX_PLAIN_ITEMS:
-                    raise _Bad(too_many)
-                out = []
-                for v in value:
-                    try:
-                        out.append(plain(v, level + 1))
-                    except _Bad as bad:
-                        raise bad.at(f"[{len(out)}]") from None
-                return out
-            if isinstance(value, dict):
-                if len(value) > MAX_PLAIN_ITEMS:
-                    raise _Bad(too_many)
-                kept = {}
-                for k, v in value.items():
-                    _key(field_name, k)
-                    try:
-                        kept[k] = plain(v, level + 1)
-                    except _Bad as bad:
-                        raise bad.at(f".{k[:40]}") from None
-                return kept
-            raise _Bad(f"must be plain data, not {type(value).__name__}")
-        return plain
+            if level >= depth or (kind is not list and kind is not dict) \
+                    or len(value) > MAX_PLAIN_ITEMS:
+                raise _REFUSED
+            if kind is list:
+                return [walk(v, level + 1) for v in value]
+            return {name_ok(k): walk(v, level + 1) for k, v in value.items()}
+
+        def check(value: Any) -> Any:
+            return walk(value, 0)
+        return check
+
+    def explain(self, value: Any, where: str, level: int = 0) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return _TEXT.explain(value, where)
+        if isinstance(value, int):
+            return _PLAIN_INT.explain(value, where)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be a finite number")
+            return value
+        if level >= self.depth:
+            raise ValueError(f"{where} is nested deeper than {self.depth} levels")
+        if isinstance(value, (list, dict)) and len(value) > MAX_PLAIN_ITEMS:
+            raise ValueError(f"{where} has more than {MAX_PLAIN_ITEMS} entries")
+        if isinstance(value, list):
+            return [self.explain(v, f"{where}[{i}]", level + 1) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {_FIELD_NAME.explain(k, f"{where} key"):
+                    self.explain(v, f"{where}.{k[:40]}", level + 1) for k, v in value.items()}
+        raise ValueError(f"{where} must be plain data, not {type(value).__name__}")
 
 
 _TEXT = Text()

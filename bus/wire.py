@@ -1,11 +1,21 @@
 """Socket plumbing shared by the bus transports: creating, sending without blocking, closing,
-and logging dropped frames without flooding the log."""
+and logging dropped frames without flooding the log.
+
+Sending and receiving go through the socket's plain (synchronous) view with ``NOBLOCK``, and a
+receiver waits on the socket's file descriptor with the loop's own reader callback: a message
+costs the loop one turn to reach its reader, and no future, callback list or option read of
+``zmq.asyncio``'s per-call machinery. libzmq's descriptor is edge-like (any call on the socket
+may consume the signal that a message arrived), so after each send on a socket that someone
+reads, ``send_now`` looks for a message waiting and wakes the reader itself, as
+``zmq.asyncio`` does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -38,20 +48,75 @@ def send_now(sock: zmq.asyncio.Socket | None, frames: list[bytes]) -> bool:
     """Queue ``frames`` without waiting; False when the queue is full or the peer is unknown."""
     if sock is None or sock.closed:
         return False
+    plain = _plain(sock)
     try:
-        future = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        plain.send_multipart(frames, flags=zmq.NOBLOCK)
     except zmq.ZMQError:
         return False
-    # zmq.asyncio reports EAGAIN/EHOSTUNREACH through an already-finished future.
-    if future.done():
-        return future.exception() is None
+    reader = _readers.get(sock)
+    if reader is not None:
+        reader.check()
     return True
 
 
 def close_socket(sock: zmq.asyncio.Socket | None, linger_ms: int = 0) -> None:
     """Close ``sock``; pending messages are dropped (or get ``linger_ms`` to go, for a bye)."""
     if sock is not None and not sock.closed:
+        reader = _readers.pop(sock, None)
+        if reader is not None:     # before the descriptor closes (its number may be reused)
+            reader.stop()
         sock.close(linger=linger_ms)
+
+
+_plains: weakref.WeakKeyDictionary[zmq.Socket, zmq.Socket] = weakref.WeakKeyDictionary()
+
+
+def _plain(sock: zmq.Socket) -> zmq.Socket:
+    """The synchronous view of ``sock`` (the same libzmq socket), made once."""
+    plain = _plains.get(sock)
+    if plain is None:
+        plain = _plains[sock] = zmq.Socket.shadow(sock.underlying)
+    return plain
+
+
+class _Reader:
+    """The wait of one ``receive`` on its socket's descriptor."""
+
+    def __init__(self, plain: zmq.Socket, loop: asyncio.AbstractEventLoop):
+        self.plain = plain
+        self.fd = plain.FD
+        self.loop = loop
+        self.future: asyncio.Future[None] | None = None
+        self.stopped = False
+        loop.add_reader(self.fd, self.check)
+
+    def check(self) -> None:
+        """Read the socket's events (which also re-arms its descriptor); wake the reader when a
+        message waits."""
+        if self.stopped or self.plain.closed:
+            return
+        if self.plain.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            future = self.future
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def wait(self) -> None:
+        self.future = self.loop.create_future()
+        try:
+            self.check()            # what came after the last read
+            await self.future
+        finally:
+            self.future = None
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.loop.remove_reader(self.fd)
+            if self.future is not None and not self.future.done():
+                self.future.cancel()
+
+
+_readers: weakref.WeakKeyDictionary[zmq.Socket, _Reader] = weakref.WeakKeyDictionary()
 
 
 class DropLog:
@@ -85,19 +150,36 @@ async def receive(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],
     """Decoded messages from ``sock`` forever; bad frames go to ``drops`` (and ``on_error``).
 
     A flood of ready messages does not starve the loop: every ``YIELD_EVERY`` messages the
-    generator lets other tasks (the tick, other sockets) run.
+    generator lets other tasks (the tick, other sockets) run. One reader per socket.
     """
+    if sock in _readers:
+        raise RuntimeError("this socket already has a reader")
+    plain = _plain(sock)
+    reader = _readers[sock] = _Reader(plain, asyncio.get_running_loop())
     count = 0
-    while True:
-        frames = await sock.recv_multipart()
-        count += 1
-        if count % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        try:
-            msg = decoder(frames)
-        except ProtocolError as err:
-            drops.drop(err)
-            if on_error is not None:
-                on_error(frames, err)
-            continue
-        yield msg
+    try:
+        while True:
+            try:
+                frames = plain.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                await reader.wait()
+                continue
+            except zmq.ZMQError:
+                if reader.stopped or plain.closed:    # closed under us: the end
+                    return
+                raise
+            count += 1
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                msg = decoder(frames)
+            except ProtocolError as err:
+                drops.drop(err)
+                if on_error is not None:
+                    on_error(frames, err)
+                continue
+            yield msg
+    finally:
+        if _readers.get(sock) is reader:
+            del _readers[sock]
+            reader.stop()

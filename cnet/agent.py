@@ -38,6 +38,7 @@ from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
 from .ops import OPS, Caller
+from .outbox import Outbox
 from .placement import Placer
 from .reconcile import Reconciler
 from .register import Register
@@ -60,6 +61,7 @@ class Agent:
         self.config = config
         self.clock = clock
         self.hub = EventHub()
+        self.outbox = Outbox()   # our broadcasts, sent after the step that made them
         self.store: Store | None = None
         self.register = Register(config.node_id, config.capacity, config.data_path,
                                  on_change=self._resources_changed)
@@ -166,11 +168,11 @@ class Agent:
             curve=curve, token=cfg.api_token, clock=self.clock,
             # A bus bound to every interface is reached at the advertised address.
             advertise_host=cfg.advertise if cfg.bus.host in ("0.0.0.0", "::", "*", "") else None)
-        self.port.bus = self.watch.bus = self.bus
+        self.port.bus = self.watch.bus = self.outbox.bus = self.bus
         try:
             await self.bus.start()
         except Exception as exc:  # zmq.ZMQError: address in use, bad endpoint
-            self.bus = self.port.bus = self.watch.bus = None
+            self.bus = self.port.bus = self.watch.bus = self.outbox.bus = None
             raise ConfigError(f"bus: cannot bind {cfg.bus.router_endpoint(cfg.port)} / "
                               f"{cfg.bus.pub_endpoint(cfg.port)} ({exc})") from None
 
@@ -196,9 +198,14 @@ class Agent:
                 DataExecutor(manager)]
 
     async def stop(self) -> None:
-        for task in list(self._background):
+        background = list(self._background)
+        for task in background:
             task.cancel()
+        if background:   # let them unwind (their finally blocks) before what they use closes
+            await asyncio.wait(background, timeout=5)
         if self.bus is not None:
+            self.outbox.flush()     # what the last steps queued, before the bus says bye
+            self.outbox.bus = None
             await self.bus.close()
         if self._server is not None:
             self._server.stop()
@@ -218,20 +225,16 @@ class Agent:
     # -- events between the register, the hub and the bus --------------------------------
 
     def _resources_changed(self) -> None:
-        if self.bus is not None:
-            self.bus.publish()  # at once, so the parent's and peers' views follow in milliseconds
+        self.outbox.snapshot()  # at once, so the parent's and peers' views follow in milliseconds
         self.hub.publish({"type": "resources", "node_id": self.config.node_id,
                           "seq": self.register.seq, "resources": self.register.resources()})
 
     def _forward_to_bus(self, event: dict) -> None:
         """Workload changes made here (or reported to our mirrors) go out on our PUB."""
-        if self.bus is None:
-            return
         if event["type"] == "workload":
-            self.bus.publish_event("workload", event["workload"])
+            self.outbox.event("workload", event["workload"])
         elif event["type"] == "workload_deleted":
-            self.bus.publish_event("workload_deleted", {"id": event["id"],
-                                                        "node_id": event["node_id"]})
+            self.outbox.event("workload_deleted", {"id": event["id"], "node_id": event["node_id"]})
 
     async def _member_op(self, op: str, member_id: str) -> dict:
         """Run ``op`` on a replica set's member as the set's origin (see cnet.replica_sets)."""

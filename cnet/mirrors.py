@@ -7,6 +7,13 @@ brings it: a delegation's reply, a published event, an answer to ``get``. A repo
 while the workload's placement is still in flight is kept until the mirror exists. Mirrors are
 persisted in the same store as local workloads and published on the same hub, so the REST API,
 the dashboard and the bus show them like any other workload.
+
+A mirror is written to the store after the step that made or changed it (``Store.insert_soon``),
+not before the answer that step sends: a delegation's answer passes through every node it was
+placed through, and none of them waits on a commit. Nothing accepted can be lost by it: the
+record that counts is the one on the node running the workload, committed there before it
+answered; a mirror lost in a crash comes back from it, since a node that rejoins reconciles
+and is told of every workload placed through it that it holds no mirror of (``Reconcile``).
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ class MirrorBook:
         """Its placement on a neighbour starts: keep reports about it until it is added."""
         self._expected.add(workload_id)
 
+    def expecting(self, workload_id: str) -> bool:
+        """Whether its placement on a neighbour is under way (its answer will add the mirror)."""
+        return workload_id in self._expected
+
     def abandon(self, workload_id: str | None, via: str) -> None:
         """Its delegation through ``via`` was lost in flight: it may still start over there.
         A report of it through ``via`` later adds it as a mirror (it is listed, not unseen)."""
@@ -95,7 +106,7 @@ class MirrorBook:
         if upstream is not None:
             wl.runtime[FROM] = upstream
         self.records[wl.id] = wl
-        self.store.insert_workload(wl.to_row())
+        self.store.insert_soon(wl.to_row())
         self._publish(wl)
         return wl
 
@@ -119,7 +130,7 @@ class MirrorBook:
         if (via is not None and wl.runtime.get("via") != via) or not _applies(remote, wl):
             return None
         _apply_remote(wl, remote)
-        self.store.update_workload(wl.id, {
+        self.store.update_soon(wl.id, {
             "status": wl.status, "node_id": wl.node_id, "runtime": wl.runtime,
             "exit_code": wl.exit_code, "message": wl.message, "restart_count": wl.restart_count,
             "started_at": wl.started_at, "finished_at": wl.finished_at, "version": wl.version})
@@ -133,8 +144,8 @@ class MirrorBook:
                 wl.runtime["remote_status"] = wl.status
                 wl.status = LOST
                 wl.message = f"node {via} is lost; last known status {wl.runtime['remote_status']}"
-                self.store.update_workload(wl.id, {"status": LOST, "runtime": wl.runtime,
-                                                   "message": wl.message})
+                self.store.update_soon(wl.id, {"status": LOST, "runtime": wl.runtime,
+                                               "message": wl.message})
                 self._publish(wl)
 
     def never_started(self, wl: Workload) -> None:

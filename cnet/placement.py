@@ -27,7 +27,7 @@ from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
-from .scheduler import Placement, away_from, schedule, stays_here
+from .scheduler import Placement, Snapshot, away_from, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class Placer:
         self.holders = holders
         # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
         self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
+        self._snap: tuple[tuple, Snapshot] | None = None   # (what it was made from, snapshot)
 
     def known(self, workload_id: str) -> Workload | None:
         """The workload with this id if this node has it: its own, or a mirror."""
@@ -140,10 +141,19 @@ class Placer:
                       self.local.register.available):
             return self.node_id
         decision = schedule(sub.requirements, placement,
-                            scheduler_snapshot(self.local, self.port.neighbours(),
-                                               exclude={self.node_id}))
+                            self._snapshot(frozenset({self.node_id})))
         ranked = away_from(decision.candidates, avoid)
         return ranked[0].node_id if ranked else None
+
+    def _snapshot(self, exclude: frozenset[str]) -> Snapshot:
+        """The scheduler's candidates, made again only when what they are made of changed: a
+        neighbour's report or state (the bus's view version), this node's allocations or live
+        workloads, or the nodes left out. The snapshot is plain data the scheduler only reads."""
+        local = self.local
+        key = (self.port.view_version, local.register.seq, tuple(local.live), exclude)
+        if self._snap is None or self._snap[0] != key:
+            self._snap = (key, scheduler_snapshot(local, self.port.neighbours(), exclude=exclude))
+        return self._snap[1]
 
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""
@@ -155,10 +165,8 @@ class Placer:
                      avoid: dict[str, int], holders: frozenset[str] = frozenset()) -> Workload:
         """Where it does not stay here: this node if the scheduler says so, else a neighbour."""
         visited = (*visited, self.node_id)
-        exclude = set(visited) | ({upstream} if upstream else set())
-        decision = schedule(sub.requirements, placement,
-                            scheduler_snapshot(self.local, self.port.neighbours(), exclude=exclude),
-                            prefer=holders)
+        exclude = frozenset(visited) | ({upstream} if upstream else frozenset())
+        decision = schedule(sub.requirements, placement, self._snapshot(exclude), prefer=holders)
         if decision.impossible and hops == 0:
             # Only where it was submitted: further down, the view leaves out the nodes behind us.
             raise BadRequest(decision.impossible, code="impossible_placement")
@@ -183,8 +191,10 @@ class Placer:
             if result is not None:
                 if result["node_id"] == self.node_id:  # cannot happen: we are visited
                     raise CnetError("a neighbour placed the workload back here", code="loop")
-                return self.known(result["id"]) or self.mirrors.add(result, via=candidate.node_id,
-                                                                    upstream=upstream)
+                known = self.known(result["id"])
+                if known is not None:          # a report through it came first: the newer wins
+                    return self.mirrors.update(result, via=candidate.node_id) or known
+                return self.mirrors.add(result, via=candidate.node_id, upstream=upstream)
         reasons = tried + decision.reasons()
         raise InsufficientResources("no node can take this workload: " + "; ".join(reasons),
                                     details={"reasons": reasons})

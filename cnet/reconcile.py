@@ -87,7 +87,11 @@ class Reconciler:
                 log.info("workload %s is gone from %s; dropping its mirror", workload_id, via)
                 self.mirrors.remove(workload_id)
         for item in _records(reply.get("extra")):
-            if self.mirrors.get(item["id"]) is None:
+            if self.mirrors.expecting(item["id"]):
+                # Being placed through it right now: not a lost answer, but one on its way
+                # (what it says meanwhile is kept until then, and the newer one wins).
+                self.mirrors.update(item, via=via)
+            elif self.mirrors.get(item["id"]) is None:
                 try:
                     self.mirrors.add(item, via=via)
                 except (KeyError, TypeError, ValueError) as exc:

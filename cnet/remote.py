@@ -39,6 +39,11 @@ class NeighbourPort:
     def neighbours(self) -> list["NeighbourState"]:
         return self.bus.neighbours() if self.bus is not None else []
 
+    @property
+    def view_version(self) -> int:
+        """Changes whenever ``neighbours()`` would show something new (``BusNode.view_version``)."""
+        return self.bus.view_version if self.bus is not None else -1
+
     async def call(self, node_id: str, op: str, args: dict[str, Any], *, hops: int = 0,
                    visited: tuple[str, ...] = (), timeout: float | None = None) -> dict[str, Any]:
         """Ask one neighbour; raises the bus's Unreachable, RequestTimeout or RemoteError."""

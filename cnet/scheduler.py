@@ -324,6 +324,8 @@ def stays_here(request: Resources, placement: Placement, node_id: str, labels: d
     candidate."""
     if placement.affinity or placement.anti_affinity:
         return False
+    if placement.node is not None and placement.node != node_id:
+        return False        # pinned elsewhere (what PinnedTo would say of this node)
     if placement.strategy != "local_first" and placement.node != node_id:
         return False
     here = Snapshot(node_id, [NodeView(node_id, "self", available=free, labels=labels)])

@@ -16,7 +16,9 @@ which knows nothing of this module; its columns are a contract:
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -100,6 +102,8 @@ MODELS = (WorkloadRow, TransitionRow, DataObjectRow, ReplicaSetRow)
 _COLUMNS = {f.column_name: f for f in WorkloadRow._meta.sorted_fields}
 _INSERT_TRANSITION = "INSERT INTO transitions (workload_id, at, status, message) VALUES (?, ?, ?, ?)"
 
+log = logging.getLogger(__name__)
+
 
 def _db_value(column: str, value):
     field_ = _COLUMNS.get(column)
@@ -109,13 +113,20 @@ def _db_value(column: str, value):
 
 
 class Store:
-    """One agent's database. Writes are small and synchronous on the event loop."""
+    """One agent's database. Writes are small and synchronous on the event loop.
+
+    A write that may wait (``insert_soon``, ``update_soon``: a mirror of a workload another node
+    runs, which that node's own record can restore, see ``MirrorBook``) is queued and committed
+    after the current step, with whatever else the step queued, in one transaction. Queued
+    writes always land before any later write, and before the store is read or closed.
+    """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
         self._sql: dict[tuple, str] = {}
+        self._soon: list[tuple[str, tuple]] = []     # (method, args) of the queued writes
         self.db.connect()
         with self._bound():
             self.db.create_tables(MODELS)
@@ -133,8 +144,50 @@ class Store:
         return self.db.bind_ctx(MODELS, bind_refs=False, bind_backrefs=False)
 
     def close(self) -> None:
+        self.flush()
         if not self.db.is_closed():
             self.db.close()
+
+    # -- writes that may wait for the end of the step --------------------------------------
+
+    def insert_soon(self, fields: dict) -> None:
+        """``insert_workload``, committed after the current step."""
+        self._queue("_insert", (fields,))
+
+    def update_soon(self, workload_id: str, fields: dict) -> None:
+        """``update_workload``, committed after the current step."""
+        self._queue("_update", (workload_id, fields, None, None))
+
+    def _queue(self, method: str, args: tuple) -> None:
+        if not self._soon:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:          # no loop (a tool, a test): write it now
+                with self.db.atomic():
+                    getattr(self, method)(*args)
+                return
+        self._soon.append((method, args))
+
+    def flush(self) -> None:
+        """Commit the queued writes, in order, in one transaction (each on its own if that
+        fails, so one bad row does not take the others with it)."""
+        queued, self._soon = self._soon, []
+        if not queued or self.db.is_closed():
+            return
+        try:
+            with self.db.atomic():
+                for method, args in queued:
+                    getattr(self, method)(*args)
+            return
+        except pw.PeeweeException:
+            pass
+        for method, args in queued:
+            try:
+                with self.db.atomic():
+                    getattr(self, method)(*args)
+            except pw.PeeweeException as exc:
+                log.error("writing workload %s to %s failed: %s", args[0] if method == "_update"
+                          else args[0].get("id"), self.path, exc)
 
     # -- workloads -----------------------------------------------------------------------
 
@@ -142,37 +195,47 @@ class Store:
     # rebuild each statement from its query objects every time.
 
     def insert_workload(self, fields: dict) -> None:
+        self.flush()
+        with self.db.atomic():
+            self._insert(fields)
+
+    def update_workload(self, workload_id: str, fields: dict, transition: str | None = None,
+                        message: str | None = None) -> None:
+        self.flush()
+        with self.db.atomic():
+            self._update(workload_id, fields, transition, message)
+
+    def _insert(self, fields: dict) -> None:
         columns = tuple(fields)
         sql = self._sql.get(("insert", columns))
         if sql is None:
             sql = (f"INSERT INTO workloads ({', '.join(columns)}) "
                    f"VALUES ({', '.join('?' * len(columns))})")
             self._sql[("insert", columns)] = sql
-        with self.db.atomic():
-            self.db.execute_sql(sql, [_db_value(c, fields[c]) for c in columns])
-            self.db.execute_sql(_INSERT_TRANSITION, (fields["id"], time.time(), fields["status"],
-                                                     fields.get("message")))
+        self.db.execute_sql(sql, [_db_value(c, fields[c]) for c in columns])
+        self.db.execute_sql(_INSERT_TRANSITION, (fields["id"], time.time(), fields["status"],
+                                                 fields.get("message")))
 
-    def update_workload(self, workload_id: str, fields: dict, transition: str | None = None,
-                        message: str | None = None) -> None:
+    def _update(self, workload_id: str, fields: dict, transition: str | None,
+                message: str | None) -> None:
         columns = tuple(fields)
         sql = self._sql.get(("update", columns))
         if sql is None:
             sql = f"UPDATE workloads SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
             self._sql[("update", columns)] = sql
-        with self.db.atomic():
-            self.db.execute_sql(sql, [*(_db_value(c, fields[c]) for c in columns), workload_id])
-            if transition:
-                self.db.execute_sql(_INSERT_TRANSITION, (workload_id, time.time(), transition,
-                                                         message))
+        self.db.execute_sql(sql, [*(_db_value(c, fields[c]) for c in columns), workload_id])
+        if transition:
+            self.db.execute_sql(_INSERT_TRANSITION, (workload_id, time.time(), transition, message))
 
     def delete_workload(self, workload_id: str) -> None:
+        self.flush()
         with self._bound(), self.db.atomic():
             WorkloadRow.delete().where(WorkloadRow.id == workload_id).execute()
             TransitionRow.delete().where(TransitionRow.workload_id == workload_id).execute()
             DataObjectRow.delete().where(DataObjectRow.workload_id == workload_id).execute()
 
     def load_workloads(self) -> list[dict]:
+        self.flush()
         with self._bound():
             return list(WorkloadRow.select().order_by(WorkloadRow.created_at).dicts())
 
@@ -193,10 +256,12 @@ class Store:
     # -- data objects --------------------------------------------------------------------
 
     def delete_objects(self, workload_id: str) -> None:
+        self.flush()
         with self._bound(), self.db.atomic():
             DataObjectRow.delete().where(DataObjectRow.workload_id == workload_id).execute()
 
     def insert_objects(self, rows: list[dict]) -> None:
+        self.flush()
         with self._bound(), self.db.atomic():
             for start in range(0, len(rows), 200):
                 DataObjectRow.insert_many(rows[start:start + 200]).execute()

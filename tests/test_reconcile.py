@@ -3,6 +3,8 @@ again (after a new handshake) every mirror of the origin equals the node's own r
 
 from __future__ import annotations
 
+import sqlite3
+
 from cnet.ops import Caller, Delegate, Delete, Get, List, Reconcile, Stop
 
 from .bus.harness import until
@@ -71,6 +73,26 @@ async def test_a_workload_started_although_its_delegation_failed_is_listed(inpro
         seen = await cluster.run("jiangsu", Get(id=spec["id"]))
         assert (seen["node_id"], seen["status"]) == ("nanjing", "running")
         assert nanjing.manager.get(spec["id"]).status == "running"
+
+
+async def test_a_mirror_whose_write_never_landed_comes_back_from_the_node_running_it(
+        inprocess_cluster):
+    """The origin answers before its mirror is committed (mirrors are written after the step,
+    ``Store.insert_soon``). Had it crashed in between, nothing is lost: the node running the
+    workload committed its record before answering, and names it at the next join."""
+    async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
+        wl = await submit(cluster, "jiangsu", process_spec("kept"))
+        assert wl["node_id"] == "nanjing"
+        db = cluster["jiangsu"].store.path
+        await cluster.stop("jiangsu")
+        with sqlite3.connect(db) as conn:            # as if the crash had come before the commit
+            assert conn.execute("DELETE FROM workloads WHERE id = ?", (wl["id"],)).rowcount == 1
+        root = await cluster.start("jiangsu")             # it loaded no mirror of it
+        await until(lambda: root.mirrors.get(wl["id"]) is not None, 5, "jiangsu to list it again")
+        seen = await cluster.run("jiangsu", Get(id=wl["id"]))
+        assert (seen["node_id"], seen["status"], seen["via"]) == ("nanjing", "running", "nanjing")
+        await cluster.run("jiangsu", Stop(id=wl["id"]))      # and it is reached through it
+        assert cluster["nanjing"].manager.get(wl["id"]).status == "stopped"
 
 
 async def test_reconcile_answers_only_for_what_was_asked_and_what_the_asker_delegated(

@@ -5,6 +5,9 @@
    two processes measured in the same run. Target: p99 <= 20 ms.
 2. ``kill -9`` of a child process -> ``lost`` at the parent with the defaults (1 s x 3).
    Target: <= 3.5 s.
+3. A request with ~1 KB of args from a parent to its child (own process, an echo handler) and
+   its reply, beside a raw pyzmq DEALER -> ROUTER round trip between two processes in the same
+   run (the transport's floor; what the bus adds on top is its own cost per hop).
 """
 
 from __future__ import annotations
@@ -125,6 +128,27 @@ async def kill_to_lost(rounds: int) -> list[float]:
     return results
 
 
+async def request_round_trip(rounds: int) -> list[float]:
+    parent = BusNode("jiangsu", request_timeout=5.0)
+    async with running(parent):
+        child = NodeProcess("nanjing", "--echo", "--parent",
+                            f"{parent.router_endpoint},{parent.pub_endpoint}", interval=1.0)
+        await child.start()
+        try:
+            await until(lambda: (s := parent.neighbour("nanjing")) and s.status == "alive", 10,
+                        "the child to join")
+            args, times = {"workload": {"name": "x" * 1000}}, []
+            for i in range(rounds + 10):
+                started = time.perf_counter()
+                await parent.call("nanjing", "echo", args)
+                if i >= 10:
+                    times.append(time.perf_counter() - started)
+                await asyncio.sleep(0.005)
+            return times
+        finally:
+            await child.stop()
+
+
 async def main(args: argparse.Namespace) -> None:
     raw = await raw_pub_sub(args.changes, args.gap)
     bus = await bus_propagation(args.changes, args.gap)
@@ -133,6 +157,12 @@ async def main(args: argparse.Namespace) -> None:
     kills = await kill_to_lost(args.kills)
     print("kill -9 -> lost at parent (1 s x 3):   " + ", ".join(f"{k:.2f} s" for k in kills)
           + f"; max {max(kills):.2f} s")
+    from tests.bench.bench_delegation import raw_round_trip
+    raw_rtt = await raw_round_trip(args.requests)
+    bus_rtt = await request_round_trip(args.requests)
+    print(f"raw pyzmq round trip (2 processes):     {percentiles(raw_rtt)}")
+    print(f"bus request -> reply (2 processes):     {percentiles(bus_rtt)}  "
+          f"(+{(statistics.median(bus_rtt) - statistics.median(raw_rtt)) * 1000:.2f} ms at p50)")
 
 
 if __name__ == "__main__":
@@ -140,4 +170,5 @@ if __name__ == "__main__":
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--gap", type=float, default=0.002, help="seconds between changes")
     parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=300, help="request round trips")
     asyncio.run(main(parser.parse_args()))

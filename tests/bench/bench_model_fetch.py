@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import os
 import re
+import resource
 import shutil
 import statistics
 import sys
@@ -54,8 +54,7 @@ from cnet import model_cache  # noqa: E402
 from cnet.data_locator import ModelRef  # noqa: E402
 from cnet.model_sink import FileSink  # noqa: E402
 from tests.bench.bench_upload import post_file  # noqa: E402
-from tests.harness import (MODELS_DIR, AgentProcess, free_port_range, link_cluster,  # noqa: E402
-                           wait_linked)
+from tests.harness import MODELS_DIR, AgentProcess, free_port_range, link_cluster, wait_linked  # noqa: E402
 from tests.inprocess import running  # noqa: E402
 from tests.service_helpers import fake_install  # noqa: E402
 from tests.test_model_cache import TREE, upload  # noqa: E402

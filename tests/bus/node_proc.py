@@ -34,8 +34,13 @@ async def main(args: argparse.Namespace) -> None:
         parent = Endpoints(router=router, pub=pub)
     peers = [Endpoints(router=router, pub=pub)
              for router, pub in (peer.split(",") for peer in args.peer)]
+
+    async def echo(request, sender) -> dict:
+        return request.args
+
     node = BusNode(args.node_id, router=args.router, pub=args.pub, parent=parent, peers=peers,
                    snapshot=lambda: dict(state), on_neighbour=on_neighbour,
+                   handler=echo if args.echo else None,
                    heartbeat_interval=args.interval, heartbeat_misses=args.misses, retry_max=0.5)
     await node.start()
     _print({"event": "ready", "router": node.router_endpoint, "pub": node.pub_endpoint,
@@ -61,6 +66,7 @@ if __name__ == "__main__":
     parser.add_argument("--misses", type=int, default=3)
     parser.add_argument("--version", help="speak this version tag instead (mismatch tests)")
     parser.add_argument("--bench", type=int, default=0, help="publish N marked changes")
+    parser.add_argument("--echo", action="store_true", help="answer every request with its args")
     parser.add_argument("--bench-wait", type=float, default=1.0)
     parser.add_argument("--bench-gap", type=float, default=0.002)
     parsed = parser.parse_args()

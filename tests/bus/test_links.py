@@ -299,3 +299,29 @@ async def test_mixed_heartbeat_intervals_do_not_flicker() -> None:
             seq = child.neighbour("jiangsu").seq
             await until(lambda: child.neighbour("jiangsu").seq >= seq + 6, what="a second of replies")
             assert not seen_parent.seen("nanjing", "lost") and not seen_child.seen("jiangsu", "lost")
+
+
+async def test_a_request_in_flight_survives_our_own_link_to_the_peer_joining() -> None:
+    """Peers hold two connections, one each way. A request sent on the peer's connection to us
+    (ours was not up yet) is still answered when our own link to it joins meanwhile: only
+    what went out on a connection the new session replaces is lost."""
+    book = Directory()
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def held(request: Request, sender: Sender) -> dict:
+        asked.set()
+        await answer.wait()
+        return {"from": sender.node_id}
+
+    a = BusNode("suqian", peers=["changzhou:8082"], discover=book.discover, **FAST)
+    b = BusNode("changzhou", peers=["suqian:8081"], discover=book.discover, handler=held, **FAST)
+    async with running(a, b):
+        book.add("suqian:8081", a)                   # b's link to a can join; a's cannot yet
+        await until(lambda: status(a, "changzhou") == "alive", 5.0, "b's link to a")
+        assert not a._links[0].joined
+        call = asyncio.create_task(a.call("changzhou", "get"))
+        await asyncio.wait_for(asked.wait(), 5.0)
+        book.add("changzhou:8082", b)                # now a's own link joins too
+        await until(lambda: a._links[0].joined, 5.0, "a's link to b")
+        answer.set()
+        assert (await asyncio.wait_for(call, 5.0)) == {"from": "suqian"}

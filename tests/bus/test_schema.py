@@ -184,3 +184,95 @@ def test_alive_means_heard_within_the_window() -> None:
     table = _table()
     assert table.is_alive("n", 13.0) and not table.is_alive("n", 13.5)
     assert not table.is_alive("unknown", 10.0)
+
+
+def _agrees(checker: schema.Schema, value: object) -> None:
+    """The compiled check keeps what the declarative walk keeps, and refuses what it refuses."""
+    try:
+        expected = checker.explain(value, "v")
+    except ValueError:
+        with pytest.raises(schema._Refused):
+            checker.compiled(value)
+        with pytest.raises(ValueError):
+            checker.check(value, "v")
+        return
+    assert checker.compiled(value) == expected
+    assert checker.check(value, "v") == expected
+
+
+def _values(checker: schema.Schema, junk):
+    """Values shaped like ``checker``'s, each part sometimes junk or just out of bounds."""
+    from hypothesis import strategies as st
+
+    if isinstance(checker, schema.Number):
+        lo, hi = int(max(checker.lo, -2**64)), int(min(checker.hi, 2**64))
+        good = st.one_of(st.integers(lo, hi), st.sampled_from([lo - 1, hi + 1, lo, hi])) \
+            if checker.whole else st.floats(checker.lo, checker.hi)
+        return st.one_of(good, st.sampled_from([True, math.nan, math.inf, -math.inf, 1.5,
+                                                 float(hi) * 2, -0.0]), junk)
+    if isinstance(checker, schema.Text):
+        return st.one_of(st.sampled_from(["nanjing", "w1", "zone=south", "a\x00b", "not an id",
+                                          "x" * (checker.max_len + 1), "-x", ""]),
+                         st.text(max_size=6), junk)
+    if isinstance(checker, schema.Maybe):
+        return st.one_of(st.none(), _values(checker.inner, junk))
+    if isinstance(checker, schema.ListOf):
+        return st.one_of(st.lists(_values(checker.item, junk), max_size=3),
+                         st.just(["n"] * (checker.max_len + 1)), junk)
+    if isinstance(checker, schema.MapOf):
+        keys = st.one_of(st.text(max_size=4), st.binary(max_size=2),
+                         st.sampled_from(["k\x00", "x" * (checker.key.max_len + 1)]))
+        return st.one_of(st.dictionaries(keys, _values(checker.value, junk), max_size=3), junk)
+    if isinstance(checker, schema.Record):
+        fields = st.fixed_dictionaries({}, optional={
+            name: _values(spec, junk) for name, spec in checker.fields.items()})
+        extra = st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=2),
+                                          st.just("k\x00")), junk, max_size=2)
+        return st.one_of(st.builds(lambda a, b: {**b, **a}, fields, extra), junk)
+    return junk                                       # Plain: anything
+
+
+def test_the_compiled_checks_agree_with_the_declarative_walk() -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64),
+                        st.floats(allow_nan=True, allow_infinity=True), st.binary(max_size=4),
+                        st.sampled_from(["ok", "a\x00b", "x" * 1100]), st.text(max_size=4))
+    junk = st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=3), st.binary(
+            max_size=2)), inner, max_size=3)), max_leaves=12)
+    deep = [[[[[[[[1]]]]]]]]
+    checkers = [p.SNAPSHOT, p.SUMMARY, p.WORKLOAD, p.ERROR, p.EVENT_DATA["node"],
+                p.RESULTS["delegate"], p.RESULTS["reconcile"], p.RESULTS["logs"],
+                schema.Plain(3), schema.MapOf(schema.Text(4), p._COUNT)]
+
+    @settings(max_examples=100, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def run(data) -> None:
+        for checker in checkers:
+            _agrees(checker, data.draw(_values(checker, junk)))
+
+    run()
+    for value in (SNAPSHOT, SUMMARY, WORKLOAD, {"extra": deep}, {"extra": [deep]}):
+        for checker in checkers:
+            _agrees(checker, value)
+    leaves = [leaf for checker in checkers for leaf in _leaves(checker)]
+    edges = [True, False, None, math.nan, math.inf, -math.inf, 1.5, -0.0, 0, 2**63, -2**63 - 1,
+             "", "a\x00", "nanjing", "not an id", b"x", [1], {}]
+    for leaf in leaves:
+        bounds = [leaf.lo, leaf.hi, leaf.lo - 1, leaf.hi + 1] if isinstance(leaf, schema.Number) \
+            else ["x" * leaf.max_len, "x" * (leaf.max_len + 1)]
+        for value in [*edges, *bounds]:
+            _agrees(leaf, value)
+
+
+def _leaves(checker: schema.Schema) -> list[schema.Schema]:
+    if isinstance(checker, (schema.Number, schema.Text)):
+        return [checker]
+    inner = {schema.Maybe: lambda c: [c.inner], schema.ListOf: lambda c: [c.item],
+             schema.MapOf: lambda c: [c.key, c.value],
+             schema.Record: lambda c: [*c.fields.values(), *([c.extra] if c.extra else [])]}
+    return [leaf for part in inner.get(type(checker), lambda c: [])(checker)
+            for leaf in _leaves(part)]
