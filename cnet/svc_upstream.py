@@ -219,6 +219,7 @@ class UpstreamPool:
             head.append(f"Content-Length: {len(body)}\r\n")
         data = ("".join(head) + "\r\n").encode("latin-1")
         attempt = attempt or Attempt()
+        attempt._check()
         conn = self._take(key)
         try:
             if conn is not None:
