@@ -62,6 +62,7 @@ class SetBook:
         self._locks: dict[str, asyncio.Lock] = {}
         self._checking: set[str] = set()
         self._again: set[str] = set()
+        self._watchers: list[Callable[[str], None]] = []
 
     def attach(self, placer: "Placer", port: "NeighbourPort", member_op: MemberOp) -> None:
         """Take what places and reaches the members; load the sets stored and look at each."""
@@ -122,6 +123,20 @@ class SetBook:
                                     usable=bool(endpoint) and wl.status == RUNNING and reached
                                     and rs.state == ACTIVE))
         return ServiceSet(id=rs.id, replicas=tuple(replicas), retry_post=True)
+
+    def watch(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(set_id)`` whenever a member of that set may have changed usability
+        (its record changed, a neighbour's status changed); returns what stops it."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def _changed(self, set_ids) -> None:
+        for set_id in set_ids:
+            for callback in list(self._watchers):
+                try:
+                    callback(set_id)
+                except Exception:   # a broken watcher must not stop the book's own watching
+                    log.exception("replica set %s: a watcher failed", set_id)
 
     # -- submit, scale, stop, delete -----------------------------------------------------
 
@@ -284,6 +299,9 @@ class SetBook:
     # -- watching ------------------------------------------------------------------------
 
     def _event(self, event: dict) -> None:
+        if event.get("type") == "node":   # lost, back: the members it holds or routes to
+            self._changed(list(self.sets))
+            return
         if event.get("type") == "workload":
             labels = event["workload"].get("labels") or {}
             set_id = labels.get(SET_LABEL) if isinstance(labels, dict) else None
@@ -292,6 +310,7 @@ class SetBook:
         else:
             return
         if set_id in self.sets:
+            self._changed((set_id,))
             self.kick(set_id)
 
     def kick(self, set_id: str) -> None:

@@ -25,6 +25,8 @@ from .errors import (
 from .http_errors import JsonErrors
 from .svc_router import Chooser, ReplicaSource, ServiceSet
 from .svc_upstream import (
+    Aborted,
+    Attempt,
     ConnectFailed,
     Response,
     TimedOut,
@@ -47,15 +49,54 @@ REPLICA_HEADER = "X-CNET-Replica"
 
 
 class ServiceRouter:
-    """The router one agent runs for all its sets: the choice, its counts and the connections."""
+    """The router one agent runs for all its sets: the choice, its counts and the connections.
+
+    A source with a ``watch`` hook tells it when a set's members may have changed; the
+    requests then in flight to a replica no longer usable are cut short (and retried where
+    that is safe) rather than left to wait for an answer from a node that is gone."""
 
     def __init__(self, source: ReplicaSource | None, *, chooser: Chooser | None = None,
                  pool: UpstreamPool | None = None) -> None:
         self.source = source
         self.chooser = chooser or Chooser()
         self.pool = pool or UpstreamPool()
+        self._flights: dict[str, dict[str, set[Attempt]]] = {}   # set -> replica -> requests
+        watch = getattr(source, "watch", None)
+        self._unwatch = watch(self.changed) if callable(watch) else None
+
+    def begin(self, set_id: str, replica_id: str) -> Attempt:
+        attempt = Attempt()
+        self._flights.setdefault(set_id, {}).setdefault(replica_id, set()).add(attempt)
+        return attempt
+
+    def end(self, set_id: str, replica_id: str, attempt: Attempt) -> None:
+        replicas = self._flights.get(set_id, {})
+        attempts = replicas.get(replica_id, set())
+        attempts.discard(attempt)
+        if not attempts:
+            replicas.pop(replica_id, None)
+            if not replicas:
+                self._flights.pop(set_id, None)
+
+    def changed(self, set_id: str) -> None:
+        """The source's word that a member of ``set_id`` may have become unusable: cut the
+        requests in flight to each one that is (nothing to do, and nothing asked, when idle)."""
+        flights = self._flights.get(set_id)
+        if not flights or self.source is None:
+            return
+        svc = self.source.service_set(set_id)
+        usable = {r.id for r in svc.replicas if r.usable} if svc is not None else set()
+        for replica_id, attempts in list(flights.items()):
+            if replica_id not in usable:
+                log.info("svc %s: replica %s no longer usable: %d requests to it cut short",
+                         set_id, replica_id, len(attempts))
+                for attempt in list(attempts):
+                    attempt.abort()
 
     def close(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         self.pool.close()
 
 
@@ -120,9 +161,10 @@ class SvcHandler(JsonErrors):
                 raise _gateway_error(failure, tried)
             tried.append(replica.id)
             chooser.started(replica.id)
+            attempt = self.router.begin(set_id, replica.id)
             try:
                 await self._relay(replica.id, replica.endpoint, method, target, headers, body,
-                                  retryable)
+                                  retryable, attempt)
                 return
             except UpstreamError as exc:
                 chooser.unreachable(replica.id)
@@ -132,6 +174,7 @@ class SvcHandler(JsonErrors):
                 if len(tried) > 1 or (exc.sent and not retryable):
                     raise _gateway_error(exc, tried) from None
             finally:
+                self.router.end(set_id, replica.id, attempt)
                 chooser.finished(replica.id)
 
     get = head = post = delete = patch = put = options = _forward
@@ -144,11 +187,12 @@ class SvcHandler(JsonErrors):
         return svc
 
     async def _relay(self, replica_id: str, endpoint: str, method: str, target: str,
-                     headers: list[tuple[str, str]], body: bytes, retryable: bool) -> None:
+                     headers: list[tuple[str, str]], body: bytes, retryable: bool,
+                     attempt: Attempt) -> None:
         """One attempt. Raises UpstreamError only while nothing has gone to the client."""
         pool = self.router.pool
         response = await pool.request(endpoint, method, target, headers, body,
-                                      retry_stale=retryable)
+                                      retry_stale=retryable, attempt=attempt)
         self.router.chooser.reached(replica_id)
         pieces = response.chunks()
         held, size = [], 0
@@ -253,6 +297,9 @@ def _gateway_error(exc: UpstreamError, tried: list[str]) -> CnetError:
     details = {"replicas_tried": list(tried)}
     if isinstance(exc, TimedOut):
         return GatewayTimeout(f"the replica did not answer in time: {exc}", details=details)
+    if isinstance(exc, Aborted):
+        return BadGateway("the replica became unusable (its node lost, or it stopped) while "
+                          "answering", details=details)
     if isinstance(exc, ConnectFailed):
         return Unavailable(f"no replica could be reached: {exc}", code="no_replica",
                            details=details)

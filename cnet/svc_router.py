@@ -34,7 +34,13 @@ class ServiceSet:
 
 
 class ReplicaSource(Protocol):
-    """Where the router learns the sets this node serves (the replica sets' book)."""
+    """Where the router learns the sets this node serves (the replica sets' book).
+
+    A source may also offer ``watch(callback) -> unwatch``: it then calls ``callback(set_id)``
+    (at once, on the event loop) whenever a member of that set may have changed usability
+    (its record, its node's status), and the router cuts short the requests in flight to a
+    member that is no longer usable. Without the hook those wait for their answer or time out.
+    """
 
     def service_set(self, set_id: str) -> ServiceSet | None: ...   # None: no such set on this node
 

@@ -46,6 +46,39 @@ class TimedOut(UpstreamError):
     """No (more of the) response within the time allowed."""
 
 
+class Aborted(UpstreamError):
+    """The caller cut the request short (:meth:`Attempt.abort`: its replica became unusable)."""
+
+
+class Attempt:
+    """One request's hold on the connection it uses, so that it can be cut short from outside
+    (the router, when the replica's node is lost): :meth:`abort` drops the connection at once,
+    without waiting for the peer, and the request raises :class:`Aborted`. A connect already
+    under way is not interrupted; it raises Aborted once it completes or fails."""
+
+    __slots__ = ("aborted", "_conn")
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self._conn: _Conn | None = None
+
+    def abort(self) -> None:
+        self.aborted = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.writer.transport.abort()   # no FIN, no wait for unsent data: the peer is gone
+
+    def _hold(self, conn: _Conn | None) -> None:
+        if conn is not None and self.aborted:
+            conn.writer.transport.abort()
+            raise Aborted("the request was cut short")
+        self._conn = conn
+
+    def _check(self, exc: UpstreamError | None = None) -> None:
+        if self.aborted:
+            raise Aborted(f"the request was cut short{f' ({exc})' if exc else ''}") from None
+
+
 def endpoint_address(endpoint: str) -> tuple[str, int]:
     """(host, port) of an ``http://host:port`` endpoint; ValueError for anything else."""
     parts = urlsplit(endpoint)
@@ -73,10 +106,11 @@ class Response:
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], conn: _Conn, status: int,
                  reason: str, headers: list[tuple[str, str]], framing: str, length: int,
-                 keep: bool) -> None:
+                 keep: bool, attempt: Attempt) -> None:
         self.status, self.reason, self.headers = status, reason, headers
         self._pool, self._key, self._conn = pool, key, conn
         self._framing, self._length, self._keep = framing, length, keep
+        self._attempt = attempt
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -102,10 +136,16 @@ class Response:
                     yield piece
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             self.close()
+            self._attempt._check()
             raise Broken(f"the response broke off: {exc or type(exc).__name__}") from None
+        except UpstreamError as exc:
+            self.close()
+            self._attempt._check(exc)
+            raise
         except BaseException:
             self.close()
             raise
+        self._attempt._check()   # an until-close body cut short looks ended
         self._release()
 
     async def _read(self, reading):
@@ -117,6 +157,7 @@ class Response:
 
     def _release(self) -> None:
         conn, self._conn = self._conn, None
+        self._attempt._hold(None)
         if conn is not None:
             if self._keep:
                 self._pool._put(self._key, conn)
@@ -164,11 +205,12 @@ class UpstreamPool:
 
     async def request(self, endpoint: str, method: str, target: str,
                       headers: list[tuple[str, str]], body: bytes, *,
-                      retry_stale: bool) -> Response:
+                      retry_stale: bool, attempt: Attempt | None = None) -> Response:
         """Send one request and read the answer's head. ``headers`` must already be safe to
         write (no CR, LF or NUL). A kept-alive connection that turns out closed before any
         byte of the answer is replaced by a fresh one when ``retry_stale`` (the request is
-        safe to send twice); otherwise that is Broken."""
+        safe to send twice); otherwise that is Broken. ``attempt``: a hold by which the caller
+        may cut the request short (then it raises Aborted)."""
         key = endpoint_address(endpoint)
         host = key[0] if ":" not in key[0] else f"[{key[0]}]"
         head = [f"{method} {target} HTTP/1.1\r\nHost: {host}:{key[1]}\r\n"]
@@ -176,14 +218,22 @@ class UpstreamPool:
         if body or method in ("POST", "PUT", "PATCH"):
             head.append(f"Content-Length: {len(body)}\r\n")
         data = ("".join(head) + "\r\n").encode("latin-1")
+        attempt = attempt or Attempt()
+        attempt._check()
         conn = self._take(key)
-        if conn is not None:
-            try:
-                return await self._exchange(key, conn, method, data, body)
-            except Broken as exc:
-                if not (retry_stale and exc.nothing_read):
-                    raise
-        return await self._exchange(key, await self._connect(key), method, data, body)
+        try:
+            if conn is not None:
+                try:
+                    return await self._exchange(key, conn, method, data, body, attempt)
+                except Broken as exc:
+                    if not (retry_stale and exc.nothing_read) or attempt.aborted:
+                        raise
+            attempt._check()
+            return await self._exchange(key, await self._connect(key), method, data, body,
+                                        attempt)
+        except UpstreamError as exc:
+            attempt._check(exc)
+            raise
 
     async def _connect(self, key: tuple[str, int]) -> _Conn:
         try:
@@ -198,7 +248,8 @@ class UpstreamPool:
         return _Conn(reader, writer)
 
     async def _exchange(self, key: tuple[str, int], conn: _Conn, method: str, head: bytes,
-                        body: bytes) -> Response:
+                        body: bytes, attempt: Attempt) -> Response:
+        attempt._hold(conn)
         read_any = False
         try:
             async with asyncio.timeout(self.read_timeout):
@@ -224,9 +275,10 @@ class UpstreamPool:
                 read_any = True
             raise Broken(f"no whole answer: {exc or type(exc).__name__}",
                          nothing_read=not read_any) from None
-        return self._response(key, conn, method, status, reason, headers, version)
+        return self._response(key, conn, method, status, reason, headers, version, attempt)
 
-    def _response(self, key, conn, method, status, reason, headers, version) -> Response:
+    def _response(self, key, conn, method, status, reason, headers, version,
+                  attempt) -> Response:
         tokens = connection_tokens(headers)
         keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
         encodings = [v.strip().lower() for k, v in headers if k.lower() == "transfer-encoding"]
@@ -245,7 +297,7 @@ class UpstreamPool:
             framing, length = "length", int(next(iter(lengths)))
         else:
             framing, length, keep = "close", 0, False
-        return Response(self, key, conn, status, reason, headers, framing, length, keep)
+        return Response(self, key, conn, status, reason, headers, framing, length, keep, attempt)
 
     def _take(self, key: tuple[str, int]) -> _Conn | None:
         now = time.monotonic()

@@ -39,12 +39,22 @@ async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_
             m["id"]: m["endpoint"] for m in record["members"]}
 
         far = by_node["zhejiang"].id
+
+        def far_usable() -> bool | None:
+            replica = {r.id: r for r in root.sets.service_set("faces").replicas}.get(far)
+            return None if replica is None else replica.usable
+        told = []            # what a watcher (the router) saw each time the book told it
+        unwatch = root.sets.watch(lambda set_id: told.append((set_id, far_usable())))
         await cluster.stop("zhejiang")               # its agent goes (its service runs on)
         await cluster.advance(cluster.loss_window + cluster.interval)
         await until(lambda: root.mirrors.get(far).status == "lost", 5, "the member lost")
         # Lost: unusable at once (or already replaced by a member on a near node).
         now = {r.id: r for r in root.sets.service_set("faces").replicas}
         assert far not in now or not now[far].usable
+        assert told and {set_id for set_id, _ in told} == {"faces"}
+        assert told[-1][1] in (False, None)        # told once it was no longer usable
+        unwatch()
+        count = len(told)
         await until(lambda: root.sets.get("faces").restart_count == 1, 20,
                     "the lost peer's member replaced")
 
@@ -53,3 +63,4 @@ async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_
             return len(replicas) == 3 and all(r.usable and r.near for r in replicas)
 
         await until(replaced, 20, "three usable members again, all near")
+        assert len(told) == count                    # unwatched: told no more

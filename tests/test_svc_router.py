@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pytest
 import tornado.httpclient
+import tornado.simple_httpclient
 import tornado.httpserver
 import tornado.web
 
@@ -29,18 +31,60 @@ ECHO = Path(__file__).with_name("echo_service.py")
 
 
 class Book:
-    """A ReplicaSource: the sets a test declares, changed as the test goes."""
+    """A ReplicaSource: the sets a test declares, changed as the test goes; it tells its
+    watchers of each change, as the set book does (unless made ``silent``: a source without
+    the hook)."""
 
-    def __init__(self) -> None:
+    def __init__(self, silent: bool = False) -> None:
         self.sets: dict[str, ServiceSet] = {}
+        self.watchers: list = []
+        if silent:
+            self.watch = None
 
     def service_set(self, set_id: str) -> ServiceSet | None:
         return self.sets.get(set_id)
+
+    def watch(self, callback):
+        self.watchers.append(callback)
+        return lambda: self.watchers.remove(callback)
 
     def mark(self, set_id: str, replica_id: str, **changes) -> None:
         svc = self.sets[set_id]
         self.sets[set_id] = replace(svc, replicas=tuple(
             replace(r, **changes) if r.id == replica_id else r for r in svc.replicas))
+        for callback in list(self.watchers):
+            callback(set_id)
+
+
+class Silent:
+    """A replica whose machine is cut off: it accepts connections and reads requests (the
+    kernel's buffers would), and never answers nor closes. ``head``: bytes it does send first
+    (a part of an answer), then it falls silent too."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        self.head = head
+        self.requests = 0
+        self.got_one = asyncio.Event()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while await reader.readuntil(b"\r\n\r\n"):
+                    self.requests += 1
+                    self.got_one.set()
+                    writer.write(self.head)
+        port = free_port()
+        self.server = await asyncio.start_server(serve, "127.0.0.1", port)
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+        await self.server.wait_closed()
 
 
 @dataclass
@@ -63,7 +107,8 @@ class Bed:
 
 
 @contextlib.asynccontextmanager
-async def bed(replicas: dict[str, dict], *, retry_post: bool = False, **web) -> AsyncIterator[Bed]:
+async def bed(replicas: dict[str, dict], *, retry_post: bool = False, book: Book | None = None,
+              **web) -> AsyncIterator[Bed]:
     """A router serving set ``s`` of the named replicas: ``{"a": {"near": True}, ...}``; a
     replica with ``"dies": True`` cuts its /slow connections, one with ``"endpoint"`` is not
     started here."""
@@ -78,7 +123,7 @@ async def bed(replicas: dict[str, dict], *, retry_post: bool = False, **web) -> 
             servers.append(server)
             endpoint = f"http://127.0.0.1:{port}"
         members.append(Replica(name, f"node-{name}", endpoint, spec.get("near", True), True))
-    book = Book()
+    book = book or Book()
     book.sets["s"] = ServiceSet("s", tuple(members), retry_post)
     app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict,
                        replicas=book, **web))
@@ -282,6 +327,123 @@ async def test_a_timeout_of_a_get_is_retried_once_then_504():
         assert resp.code == 504 and error(resp)["code"] == "gateway_timeout"
         assert sorted(error(resp)["details"]["replicas_tried"]) == ["a", "b"]
         assert b.state("a")["started"] == b.state("b")["started"] == 1
+
+
+# -- a replica that falls silent (its machine cut off: no answer, no reset) -----------------
+
+@contextlib.asynccontextmanager
+async def silent_bed(head: bytes = b"", **kwargs) -> AsyncIterator[tuple[Bed, Silent]]:
+    """A silent near replica ``cut`` beside a far ``ok`` one; the router's read timeout (30 s)
+    is beyond every wait of these tests, so an answer they get was not that timeout's."""
+    silent = Silent(head)
+    endpoint = await silent.start()
+    try:
+        async with bed({"cut": {"near": True, "endpoint": endpoint}, "ok": {"near": False}},
+                       svc_timeout=30, **kwargs) as b:
+            yield b, silent
+    finally:
+        await silent.stop()
+
+
+async def test_a_request_in_flight_to_a_replica_marked_unusable_is_retried_on_another():
+    async with silent_bed() as (b, silent):
+        for method, body in (("GET", None), ("PUT", b"x"), ("DELETE", None)):
+            pending = asyncio.ensure_future(b.fetch("/svc/s/echo", method=method, body=body,
+                                                    request_timeout=10))
+            await asyncio.wait_for(silent.got_one.wait(), 10)
+            assert b.in_flight() == {"cut": 1}
+            b.book.mark("s", "cut", usable=False)          # its node is lost
+            resp = await pending
+            assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok", method
+            assert json.loads(resp.body)["method"] == method
+            assert b.in_flight() == {}
+            b.book.mark("s", "cut", usable=True)           # back, for the next method
+            b.app.settings["svc_router"].chooser.reached("cut")
+            silent.got_one.clear()
+        assert silent.requests == 3 and b.state("ok")["requests"] == 3   # each once, no more
+
+
+async def test_a_post_in_flight_is_retried_only_where_posts_are_pure():
+    async with silent_bed() as (b, silent):
+        pending = asyncio.ensure_future(b.fetch("/svc/s/predict", method="POST", body=b"image",
+                                                request_timeout=10))
+        await asyncio.wait_for(silent.got_one.wait(), 10)
+        b.book.mark("s", "cut", usable=False)
+        resp = await pending                               # its error at once, not a retry
+        assert resp.code == 502 and error(resp)["code"] == "bad_gateway"
+        assert error(resp)["details"] == {"replicas_tried": ["cut"]}
+        assert "unusable" in error(resp)["message"]
+        assert b.state("ok")["requests"] == 0 and b.in_flight() == {}
+    async with silent_bed(retry_post=True) as (b, silent):
+        pending = asyncio.ensure_future(b.fetch("/svc/s/predict", method="POST", body=b"image",
+                                                request_timeout=10))
+        await asyncio.wait_for(silent.got_one.wait(), 10)
+        b.book.mark("s", "cut", usable=False)
+        resp = await pending
+        assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+        assert json.loads(resp.body)["size"] == len(b"image")
+        assert b.state("ok")["requests"] == 1
+
+
+async def test_a_member_replaced_or_gone_cuts_its_requests_too():
+    async with silent_bed() as (b, silent):
+        pending = asyncio.ensure_future(b.fetch("/svc/s/echo", request_timeout=10))
+        await asyncio.wait_for(silent.got_one.wait(), 10)
+        svc = b.book.sets["s"]
+        b.book.sets["s"] = replace(svc, replicas=tuple(r for r in svc.replicas if r.id != "cut"))
+        b.book.mark("s", "ok")                             # the change, told to the router
+        resp = await pending
+        assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+
+
+async def test_an_answer_already_begun_is_cut_for_the_client_not_retried():
+    head = (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"z" * 300_000)
+    async with silent_bed(head=head) as (b, silent):
+        chunks = []
+        pending = asyncio.ensure_future(b.fetch("/svc/s/big", request_timeout=10,
+                                                streaming_callback=chunks.append))
+        await until(lambda: sum(map(len, chunks)) >= 256 * 1024, 10, "the answer begun")
+        b.book.mark("s", "cut", usable=False)
+        with pytest.raises(tornado.simple_httpclient.HTTPStreamClosedError):
+            await pending                                  # the connection cut mid-answer
+        assert sum(map(len, chunks)) < 1_000_000
+        assert b.state("ok")["requests"] == 0 and b.in_flight() == {}
+
+
+async def test_other_changes_leave_requests_in_flight_alone():
+    async with silent_bed() as (b, silent):
+        pending = asyncio.ensure_future(b.fetch("/svc/s/echo", request_timeout=10))
+        await asyncio.wait_for(silent.got_one.wait(), 10)
+        b.book.mark("s", "ok", usable=False)               # another member: nothing to cut
+        b.book.mark("s", "cut", near=False)                # still usable
+        b.app.settings["svc_router"].changed("nope")       # a set with nothing in flight
+        b.book.mark("s", "ok", usable=True)
+        other = await b.fetch("/svc/s/echo")               # a whole round trip meanwhile
+        assert other.headers["X-CNET-Replica"] == "ok"
+        assert not pending.done() and b.in_flight() == {"cut": 1}
+        b.book.mark("s", "cut", usable=False)
+        resp = await pending
+        assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "ok"
+
+
+async def test_without_the_watch_hook_a_silent_replica_waits_for_the_timeout():
+    silent = Silent()
+    endpoint = await silent.start()
+    try:
+        async with bed({"cut": {"endpoint": endpoint}, "ok": {"near": False}},
+                       book=Book(silent=True), svc_timeout=0.5) as b:
+            router = b.app.settings["svc_router"]
+            assert router._unwatch is None
+            resp = await b.fetch("/svc/s/predict", method="POST", body=b"x")
+            assert resp.code == 504 and error(resp)["code"] == "gateway_timeout"
+    finally:
+        await silent.stop()
+
+
+async def test_closing_the_app_stops_watching():
+    async with silent_bed() as (b, silent):
+        assert len(b.book.watchers) == 1
+    assert b.book.watchers == []
 
 
 # -- bad input -------------------------------------------------------------------------------

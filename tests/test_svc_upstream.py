@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from cnet.svc_upstream import Broken, ConnectFailed, TimedOut, UpstreamPool, endpoint_address
+from cnet.svc_upstream import (
+    Aborted,
+    Attempt,
+    Broken,
+    ConnectFailed,
+    TimedOut,
+    UpstreamPool,
+    endpoint_address,
+)
 
 from .bus.harness import until
 from .ports import free_port
@@ -161,4 +169,47 @@ async def test_refused_and_silent_servers():
     async with server(lambda conn, n: b"") as endpoint:          # never answers
         with pytest.raises(TimedOut):
             await body(pool, endpoint)
+    pool.close()
+
+
+async def test_an_attempt_cut_short_raises_aborted_at_every_stage():
+    pool = UpstreamPool(read_timeout=30)
+    silent = asyncio.Event()
+    async with server(lambda conn, n: OK) as url:
+        await body(pool, url)                          # a kept-alive connection to reuse
+        # Waiting for the head, on a kept connection: not replaced by a fresh one once cut.
+        conns = set()
+
+        def quiet_answer(conn: int, n: int) -> bytes:
+            conns.add(conn)
+            if n == 1:
+                return OK
+            silent.set()
+            return b""
+        async with server(quiet_answer) as quiet:
+            await body(pool, quiet)
+            attempt = Attempt()
+            pending = asyncio.ensure_future(pool.request(quiet, "GET", "/x", [], b"",
+                                                         retry_stale=True, attempt=attempt))
+            await asyncio.wait_for(silent.wait(), 10)
+            attempt.abort()
+            with pytest.raises(Aborted):
+                await asyncio.wait_for(pending, 10)
+            assert conns == {1} and pool.idle_count(quiet) == 0
+        # Reading an until-close body: cut short, it is Aborted, not a short answer.
+        async with server(lambda conn, n: b"HTTP/1.1 200 OK\r\n\r\npart") as endless:
+            attempt = Attempt()
+            resp = await pool.request(endless, "GET", "/x", [], b"", retry_stale=False,
+                                      attempt=attempt)
+            pieces = resp.chunks()
+            assert await pieces.__anext__() == b"part"
+            attempt.abort()
+            with pytest.raises(Aborted):
+                await asyncio.wait_for(pieces.__anext__(), 10)
+        # Already cut short: nothing is sent.
+        attempt = Attempt()
+        attempt.abort()
+        with pytest.raises(Aborted):
+            await pool.request(url, "GET", "/x", [], b"", retry_stale=True, attempt=attempt)
+        assert pool.idle_count(url) == 1               # the first connection, still reusable
     pool.close()

@@ -1,21 +1,21 @@
 """A replica set across machines: its members spread over the machines, one endpoint at the
-root that keeps answering once a member's machine is cut off and lost, the lost member
-replaced on another machine, and deleted once its machine is back.
-
-Not covered here: a request already forwarded to a machine when its cable is pulled gets no
-answer and no reset; the router waits for it up to its read timeout (60 s) and then answers
-504 (a POST that went out is not retried). A killed node's requests (refused, reset) are
-retried at once: tests/test_replica_endpoint.py."""
+root that keeps answering once a member's machine is cut off and lost (the requests in flight
+to it when its cable was pulled too: cut short once it is lost and retried elsewhere, not left
+to the router's 60 s read timeout), the lost member replaced on another machine, and deleted
+once its machine is back. A killed node's requests (refused, reset) are retried at once:
+tests/test_replica_endpoint.py."""
 
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import cv2
 import pytest
 
 from ..harness import wait_for
+from .client import NamespaceClient
 from .conftest import CUT
 
 INTERVAL, MISSES = 1.0, 3           # the bus defaults: a neighbour is lost after 3 silent seconds
@@ -35,6 +35,41 @@ def _predict(root, photo_b64: str) -> tuple[int, str]:
     return resp.status_code, resp.text
 
 
+class Load:
+    """``count`` clients, each in its own program in the client namespace, sending /predict
+    one after another until stopped; each answer kept as (status, seconds it took)."""
+
+    def __init__(self, cluster, root, photo_b64: str, count: int = 2) -> None:
+        self.stop = threading.Event()
+        self.answers: list[tuple[int, float]] = []
+        self.clients = [NamespaceClient(cluster.client.ns, cluster.client.log)
+                        for _ in range(count)]
+        body = {"image": photo_b64}
+        url = root.url + "/svc/faces/predict"
+
+        def run(client: NamespaceClient) -> None:
+            while not self.stop.is_set():
+                began = time.monotonic()
+                try:
+                    status = client.http("POST", url, json=body, timeout=70).status_code
+                except Exception:    # no answer at all counts as a failure
+                    status = 0
+                self.answers.append((status, time.monotonic() - began))
+
+        self.threads = [threading.Thread(target=run, args=(c,), daemon=True)
+                        for c in self.clients]
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> list[tuple[int, float]]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(80)
+        for client in self.clients:
+            client.close()
+        return self.answers
+
+
 def test_a_set_keeps_answering_when_a_members_machine_is_cut_off(cluster, photo_b64):
     root = cluster["jiangsu"]
     record = root.submit({"id": "faces", "name": "faces", "type": "opencv", "replicas": 3,
@@ -49,6 +84,8 @@ def test_a_set_keeps_answering_when_a_members_machine_is_cut_off(cluster, photo_
         pytest.skip(f"no member on {CUT}: {nodes}")
     victim = next(m for m in record["members"] if m["node_id"] == CUT)
 
+    load = Load(cluster, root, photo_b64)   # requests in flight when the cable is pulled
+    wait_for(lambda: len(load.answers) >= 6, timeout=30, interval=0.05, message="the load going")
     cluster.net.cut(CUT, "link")
     cut_at = time.monotonic()
     wait_for(lambda: root.nodes()[CUT]["status"] == "lost", timeout=INTERVAL * (MISSES + 3),
@@ -60,9 +97,15 @@ def test_a_set_keeps_answering_when_a_members_machine_is_cut_off(cluster, photo_
     replaced = wait_for(lambda: (r := root.workload("faces"))["status"] == "running"
                         and all(m["status"] == "running" for m in r["members"]) and r,
                         timeout=30, message="the replacement running")
+    under_load = load.finish()
+    waited = [seconds for _, seconds in under_load if seconds > INTERVAL]
     print(f"{CUT} cut: its member replaced {time.monotonic() - cut_at:.1f} s later; "
-          f"{len(answers)} requests meanwhile")
+          f"{len(answers)} requests meanwhile; under load {len(under_load)} requests, "
+          f"{len(waited)} of them in flight to {CUT} (longest {max(waited, default=0):.1f} s)")
     assert [a for a in answers if a[0] != 200] == []           # the router retried elsewhere
+    assert [a for a in under_load if a[0] != 200] == []        # those in flight to it too
+    # Some were sent to the cut machine and waited for its loss, not the 60 s read timeout.
+    assert waited and max(waited) < INTERVAL * (MISSES + 3) + 10, waited
     assert CUT not in {m["node_id"] for m in replaced["members"]}
     assert replaced["history"][0]["replaced"] == victim["id"]
     assert {_predict(root, photo_b64)[0] for _ in range(6)} == {200}
