@@ -392,9 +392,15 @@ def make_app(web: Web) -> tornado.web.Application:
     if UI_DIR.is_dir():
         routes.append((r"/(.*)", tornado.web.StaticFileHandler,
                        {"path": str(UI_DIR), "default_filename": "index.html"}))
-    app = tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request)
+    app = tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request,
+                                  svc_route=svc)
     events.application = svc.application = app
     return app
+
+
+def service_router(app: tornado.web.Application):
+    """The app's /svc/ router (a ``cnet.svc_proxy.ServiceRouter``), made now if no request has."""
+    return app.settings["svc_route"].target()[1]["router"]
 
 
 def close_app(app: tornado.web.Application) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import tornado.httpclient
-import tornado.simple_httpclient
 import tornado.httpserver
+import tornado.simple_httpclient
 import tornado.web
 
-from cnet.api import Web, close_app, make_app
+from cnet.api import Web, close_app, make_app, service_router
 from cnet.svc_router import Replica, ServiceSet
 
 from .bus.harness import until
@@ -103,7 +103,7 @@ class Bed:
         return self.services[name].state
 
     def in_flight(self) -> dict[str, int]:
-        return dict(self.app.settings["svc_router"].chooser._in_flight)
+        return dict(service_router(self.app).chooser._in_flight)
 
 
 @contextlib.asynccontextmanager
@@ -127,6 +127,7 @@ async def bed(replicas: dict[str, dict], *, retry_post: bool = False, book: Book
     book.sets["s"] = ServiceSet("s", tuple(members), retry_post)
     app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict,
                        replicas=book, **web))
+    service_router(app)   # made now (an agent makes it with the first /svc/ request)
     port = free_port()
     router = tornado.httpserver.HTTPServer(app)
     router.listen(port, "127.0.0.1")
@@ -197,7 +198,7 @@ async def test_large_and_streamed_answers_pass_whole():
         assert head.headers["Content-Length"] == "1234"
         for _ in range(3):                                             # kept-alive, reused
             assert (await b.fetch("/svc/s/echo")).code == 200
-        assert b.app.settings["svc_router"].pool.idle_count() == 1
+        assert service_router(b.app).pool.idle_count() == 1
 
 
 async def test_a_service_error_status_is_passed_through_not_retried():
@@ -358,7 +359,7 @@ async def test_a_request_in_flight_to_a_replica_marked_unusable_is_retried_on_an
             assert json.loads(resp.body)["method"] == method
             assert b.in_flight() == {}
             b.book.mark("s", "cut", usable=True)           # back, for the next method
-            b.app.settings["svc_router"].chooser.reached("cut")
+            service_router(b.app).chooser.reached("cut")
             silent.got_one.clear()
         assert silent.requests == 3 and b.state("ok")["requests"] == 3   # each once, no more
 
@@ -416,7 +417,7 @@ async def test_other_changes_leave_requests_in_flight_alone():
         await asyncio.wait_for(silent.got_one.wait(), 10)
         b.book.mark("s", "ok", usable=False)               # another member: nothing to cut
         b.book.mark("s", "cut", near=False)                # still usable
-        b.app.settings["svc_router"].changed("nope")       # a set with nothing in flight
+        service_router(b.app).changed("nope")       # a set with nothing in flight
         b.book.mark("s", "ok", usable=True)
         other = await b.fetch("/svc/s/echo")               # a whole round trip meanwhile
         assert other.headers["X-CNET-Replica"] == "ok"
@@ -432,7 +433,7 @@ async def test_without_the_watch_hook_a_silent_replica_waits_for_the_timeout():
     try:
         async with bed({"cut": {"endpoint": endpoint}, "ok": {"near": False}},
                        book=Book(silent=True), svc_timeout=0.5) as b:
-            router = b.app.settings["svc_router"]
+            router = service_router(b.app)
             assert router._unwatch is None
             resp = await b.fetch("/svc/s/predict", method="POST", body=b"x")
             assert resp.code == 504 and error(resp)["code"] == "gateway_timeout"
