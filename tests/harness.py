@@ -211,10 +211,12 @@ def expected_links(topology: dict[str, dict], node_id: str) -> set[str]:
 
 
 def links_alive(agent: AgentProcess, neighbours: set[str]) -> bool:
-    """True when ``agent``'s /api/nodes shows every one of ``neighbours`` alive."""
+    """True when ``agent``'s /api/nodes shows every one of ``neighbours`` alive, with its first
+    snapshot in (its ``workloads`` count known): the scheduler sees its resources from then on."""
     view = agent.api("GET", "/api/nodes", timeout=5).json()
     seen = {e["node_id"]: e for e in [view.get("parent"), *view["children"], *view["peers"]] if e}
-    return all(seen.get(n, {}).get("status") == "alive" for n in neighbours)
+    return all(seen.get(n, {}).get("status") == "alive" and seen[n].get("workloads") is not None
+               for n in neighbours)
 
 
 def wait_linked(agents: dict[str, AgentProcess], topology: dict[str, dict], timeout: float = 30.0) -> None:
