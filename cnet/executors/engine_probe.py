@@ -2,8 +2,9 @@
 
 An agent that has run no container workload has not loaded the container executor
 (:mod:`cnet.executors.container`); its health still names the engine and says whether it is up.
-The probe runs the engine's blocking ``describe`` in a thread of its own and waits for it at
-most ``HEALTH_TIMEOUT`` seconds: a hung engine makes health answer with the last state seen (or
+The probe runs the engine's blocking ``describe`` in a thread of its own (made when there is an
+engine socket to ask: a node without one runs no thread for it) and waits for it at most
+``HEALTH_TIMEOUT`` seconds: a hung engine makes health answer with the last state seen (or
 ``unknown``), never slowly. The container executor, once built, shows the same probe's state.
 """
 
@@ -36,14 +37,19 @@ class EngineProbe:
 
     async def state(self) -> dict:
         """The engine's state; if it is slow to answer, the last state seen (or "unknown")."""
-        if self._probe is None or self._probe.done():
-            loop = asyncio.get_running_loop()
-            self._probe = loop.run_in_executor(self._pool, self.engine.describe)
-            self._probe.add_done_callback(self._probed)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
-        except Exception:  # a timeout, or the failure _probed has recorded
-            pass
+        missing = self.engine.absent()
+        if missing is not None:   # no socket: no thread, nothing to wait for
+            self._health = (time.monotonic(), {"engine": self.engine.url, "status": "down",
+                                               "error": missing.message})
+        else:
+            if self._probe is None or self._probe.done():
+                loop = asyncio.get_running_loop()
+                self._probe = loop.run_in_executor(self._pool, self.engine.describe)
+                self._probe.add_done_callback(self._probed)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
+            except Exception:  # a timeout, or the failure _probed has recorded
+                pass
         if self._health is None:
             return {"engine": self.engine.url, "status": "unknown",
                     "error": "the engine has not answered yet"}
