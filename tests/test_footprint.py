@@ -210,14 +210,15 @@ def test_service_and_container_executors_are_built_by_their_first_use(tmp_path):
 
 # Loaded by what first needs them, never by an agent that nobody sends such a request: the
 # events socket, uploads, Curve, the client side (commands, bus client, HTTP client), argparse,
-# the container config checks, the /svc/ router and its connections.
+# the container config checks, the /svc/ router and its connections, the replica sets, the
+# model cache and the locating of models, the container executor.
 LAZY = ("tornado.websocket", "tornado.httpclient", "tornado.simple_httpclient", "python_multipart",
         "zmq.auth", "bus.zap", "bus.client", "argparse", "cnet.events_socket", "cnet.upload",
         "cnet.upload_form", "cnet.upload_staging", "cnet.client", "cnet.cli_client",
         "cnet.cli_keys", "cnet.cli_configs", "cnet.executors.container_config",
         "cnet.svc_proxy", "cnet.svc_upstream", "cnet.svc_router", "cnet.replica_sets",
         "cnet.model_cache", "cnet.model_sink", "cnet.model_holders", "cnet.data_locator",
-        "cnet.ops.data", "cnet.executors.container")
+        "cnet.ops.data", "cnet.ops.sets", "cnet.replica_set", "cnet.executors.container")
 HEAVY = ("numpy", "cv2", "onnxruntime", "docker", "prometheus_client")
 
 # Runs ``python -m cnet ARGS...`` as the agent command runs it, and once the agent's parent is

@@ -2,7 +2,8 @@
 
 ``OPS`` maps an operation's name (what the bus and the client send) to its class; see
 :mod:`cnet.ops.base` for what an operation is. The operations an idle node has no use for (a
-model's ``locate`` and ``fetch``, asked only by the nodes placing or fetching one) are imported
+model's ``locate`` and ``fetch``, asked only by the nodes placing or fetching one, and a replica
+set's ``scale``, with the set record's checks) are imported
 by their first lookup in ``OPS`` (or as attributes of this package): the same classes, the same
 errors through both doors, only later.
 """
@@ -14,7 +15,6 @@ from importlib import import_module
 
 from .base import Caller, Operation, check_token
 from .cluster import Health, Nodes, ResourcesOp
-from .sets import Scale
 from .workloads import Delegate, Delete, Get, List, Logs, Reconcile, Stop, Submit
 
 __all__ = ["OPS", "Caller", "Delegate", "Delete", "Fetch", "Get", "Health", "List", "Locate",
@@ -22,7 +22,7 @@ __all__ = ["OPS", "Caller", "Delegate", "Delete", "Fetch", "Get", "Health", "Lis
            "check_token"]
 
 # name -> (module of this package, class): imported on first use.
-_LATER = {"locate": ("data", "Locate"), "fetch": ("data", "Fetch")}
+_LATER = {"locate": ("data", "Locate"), "fetch": ("data", "Fetch"), "scale": ("sets", "Scale")}
 
 
 class _Table(Mapping):
@@ -30,6 +30,7 @@ class _Table(Mapping):
 
     def __init__(self, *ops: type[Operation]):
         self._ops: dict[str, type[Operation]] = {op.name: op for op in ops}
+        self._names = (*self._ops, *_LATER)
 
     def __getitem__(self, name: str) -> type[Operation]:
         op = self._ops.get(name)
@@ -39,18 +40,17 @@ class _Table(Mapping):
         return op
 
     def __contains__(self, name: object) -> bool:
-        return name in self._ops or name in _LATER
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._ops
-        yield from (name for name in _LATER if name not in self._ops)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._ops.keys() | _LATER.keys())
+        return len(self._names)
 
 
 OPS: Mapping[str, type[Operation]] = _Table(
-    Submit, Delegate, Reconcile, List, Get, Stop, Delete, Logs, Nodes, ResourcesOp, Health, Scale)
+    Submit, Delegate, Reconcile, List, Get, Stop, Delete, Logs, Nodes, ResourcesOp, Health)
 
 
 def __getattr__(attr: str) -> type[Operation]:
