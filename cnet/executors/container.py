@@ -5,7 +5,8 @@ Every engine call runs in a small thread pool with a timeout; each running conta
 watched by one daemon thread blocked in the engine's ``wait`` call, which reports the exit back
 on the event loop. The SDK is imported and the client created on first use (``container_engine``),
 so an agent without an engine starts (and stays small) and reports the engine as down in
-``/api/health`` (:mod:`.engine_probe`, which answers for the engine before this is loaded). The config checks live in ``container_config``.
+``/api/health`` (:mod:`.engine_probe`, which answers for the engine before this is loaded).
+The config checks live in ``container_config``.
 """
 
 from __future__ import annotations
