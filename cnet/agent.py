@@ -11,7 +11,6 @@ import errno
 import logging
 import signal
 import time
-from functools import partial
 from typing import Callable
 
 import tornado.httpserver
@@ -25,15 +24,15 @@ from .api import Web, close_app, make_app
 from .config import Config, ConfigError
 from .events import EventHub
 from .executors import Deferred
-from .executors.container import ContainerExecutor
 from .executors.data import DataExecutor
+from .executors.engine_probe import EngineProbe
 from .executors.ports import PortBook
 from .executors.process import ProcessExecutor
+from .lazy_models import LazyModels
+from .lazy_sets import LazySets
 from .manager import Manager
 from .metrics import AgentMetrics
 from .mirrors import MirrorBook
-from .model_cache import ModelCache
-from .model_holders import model_holders
 from .neighbour_watch import NeighbourWatch
 from .neighbours import LocalView
 from .node import Node
@@ -43,7 +42,6 @@ from .placement import Placer
 from .reconcile import Reconciler
 from .register import Register
 from .remote import NeighbourPort
-from .replica_sets import SetBook
 from .rpc import BusDoor
 from .state_lock import StateLock
 from .store import Store
@@ -70,7 +68,7 @@ class Agent:
         self.metrics: AgentMetrics | None = None
         self.uploads: Uploads | None = None
         self.node: Node | None = None
-        self.sets: SetBook | None = None
+        self.sets: LazySets | None = None
         self.local: LocalView | None = None
         self.started_at = time.time()
         self.bus: BusNode | None = None
@@ -89,7 +87,7 @@ class Agent:
             self._lock.acquire()
             self.store = Store(cfg.db_path)
             self.manager = Manager(cfg, self.store, self.register, self.hub)
-            self.models = ModelCache(cfg.state_dir / "models", self.register, self.port,
+            self.models = LazyModels(cfg.state_dir / "models", self.register, self.port,
                                      self.manager)
             for executor in self._executors():
                 self.manager.add_executor(executor)
@@ -104,13 +102,12 @@ class Agent:
                                    self.manager.live, self.started_at)
             self.placer = Placer(self.local, self.manager, self.mirrors, self.port,
                                  default_strategy=cfg.placement_strategy, spawn=self.spawn,
-                                 holders=partial(model_holders, self.manager, self.port,
-                                                 self.models))
+                                 holders=self.models.holders)
             self.watch = NeighbourWatch(self.hub, self.mirrors,
                                         Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
                                         clock=self.clock)
-            self.sets = SetBook(cfg, self.store, self.hub, spawn=self.spawn)
+            self.sets = LazySets(cfg, self.store, self.hub, spawn=self.spawn)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
                              self.port, self.sets, on_submission=self.metrics.count_submission,
                              clock=self.clock, models=self.models)
@@ -193,8 +190,15 @@ class Agent:
             from .executors.datagateway import DataGatewayExecutor
             return DataGatewayExecutor(manager, ports=ports)
 
+        # The container executor too; until then the engine's probe answers /api/health.
+        probe = EngineProbe(self.config.container_engine_url)
+
+        def container():
+            from .executors.container import ContainerExecutor
+            return ContainerExecutor(manager, probe=probe)
+
         return [ProcessExecutor(manager), Deferred("mlmodel", mlmodel), Deferred("opencv", opencv),
-                Deferred("datagateway", datagateway), ContainerExecutor(manager),
+                Deferred("datagateway", datagateway), Deferred("container", container, probe),
                 DataExecutor(manager)]
 
     async def stop(self) -> None:

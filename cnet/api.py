@@ -23,6 +23,7 @@ from .errors import BadRequest, CnetError, NotFound, PayloadTooLarge
 from .http_auth import bearer
 from .http_errors import JsonErrors
 from .ops import (
+    OPS,
     Caller,
     Delete,
     Get,
@@ -32,7 +33,6 @@ from .ops import (
     Nodes,
     Operation,
     ResourcesOp,
-    Scale,
     Stop,
     Submit,
     check_token,
@@ -247,7 +247,8 @@ class WorkloadScaleHandler(BaseHandler):
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object: {\"replicas\": M}",
                              code="invalid_body")
-        self.reply(await self.run(Scale, {**body, "id": workload_id}))
+        # OPS: the scale operation (and the set record's checks) imported by its first use
+        self.reply(await self.run(OPS["scale"], {**body, "id": workload_id}))
 
 
 class WorkloadLogsHandler(BaseHandler):

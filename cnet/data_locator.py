@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .manager import Manager
     from .remote import NeighbourPort
 
-__all__ = ["MAX_HOLDERS", "ModelRef", "ObjectRef", "Source", "StoredFile", "find", "model_ref",
-           "model_source", "model_url", "read_chunk", "stored_file"]
+__all__ = ["CHUNK", "MAX_HOLDERS", "ModelRef", "ObjectRef", "Source", "StoredFile", "find",
+           "model_ref", "model_source", "model_url", "read_chunk", "stored_file"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ MAX_PATH = 1024     # bytes of a file's path inside its upload
 MAX_KEY = 1024      # bytes of an object key (as S3)
 MAX_HOLDERS = 64    # node ids of holders and copies an answer carries
 SCHEME = "s3://"
+CHUNK = 1 << 20                     # bytes per fetch answer: well within the bus's 4 MiB frames
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data_locator import ModelRef, Source, find, model_ref, read_chunk
+from .data_locator import CHUNK, ModelRef, Source, find, model_ref, read_chunk
 from .errors import CnetError, InsufficientResources
 from .executors.data import fsync_dir
 from .model_sink import FileSink
@@ -51,7 +51,6 @@ __all__ = ["CACHE_ALLOCATION", "CHUNK", "Entry", "ModelCache"]
 log = logging.getLogger(__name__)
 
 CACHE_ALLOCATION = "cache:models"   # the register's name for the cache's storage (not a workload id)
-CHUNK = 1 << 20                     # bytes per fetch answer: well within the bus's 4 MiB frames
 WINDOW = 4                          # chunk requests in flight
 BACKLOG = 8                         # chunks waiting to be hashed and written, at most
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Callable
 from .errors import NotFound
 
 if TYPE_CHECKING:
+    from .lazy_models import LazyModels
+    from .lazy_sets import LazySets
     from .manager import Manager
     from .mirrors import MirrorBook
-    from .model_cache import ModelCache
     from .neighbours import LocalView
     from .placement import Placer
     from .register import Register
     from .remote import NeighbourPort
-    from .replica_sets import SetBook
     from .workload import Workload
 
 __all__ = ["Node"]
@@ -34,10 +34,10 @@ class Node:
     mirrors: "MirrorBook"         # the records of workloads this node placed elsewhere
     placer: "Placer"              # where a submission runs
     port: "NeighbourPort"         # the neighbours and what this node asks of them
-    sets: "SetBook"               # the replica sets this node is the origin of
+    sets: "LazySets"              # the replica sets this node is the origin of
     on_submission: Callable[[str, str], None] = lambda wtype, result: None  # (type, outcome)
     clock: Callable[[], float] = time.monotonic   # the bus's clock: neighbour ages are on it
-    models: "ModelCache | None" = None            # the model cache (its copies, for locate)
+    models: "LazyModels | None" = None            # the model cache (its copies, for locate)
 
     @property
     def node_id(self) -> str:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import BadRequest
-from .workload import DELETING, FAILED, PENDING, RUNNING, STOPPED, STOPPING
+from .workload import DELETING, FAILED, PENDING, RUNNING, SET_LABEL, STOPPED, STOPPING
 
 if TYPE_CHECKING:
     from .workload import Workload
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_REPLICAS", "MAX_SET_ID", "SET_LABEL", "SET_TYPES", "ReplicaSet", "check_replicas",
            "member_spec", "split_submission"]
 
-SET_LABEL = "cnet.set"       # on every member: the id of its set
 MAX_REPLICAS = 32
 SET_TYPES = ("mlmodel", "opencv")   # services whose instances are interchangeable
 MAX_SET_ID = 54              # "-r" and up to 8 digits keep a member id within 64 characters

@@ -21,6 +21,7 @@ STATUSES = (PENDING, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, LOST, DELETI
 FROM = "_from"
 # The seed's workload types, each run by the executor of that name.
 TYPES = ("process", "container", "mlmodel", "opencv", "data", "datagateway")
+SET_LABEL = "cnet.set"       # on a replica set's every member: its set's id (cnet.replica_set)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")   # \Z: "$" would let a final "\n" in
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -174,50 +174,73 @@ def test_the_agent_imports_no_heavy_library():
     assert out.stdout.strip() == "[]"
 
 
-def test_service_executors_are_built_by_their_first_use(tmp_path):
+def test_service_and_container_executors_are_built_by_their_first_use(tmp_path):
+    import asyncio
+
     from cnet.agent import Agent
     from cnet.config import from_dict
     from cnet.executors import Deferred
     from cnet.manager import Manager
     from cnet.store import Store
 
-    cfg = from_dict({"agent": {"node_id": "n1", "state_dir": str(tmp_path / "state")}})
+    engine = f"unix://{tmp_path}/no-engine.sock"
+    cfg = from_dict({"agent": {"node_id": "n1", "state_dir": str(tmp_path / "state")},
+                     "container": {"engine_url": engine}})
     agent = Agent(cfg)
     agent.store = Store(cfg.db_path)
     agent.manager = Manager(cfg, agent.store, agent.register, agent.hub)
     agent.models = None
-    deferred = [e for e in agent._executors() if isinstance(e, Deferred)]
-    assert {e.type for e in deferred} == {"mlmodel", "opencv", "datagateway"}
-    assert not any(e.built for e in deferred)
-    for executor in deferred:
+    deferred = {e.type: e for e in agent._executors() if isinstance(e, Deferred)}
+    assert set(deferred) == {"mlmodel", "opencv", "datagateway", "container"}
+    assert not any(e.built for e in deferred.values())
+    # The engine's state before the container executor is built, and the same after.
+    before = asyncio.run(deferred["container"].health())
+    assert not deferred["container"].built
+    assert before["engine"] == engine and before["status"] == "down" and before["watched"] == 0
+    assert "no socket at" in before["error"]
+    assert [asyncio.run(e.health()) for t, e in deferred.items() if t != "container"] == [None] * 3
+    for executor in deferred.values():
         assert executor.executor.type == executor.type and executor.built
+    after = asyncio.run(deferred["container"].health())
+    assert {k: v for k, v in after.items() if k != "checked_ago"} == \
+        {k: v for k, v in before.items() if k != "checked_ago"}
+    asyncio.run(deferred["container"].close())
     agent.store.close()
 
 
 # Loaded by what first needs them, never by an agent that nobody sends such a request: the
 # events socket, uploads, Curve, the client side (commands, bus client, HTTP client), argparse,
-# the container config checks, the /svc/ router and its connections.
+# the container config checks, the /svc/ router and its connections, the replica sets, the
+# model cache and the locating of models, the container executor.
 LAZY = ("tornado.websocket", "tornado.httpclient", "tornado.simple_httpclient", "python_multipart",
         "zmq.auth", "bus.zap", "bus.client", "argparse", "cnet.events_socket", "cnet.upload",
         "cnet.upload_form", "cnet.upload_staging", "cnet.client", "cnet.cli_client",
         "cnet.cli_keys", "cnet.cli_configs", "cnet.executors.container_config",
-        "cnet.svc_proxy", "cnet.svc_upstream")
+        "cnet.svc_proxy", "cnet.svc_upstream", "cnet.svc_router", "cnet.replica_sets",
+        "cnet.model_cache", "cnet.model_sink", "cnet.model_holders", "cnet.data_locator",
+        "cnet.ops.data", "cnet.ops.sets", "cnet.replica_set", "cnet.executors.container")
 HEAVY = ("numpy", "cv2", "onnxruntime", "docker", "prometheus_client")
 
 # Runs ``python -m cnet ARGS...`` as the agent command runs it, and once the agent's parent is
-# alive in its /api/nodes, writes the names of its loaded modules to OUT and stops it.
+# alive in its /api/nodes and its /api/health shows the container engine (down: no socket),
+# writes the names of its loaded modules to OUT and stops it.
 _AGENT_LISTING_ITS_MODULES = """
 import json, os, runpy, signal, socket, sys, threading, time
 url_port, out, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
-def parent_alive():
+def get(path):
     with socket.create_connection(("127.0.0.1", url_port), timeout=2) as s:
-        s.sendall(b"GET /api/nodes HTTP/1.0\\r\\n\\r\\n")
+        s.sendall(b"GET " + path + b" HTTP/1.0\\r\\n\\r\\n")
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
-    parent = json.loads(answer.partition(b"\\r\\n\\r\\n")[2])["parent"]
-    return parent is not None and parent["status"] == "alive"
+    return json.loads(answer.partition(b"\\r\\n\\r\\n")[2])
+
+def parent_alive():
+    parent = get(b"/api/nodes")["parent"]
+    # What cnet cluster up and load balancers ask too: the engine's state, shown all the same.
+    return (parent is not None and parent["status"] == "alive"
+            and get(b"/api/health")["executors"]["container"]["status"] == "down")
 
 def report():
     deadline = time.monotonic() + 60
@@ -240,9 +263,11 @@ runpy.run_module("cnet", run_name="__main__", alter_sys=True)
 
 def test_a_running_agent_has_not_loaded_what_it_loads_on_first_use(make_agent, tmp_path):
     """A real ``cnet agent`` with a parent (so it has discovered and linked to it), its modules
-    read inside it once the parent is alive in its view."""
+    read inside it once the parent is alive in its view and its health has shown the engine."""
     parent = make_agent("jiangsu")
-    child = AgentProcess(tmp_path, "nanjing", {"parent": {"address": f"127.0.0.1:{parent.port}"}})
+    child = AgentProcess(tmp_path, "nanjing", {"parent": {"address": f"127.0.0.1:{parent.port}"},
+                                               "container": {"engine_url":
+                                                             f"unix://{tmp_path}/no-engine.sock"}})
     out = tmp_path / "modules.json"
     done = subprocess.run([sys.executable, "-c", _AGENT_LISTING_ITS_MODULES, str(child.port),
                            str(out), "agent", "--config", str(child.config_path)],

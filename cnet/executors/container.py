@@ -5,7 +5,8 @@ Every engine call runs in a small thread pool with a timeout; each running conta
 watched by one daemon thread blocked in the engine's ``wait`` call, which reports the exit back
 on the event loop. The SDK is imported and the client created on first use (``container_engine``),
 so an agent without an engine starts (and stays small) and reports the engine as down in
-``/api/health``. The config checks live in ``container_config``.
+``/api/health`` (:mod:`.engine_probe`, which answers for the engine before this is loaded).
+The config checks live in ``container_config``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import functools
 import logging
 import math
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -24,7 +24,8 @@ from ..devices import GPU_DEVICES
 from ..errors import BadRequest, CnetError, NotFound, Unavailable
 from ..workload import Workload
 from .base import Executor, ExecutorHost
-from .container_engine import CALL_TIMEOUT, Engine, describe_exit
+from .container_engine import CALL_TIMEOUT, describe_exit
+from .engine_probe import EngineProbe
 from .health_probe import url_host
 from .proc import gpu_env
 
@@ -41,7 +42,6 @@ LABEL_NODE = "cnet.node_id"
 LABEL_NAME = "cnet.workload_name"
 
 LOGS_TIMEOUT = 5.0      # the logs handler is synchronous: never hold the loop longer than this
-HEALTH_TIMEOUT = 0.8    # /api/health answers quickly even when the engine hangs
 RETRY_MAX = 30.0        # longest pause between attempts to re-watch a container
 MIN_MEMORY_LIMIT = 6 * 1024 * 1024  # engines refuse smaller memory limits
 POOL_SIZE = 8
@@ -55,15 +55,14 @@ class ContainerExecutor(Executor):
 
     type = "container"
 
-    def __init__(self, host: ExecutorHost):
+    def __init__(self, host: ExecutorHost, probe: EngineProbe | None = None):
         super().__init__(host)
-        self.engine = Engine(host.config.container_engine_url)
+        self.probe = probe or EngineProbe(host.config.container_engine_url)
+        self.engine = self.probe.engine
         self.node_id: str = host.config.node_id
         self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="cnet-engine")
         self._watches: dict[str, asyncio.Event] = {}
         self._closed = threading.Event()
-        self._probe: asyncio.Future | None = None
-        self._health: tuple[float, dict] | None = None  # (monotonic time, last engine state)
         self._limits_rejected: str | None = None  # why the engine refused limits, once it has
 
     # -- checks --------------------------------------------------------------------------
@@ -347,36 +346,12 @@ class ContainerExecutor(Executor):
     # -- engine health and plumbing ------------------------------------------------------
 
     async def health(self) -> dict:
-        """The engine's state; if it is slow to answer, the last state seen (or "unknown")."""
-        if self._probe is None or self._probe.done():
-            loop = asyncio.get_running_loop()
-            self._probe = loop.run_in_executor(self._pool, self.engine.describe)
-            self._probe.add_done_callback(self._probed)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._probe), timeout=HEALTH_TIMEOUT)
-        except Exception:  # a timeout, or the failure _probed has recorded
-            pass
-        if self._health is None:
-            state = {"engine": self.engine.url, "status": "unknown",
-                     "error": "the engine has not answered yet"}
-        else:
-            state = dict(self._health[1])
-            state["checked_ago"] = round(time.monotonic() - self._health[0], 1)
+        """The engine's state (:class:`EngineProbe`), the containers watched, the limits."""
+        state = await self.probe.state()
         state["watched"] = len(self._watches)
         if self._limits_rejected is not None:
             state["limits"] = f"not enforced ({self._limits_rejected})"
         return state
-
-    def _probed(self, probe: asyncio.Future) -> None:
-        if probe.cancelled():
-            return
-        exc = probe.exception()
-        if exc is None:
-            state = probe.result()
-        else:
-            message = exc.message if isinstance(exc, CnetError) else str(exc)
-            state = {"engine": self.engine.url, "status": "down", "error": message}
-        self._health = (time.monotonic(), state)
 
     async def _call(self, fn: Callable[..., T], *args: Any, timeout: float = CALL_TIMEOUT * 2) -> T:
         """Run a blocking engine call in the pool; Unavailable if it does not finish in time."""
@@ -392,8 +367,7 @@ class ContainerExecutor(Executor):
         self._closed.set()
         self._watches.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        # Closing the client breaks the watchers' pending waits; containers keep running.
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        await self.probe.close()   # closing the client breaks the watchers' pending waits
 
 
 def _gpu_env(gpus: list[str]) -> dict[str, str]:

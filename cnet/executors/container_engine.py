@@ -42,10 +42,8 @@ class Engine:
     def client(self) -> "DockerClient":
         with self._lock:
             if self._client is None:
-                socket = _socket_path(self.url)
-                if socket is not None and not os.path.exists(socket):
-                    # Said without importing the SDK: nodes without an engine stay small.
-                    raise self.unavailable(f"no socket at {socket}")
+                if (missing := self.absent()) is not None:
+                    raise missing
                 import docker  # ~8 MB: only once a container workload or health check needs it
 
                 with self.translated("connecting"):
@@ -59,6 +57,14 @@ class Engine:
                 self._client = client
                 log.info("container engine at %s (API %s)", self.url, client.api.api_version)
             return self._client
+
+    def absent(self) -> Unavailable | None:
+        """Unavailable if the engine's socket is not there: said without importing the SDK
+        (nodes without an engine stay small) and without blocking, so on any thread."""
+        socket = _socket_path(self.url)
+        if socket is not None and not os.path.exists(socket):
+            return self.unavailable(f"no socket at {socket}")
+        return None
 
     def cpus(self) -> int | None:
         """The engine host's cpu count (engines refuse a cpu limit above it)."""

@@ -21,9 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from ..data_locator import SCHEME, ModelRef, ObjectRef, Source, find, model_ref, model_url, read_chunk
+from ..data_locator import CHUNK, SCHEME, ModelRef, ObjectRef, Source, find, model_ref, model_url, read_chunk
 from ..errors import BadRequest
-from ..model_cache import CHUNK
 from ..placement import HOP_LIMIT
 from ..workload import ID_RE
 from .base import Caller, Operation, whole_number

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import BadRequest, CnetError, Conflict
-from ..replica_set import SET_LABEL
-from ..workload import FROM, ID_RE, STATUSES, TYPES
+from ..workload import FROM, ID_RE, SET_LABEL, STATUSES, TYPES
 from .base import Caller, Operation, check_plain, whole_number, workload_id
 
 if TYPE_CHECKING:
