@@ -34,6 +34,7 @@ class LazySets:
         self._args = (config, store, hub, spawn)
         self._attach: tuple | None = None
         self._book: SetBook | None = None
+        self._watchers: list[Callable[[str], None]] = []   # the router's (see watch)
 
     @property
     def built(self) -> bool:
@@ -47,6 +48,7 @@ class LazySets:
             book = SetBook(*self._args)
             if self._attach is not None:
                 book.attach(*self._attach)
+            book.watch(self._changed)
             self._book = book
         return self._book
 
@@ -72,6 +74,16 @@ class LazySets:
 
     def service_set(self, set_id: str) -> "ServiceSet | None":
         return self._book.service_set(set_id) if self._book is not None else None
+
+    def watch(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """The router's hook (``SetBook.watch``): the book, once built, tells this, and this
+        tells each watcher; returns what stops it."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def _changed(self, set_id: str) -> None:
+        for callback in list(self._watchers):
+            callback(set_id)   # the book logs a watcher's failure
 
     # -- the rest: the book itself --------------------------------------------------------
 
