@@ -100,14 +100,14 @@ class Agent:
             self.uploads.sweep()
             self.local = LocalView(cfg.node_id, cfg.url, cfg.labels, self.register,
                                    self.manager.live, self.started_at)
+            self.sets = LazySets(cfg, self.store, self.hub, spawn=self.spawn)
             self.placer = Placer(self.local, self.manager, self.mirrors, self.port,
                                  default_strategy=cfg.placement_strategy, spawn=self.spawn,
-                                 holders=self.models.holders)
+                                 holders=self.models.holders, set_ids=self.sets)
             self.watch = NeighbourWatch(self.hub, self.mirrors,
                                         Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
                                         clock=self.clock)
-            self.sets = LazySets(cfg, self.store, self.hub, spawn=self.spawn)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
                              self.port, self.sets, on_submission=self.metrics.count_submission,
                              clock=self.clock, models=self.models)

@@ -63,6 +63,10 @@ class LazySets:
 
     # -- what an empty book answers without being built ----------------------------------
 
+    def __contains__(self, set_id: object) -> bool:
+        """Whether a set has this id (no other workload may take it)."""
+        return self._book is not None and set_id in self._book.sets
+
     def get(self, set_id: str) -> "ReplicaSet | None":
         return self._book.get(set_id) if self._book is not None else None
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Container, Coroutine
 
 from bus import LostInFlight, RemoteError, RequestTimeout, Unreachable
 
-from .errors import BadRequest, CnetError, InsufficientResources, Unavailable
+from .errors import BadRequest, CnetError, Conflict, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
@@ -53,7 +53,8 @@ class Placer:
     def __init__(self, local: LocalView, manager: "Manager", mirrors: "MirrorBook",
                  port: "NeighbourPort", *, default_strategy: str,
                  spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 holders: Callable[..., Awaitable[frozenset[str]]] | None = None):
+                 holders: Callable[..., Awaitable[frozenset[str]]] | None = None,
+                 set_ids: Container[str] = ()):
         self.local = local
         self.node_id = local.node_id
         self.manager = manager
@@ -65,6 +66,10 @@ class Placer:
         # survey=...)``: checked where it is submitted (a missing model is an error there) and
         # preferred where it is scheduled (cnet/model_holders.py).
         self.holders = holders
+        # The ids of the replica sets this node is the origin of (cnet/replica_sets.py): a set
+        # is a workload to its clients (listed, stopped, deleted by its id), so no other
+        # workload here may take one's id.
+        self.set_ids = set_ids
         # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
         self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
         self._snap: tuple[tuple, Snapshot] | None = None   # (what it was made from, snapshot)
@@ -90,6 +95,9 @@ class Placer:
         sub = parse_submission(body, self.manager.executors.keys())
         placement = Placement.parse(sub.placement, self.default_strategy)
         sub = self.manager.validate_config(sub)
+        if sub.id in self.set_ids:
+            raise Conflict(f"workload id {sub.id} already exists (a replica set)",
+                           code="id_conflict")
         existing = self.known(sub.id)
         if existing is not None and existing.runtime.get(NEVER_STARTED):
             self.manager.same_or_conflict(existing, sub)   # the same spec, or a conflict

@@ -194,8 +194,7 @@ class Recorder:
         self.checks = checks
         self.ports = ports          # services.port_range: explicit service ports go there too
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
-        self.created: set[str] = set()
-        self.deleted: set[str] = set()
+        self.made: set[str] = set()     # what accepted requests made and left, in their order
         self.failures: list[str] = []
         self.seen: dict[str, dict[str, int]] = {}   # operation -> "status code" -> count
 
@@ -243,9 +242,9 @@ class Recorder:
         label = case.operation.label
         if 200 <= resp.status_code < 300:
             if label == "POST /api/workloads":
-                self.created.add(resp.json()["id"])
+                self.made.add(resp.json()["id"])
             elif label == "DELETE /api/workloads/{id}":
-                self.deleted.add(resp.json()["id"])
+                self.made.discard(resp.json()["id"])
             return
         after = self.ids()
         if after != before:
@@ -327,7 +326,7 @@ def _settle(recorder: Recorder) -> None:
     # A replica set's members are its own (stopped and deleted with it, by it alone).
     members = {wl["id"] for wl in listed if "cnet.set" in wl["labels"]}
     assert members == {m["id"] for wl in listed for m in wl.get("members", [])}
-    assert {wl["id"] for wl in listed} - members == recorder.created - recorder.deleted
+    assert {wl["id"] for wl in listed} - members == recorder.made
     for wl in listed:
         if wl["id"] not in members:
             assert agent.api("POST", f"/api/workloads/{wl['id']}/stop").status_code == 200

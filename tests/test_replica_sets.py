@@ -353,3 +353,26 @@ def test_bad_scales_are_refused_and_change_nothing(tree):
     wait_for(lambda: sum(a.resources()["allocated"]["cpu"] for a in tree.values()) == 5.0,
              message="the members of the refused scale deleted")
     assert _set(root)["members"] == before["members"] and _set(root)["replicas"] == 1
+
+
+def test_no_other_workload_takes_a_sets_id(make_agent):
+    """A set is a workload to its clients (listed, deleted by its id): a plain submission of
+    its id is a conflict (it was a 201, hidden behind the set in the listing and left behind
+    when the set was deleted; the OpenAPI fuzzing found it with id "0")."""
+    agent = make_agent(config=CONFIG)
+    agent.submit(faces(replicas=1, requirements={"cpu": 0.5}))
+
+    def listed():
+        return {(wl["id"], wl["type"]) for wl in agent.api("GET", "/api/workloads").json()[
+            "workloads"]}
+
+    before = listed()
+    for body in ({"id": "faces", "name": "p", "type": "process",
+                  "config": {"command": "sleep", "args": ["30"]}},
+                 {k: v for k, v in faces(requirements={"cpu": 0.5}).items() if k != "replicas"}):
+        resp = agent.api("POST", "/api/workloads", json=body)
+        assert (resp.status_code, resp.json()["error"]["code"]) == (409, "id_conflict"), resp.text
+    assert listed() == before == {("faces", "opencv"), ("faces-r1", "opencv")}
+    assert agent.api("DELETE", "/api/workloads/faces").status_code == 200
+    assert agent.api("GET", "/api/workloads").json()["workloads"] == []
+    assert agent.resources()["allocated"]["cpu"] == 0.0
