@@ -64,3 +64,33 @@ async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_
 
         await until(replaced, 20, "three usable members again, all near")
         assert len(told) == count                    # unwatched: told no more
+
+
+async def test_a_member_failing_its_health_checks_is_skipped_while_another_passes(
+        inprocess_cluster, tmp_path, monkeypatch):
+    env, _ = fake_install(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    node_config = {n: {"services": {"port_range": list(free_port_range(10))}} for n in TREE}
+    async with inprocess_cluster(TREE, node_config=node_config) as cluster:
+        root = cluster["jiangsu"]
+        record = (await cluster.run("jiangsu", Submit(workload=SET)))["workload"]
+        host_of = {m["id"]: m["node_id"] for m in record["members"]}
+
+        def usable() -> dict[str, bool]:
+            return {r.id: r.usable for r in root.sets.service_set("faces").replicas}
+
+        def health(member: str, ok: bool) -> None:   # what its node's supervisor records
+            cluster[host_of[member]].manager.updated(member, runtime={"healthy": ok})
+
+        sick, *others = sorted(host_of)
+        health(sick, False)
+        await until(lambda: usable() == {sick: False, **{m: True for m in others}}, 5,
+                    "the member failing its checks skipped, the others used")
+        for member in others:
+            health(member, False)
+        await until(lambda: all(usable().values()), 5,
+                    "with none passing its checks, every running member is still tried")
+        health(sick, True)
+        await until(lambda: usable() == {sick: True, **{m: False for m in others}}, 5,
+                    "only the member passing its checks again is used")

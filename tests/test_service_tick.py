@@ -174,3 +174,20 @@ def test_a_crash_wakes_the_tick_at_once_without_the_clock_moving():
         assert rig.ports.holder(PORT) is None
 
     asyncio.run(scenario())
+
+
+def test_a_failed_check_marks_the_record_unhealthy_at_once_and_a_good_one_healthy_again():
+    async def scenario():
+        rig = Rig()
+        await rig.at(30.0)
+        assert rig.updates == []                       # healthy, as it started: nothing to say
+        rig.healthy = False
+        await rig.at(60.0)
+        assert rig.updates == [{"runtime": {"healthy": False}}]
+        await rig.at(65.0)                             # still failing: said once
+        assert rig.updates == [{"runtime": {"healthy": False}}]
+        rig.healthy = True
+        await rig.at(70.0)
+        assert rig.updates[-1] == {"runtime": {"healthy": True}} and len(rig.updates) == 2
+
+    asyncio.run(scenario())

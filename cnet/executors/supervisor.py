@@ -49,6 +49,7 @@ class Service:
     phase: str = RUNNING
     due: float = 0.0            # the supervisor's clock time of the next timer
     failures: int = 0           # failed health checks in a row
+    healthy: bool = True        # its last health check passed (the record's runtime "healthy")
     reason: str = ""            # why it is being restarted
     task: asyncio.Task | None = None  # the step in flight (a check, a kill, a launch)
 
@@ -169,6 +170,9 @@ class ServiceSupervisor:
         cfg = self._host.config.services
         ok, why = await self._probe(svc.host, svc.port, cfg.health_timeout)
         svc.failures = 0 if ok else svc.failures + 1
+        if ok != svc.healthy:   # shown at once: a replica set's endpoint routes around it
+            svc.healthy = ok
+            self._host.updated(svc.workload_id, runtime={"healthy": ok})
         if svc.failures >= UNHEALTHY_AFTER and not svc.handle.exited:
             self._needs_restart(svc, f"was unhealthy ({why}; {svc.failures} checks in a row)")
             return
@@ -205,8 +209,9 @@ class ServiceSupervisor:
             return
         self._install(svc, handle)
         svc.phase, svc.due = RUNNING, self._clock() + cfg.health_interval
+        svc.healthy = True     # the launch waited for its first good health check
         log.info("service %s restarted (%d of %d), pid %d", svc.workload_id, n, limit, handle.pid)
-        self._host.updated(svc.workload_id, runtime={"pid": handle.pid,
+        self._host.updated(svc.workload_id, runtime={"pid": handle.pid, "healthy": True,
                                                     "_start_time": handle.start_time},
                            restart_count=n,
                            message=f"restarted ({n} of {limit}) after the service {svc.reason}")
