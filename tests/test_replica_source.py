@@ -16,13 +16,18 @@ SET = {"id": "faces", "name": "faces", "type": "opencv", "replicas": 3,
        "config": {"cascade_type": "face"}, "requirements": {"cpu": 1.0}}
 
 
-async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_path,
-                                                         monkeypatch):
+def _tree(inprocess_cluster, tmp_path, monkeypatch):
+    """The in-process TREE, its services the fake service program on ports of their own."""
     env, _ = fake_install(tmp_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     node_config = {n: {"services": {"port_range": list(free_port_range(10))}} for n in TREE}
-    async with inprocess_cluster(TREE, node_config=node_config) as cluster:
+    return inprocess_cluster(TREE, node_config=node_config)
+
+
+async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_path,
+                                                         monkeypatch):
+    async with _tree(inprocess_cluster, tmp_path, monkeypatch) as cluster:
         root = cluster["jiangsu"]
         record = (await cluster.run("jiangsu", Submit(workload=SET)))["workload"]
         where = {m["id"]: m["node_id"] for m in record["members"]}
@@ -68,11 +73,7 @@ async def test_the_router_sees_near_far_and_lost_members(inprocess_cluster, tmp_
 
 async def test_a_member_failing_its_health_checks_is_skipped_while_another_passes(
         inprocess_cluster, tmp_path, monkeypatch):
-    env, _ = fake_install(tmp_path)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    node_config = {n: {"services": {"port_range": list(free_port_range(10))}} for n in TREE}
-    async with inprocess_cluster(TREE, node_config=node_config) as cluster:
+    async with _tree(inprocess_cluster, tmp_path, monkeypatch) as cluster:
         root = cluster["jiangsu"]
         record = (await cluster.run("jiangsu", Submit(workload=SET)))["workload"]
         host_of = {m["id"]: m["node_id"] for m in record["members"]}
