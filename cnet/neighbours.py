@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .register import BEAT_USAGE_MAX_AGE
 from .resources import Resources
-from .scheduler import NodeView, Snapshot
+from .scheduler import NodeView, Snapshot, node_columns
 
 if TYPE_CHECKING:
     from bus import NeighbourState
@@ -71,7 +71,7 @@ class LocalView:
     live: Mapping[str, "Workload"]    # the Manager's live workloads (the same mapping, current)
     started_at: float
     # What scheduler_snapshot made of each neighbour's last report (node id -> what it was
-    # made from, and the view).
+    # made from, and the view with its columns), and of this node (None -> the same).
     views: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -220,17 +220,15 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
                        exclude: Iterable[str] = ()) -> Snapshot:
     """Candidates for the scheduler: this node, alive-or-lost children and peers (not parents).
 
-    A neighbour's view is made once per report it sent (``local.views``), not per request.
+    Each node's view (and the columns the scheduler reads of it) is made once per change
+    (``local.views``): a neighbour's once per report it sent, this node's once per change to
+    its allocations or live workloads, not once per request.
     """
-    live = local.live.values()
-    nodes = [NodeView(node_id=local.node_id, role="self", status="alive",
-                      available=local.register.available, capacity=local.register.capacity,
-                      gpu_memory=local.register.devices.largest_free_memory(),
-                      labels=dict(local.labels),
-                      workload_names=frozenset(sorted({wl.name for wl in live})[:512]),
-                      workload_count=len(local.live),
-                      workload_labels=_labels(sorted(
-                          {f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]))]
+    key = (local.register.seq, tuple(local.live))
+    cached = local.views.get(None)
+    if cached is None or cached[0] != key:
+        cached = local.views[None] = (key, _self_view(local))
+    views = [cached[1]]
     skip = set(exclude)
     for state in neighbours:
         if state.role not in ("child", "peer") or state.node_id in skip:
@@ -240,10 +238,25 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
         cached = local.views.get(state.node_id)
         if (cached is None or cached[0] != (state.role, state.status)
                 or cached[1] is not state.snapshot or cached[2] is not state.summary):
+            view = _neighbour_view(state)
             cached = local.views[state.node_id] = ((state.role, state.status), state.snapshot,
-                                                   state.summary, _neighbour_view(state))
-        nodes.append(cached[3])
-    return Snapshot(local.node_id, nodes)
+                                                   state.summary, (view, node_columns(view)))
+        views.append(cached[3])
+    return Snapshot(local.node_id, [v[0] for v in views], [v[1] for v in views])
+
+
+def _self_view(local: LocalView) -> tuple[NodeView, tuple]:
+    """This node as its own scheduler sees it, and its columns."""
+    live = local.live.values()
+    view = NodeView(node_id=local.node_id, role="self", status="alive",
+                    available=local.register.available, capacity=local.register.capacity,
+                    gpu_memory=local.register.devices.largest_free_memory(),
+                    labels=dict(local.labels),
+                    workload_names=frozenset(sorted({wl.name for wl in live})[:512]),
+                    workload_count=len(local.live),
+                    workload_labels=_labels(sorted(
+                        {f"{k}={v}" for wl in live for k, v in wl.labels.items()})[:512]))
+    return view, node_columns(view)
 
 
 def _neighbour_view(state: "NeighbourState") -> NodeView:

@@ -85,7 +85,7 @@ class Register:
         if len(devices) != self.capacity.gpu:
             self.capacity = Resources(self.capacity.cpu, self.capacity.memory, len(devices),
                                       self.capacity.storage)
-            self._changed()
+        self._changed()   # a new seq: what was made of the old devices is made again
 
     def release(self, workload_id: str) -> Resources | None:
         freed = self._allocations.pop(workload_id, None)

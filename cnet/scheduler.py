@@ -122,21 +122,26 @@ class Snapshot:
     precomputed as tuples (built for each decision that cannot stay on this node; building one
     costs far less than the delegation it leads to)."""
 
-    def __init__(self, self_id: str, nodes: list[NodeView]):
+    def __init__(self, self_id: str, nodes: list[NodeView],
+                 columns: list[tuple[tuple, tuple]] | None = None):
+        """``columns``, when given, are :func:`node_columns` of each of ``nodes`` (a caller
+        that keeps a node's view across decisions keeps its columns with it)."""
         self.self_id = self_id
-        self.nodes = [n for n in nodes if n.role in ("self", "child", "peer")]
+        if columns is None:
+            columns = [node_columns(n) for n in nodes]
+        kept = [i for i, n in enumerate(nodes) if n.role in ("self", "child", "peer")]
+        self.nodes = [nodes[i] for i in kept]
         self.index = {n.node_id: i for i, n in enumerate(self.nodes)}
         # Every filter walks the nodes in id order, so equal keys later rank by id.
         self.by_id = sorted(range(len(self.nodes)), key=lambda i: self.nodes[i].node_id)
         # What each node can take, cpu slack added: (cpu + slack, memory, gpu, storage).
-        self.room = [(r.cpu + _CPU_SLACK, r.memory, r.gpu, r.storage)
-                     for r in map(_reach, self.nodes)]
+        self.room = [columns[i][0] for i in kept]
         # The least gpu and storage any node has room for: a request within both never fails
         # on them, so the fit test can skip them.
         self.room_floor = (min((r[2] for r in self.room), default=0),
                            min((r[3] for r in self.room), default=0))
         self.selves = [i for i, n in enumerate(self.nodes) if n.role == "self"]
-        self.rank = [_rank_columns(n) for n in self.nodes]
+        self.rank = [columns[i][1] for i in kept]
         self._masks: dict = {}       # rule or term key -> (mask, passing ids in id order)
 
     def __len__(self) -> int:
@@ -149,6 +154,13 @@ class Snapshot:
             mask = [holds(n) for n in self.nodes]
             found = self._masks[key] = (mask, [i for i in self.by_id if mask[i]])
         return found
+
+
+def node_columns(node: NodeView) -> tuple[tuple, tuple]:
+    """What a snapshot reads of ``node`` in every decision: its room, cpu slack added
+    ``(cpu + slack, memory, gpu, storage)``, and its rank columns (:func:`_rank_columns`)."""
+    r = _reach(node)
+    return (r.cpu + _CPU_SLACK, r.memory, r.gpu, r.storage), _rank_columns(node)
 
 
 def _reach(node: NodeView) -> Resources:
