@@ -42,7 +42,6 @@ from bus.liveness import LOST, Neighbours, NeighbourState
 from bus.pending import PendingReplies
 from bus.protocol import (
     PROTOCOL,
-    TOPIC_EVENT,
     TOPIC_UPDATE,
     VERSION,
     Bye,
@@ -58,6 +57,7 @@ from bus.protocol import (
     Welcome,
     check_result,
     decode,
+    event_topic,
     decode_published,
     encode,
     new_corr_id,
@@ -93,7 +93,9 @@ class BusNode:
     ``parent`` and ``peers`` are HTTP ``host:port`` addresses (endpoints discovered with
     ``discover``, default ``GET /api/bus``) or fixed :class:`Endpoints`. With a ``token``, this
     node sends it in its hellos and refuses a child's or peer's hello without the same one
-    (clients are checked per request by the handler instead).
+    (clients are checked per request by the handler instead). With ``events`` (kinds), the only
+    events it takes from its children and peers are those of these kinds addressed to it
+    (``publish_event(..., to=)``); without, every event they publish.
     """
 
     def __init__(self, node_id: str, *, http: str = "",
@@ -104,6 +106,7 @@ class BusNode:
                  handler: Handler | None = None,
                  on_neighbour: Callable[[NeighbourState], None] | None = None,
                  on_event: Callable[[NeighbourState, Event], None] | None = None,
+                 events: Sequence[str] | None = None,
                  heartbeat_interval: float = 1.0, heartbeat_misses: int = 3,
                  request_timeout: float = 5.0, retry_max: float = 5.0,
                  curve: CurveKeys | None = None, discover: Discover | None = None,
@@ -122,6 +125,11 @@ class BusNode:
         self._summary = summary
         self._on_neighbour = on_neighbour
         self._on_event = on_event
+        # What this node's SUB takes from a child's or a peer's PUB: everything, or (``events``
+        # given) their updates and the events of those kinds addressed to this node; from its
+        # parent only updates. Nothing else wakes it.
+        self._neighbour_topics: tuple[bytes, ...] = (b"",) if events is None else (
+            TOPIC_UPDATE, *(event_topic(kind, node_id) for kind in events))
         self.interval = heartbeat_interval
         self.misses = heartbeat_misses
         self.request_timeout = request_timeout
@@ -264,12 +272,13 @@ class BusNode:
                      sent_at=time.time(), summary=self._summary() if self._summary else None)
         send_now(self._pub, encode(msg, topic=TOPIC_UPDATE))
 
-    def publish_event(self, kind: str, data: dict[str, Any]) -> None:
-        """Broadcast an event (``kind`` a short lower-case name) on PUB under ``event.<kind>``."""
+    def publish_event(self, kind: str, data: dict[str, Any], to: str | None = None) -> None:
+        """Broadcast an event (``kind`` a short lower-case name) on PUB under ``event.<kind>``,
+        or under ``event.<kind>@<to>/`` for neighbour ``to`` alone (:func:`event_topic`)."""
         msg = Event(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(), kind=kind,
                     data=data, sent_at=time.time())
         msg.validate()
-        send_now(self._pub, encode(msg, topic=TOPIC_EVENT + kind.encode()))
+        send_now(self._pub, encode(msg, topic=event_topic(kind, to)))
 
     async def request(self, node_id: str, op: str, args: dict[str, Any] | None = None, *,
                       timeout: float | None = None, token: str | None = None, hops: int = 0,
@@ -615,14 +624,14 @@ class BusNode:
         state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
                                         http=hello.http, router=hello.router, pub=hello.pub,
                                         interval=interval, beats_every=hello.interval)
-        self._follow(hello.node_id, hello.pub, hello.curve_key)
+        self._follow(hello.node_id, hello.pub, hello.curve_key, self._neighbour_topics)
         send_now(self._router, [identity, *encode(
             self._welcome("parent" if role == "child" else "peer", session))])
         log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
         self._fire(state)
 
     def _follow(self, node_id: str, pub: str, curve_key: str | None,
-                topics: Sequence[bytes] = (b"",)) -> None:
+                topics: Sequence[bytes]) -> None:
         """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed), for
         ``topics`` (prefixes; the PUB sends nothing else, so nothing else wakes this node)."""
         if self._context is None or not pub or self._sub_of.get(node_id) == pub:
@@ -703,7 +712,7 @@ class BusNode:
         # on its peers, never through this node (a child mirrors nothing through its parent),
         # and each one would wake every child of it for nothing.
         self._follow(welcome.node_id, welcome.pub, welcome.curve_key,
-                     (TOPIC_UPDATE,) if link.kind == "parent" else (b"",))
+                     (TOPIC_UPDATE,) if link.kind == "parent" else self._neighbour_topics)
         self._fire(state)
         # The first heartbeat at once: the parent sees us now.
         frames = self._beat_frames(upward=link.kind == "parent")

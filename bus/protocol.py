@@ -12,8 +12,11 @@ Envelope (ZeroMQ multipart; a ROUTER sees its peer's routing id as an extra firs
 ``VERSION`` is the tag ``b"CNET1"`` (``b"CNET"`` + protocol number). ``TYPE`` is the short ASCII
 name of one message class below (``b"hello"``, ``b"heartbeat"`` ...). ``BODY`` is a msgpack map
 of that class's fields; unknown keys are ignored, so a later minor version may add optional
-fields. ``TOPIC`` is ``b"update"`` for resource snapshots and ``b"event." + kind`` for events.
-Nothing is ever pickled.
+fields. ``TOPIC`` is ``b"update"`` for resource snapshots and ``b"event." + kind`` for events;
+an event meant for one neighbour (a workload's, for the node that placed it there) is
+addressed, ``b"event." + kind + b"@" + node_id + b"/"`` (:func:`event_topic`), so only that
+neighbour subscribes to it, while a watcher's prefix (``b"event."``, ``b"event.workload"``) still
+sees every event. Nothing is ever pickled.
 
 Conversations:
 
@@ -29,7 +32,9 @@ Conversations:
   :class:`Heartbeat` back over that connection, at its own tick when the sender beats at the
   same interval, else as an answer to each beat (and always to the first after a handshake).
   Of two peers linked both ways only the lower node id's link carries the beats.
-* broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once.
+* broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once. A node
+  follows its parent's updates only, and its children's and peers' updates and the events
+  addressed to it (or all of their events, if it asks for every kind).
 * request/reply: :class:`Request` carries ``corr_id``; the :class:`Reply` echoes it.
 * :class:`Bye` says a link is closing on purpose.
 
@@ -95,6 +100,7 @@ __all__ = [
     "decode",
     "decode_published",
     "encode",
+    "event_topic",
     "new_corr_id",
     "new_epoch",
 ]
@@ -120,6 +126,15 @@ TOPIC_UPDATE = b"update"
 TOPIC_EVENT = b"event."
 
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
+
+
+def event_topic(kind: str, to: str | None = None) -> bytes:
+    """The PUB topic of an event of ``kind``: ``event.<kind>``, or addressed to neighbour
+    ``to``, ``event.<kind>@<to>/`` (a node id never holds ``@`` or ``/``, so one node's
+    prefix never matches another's)."""
+    topic = TOPIC_EVENT + kind.encode()
+    return topic if to is None else topic + b"@" + to.encode() + b"/"
+
 _OP = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _CORR = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _ENDPOINT = re.compile(r"(tcp|ipc|inproc)://[^\s\x00]{1,250}")

@@ -22,7 +22,7 @@ from . import __version__, neighbours
 from .addresses import is_loopback
 from .api import Web, close_app, make_app
 from .config import Config, ConfigError
-from .events import EventHub
+from .events import TO, EventHub
 from .executors import Deferred
 from .executors.data import DataExecutor
 from .executors.engine_probe import EngineProbe
@@ -160,7 +160,7 @@ class Agent:
             snapshot=lambda: neighbours.self_snapshot(self.local),
             summary=lambda: neighbours.summary(self.local, self.port.neighbours()),
             handler=BusDoor(self.node, cfg.api_token).handle, on_neighbour=self.watch.changed,
-            on_event=self.watch.event, heartbeat_interval=cfg.bus.heartbeat_interval,
+            on_event=self.watch.event, events=NeighbourWatch.EVENTS, heartbeat_interval=cfg.bus.heartbeat_interval,
             heartbeat_misses=cfg.bus.heartbeat_misses, request_timeout=cfg.bus.request_timeout,
             curve=curve, token=cfg.api_token, clock=self.clock,
             # A bus bound to every interface is reached at the advertised address.
@@ -236,9 +236,10 @@ class Agent:
     def _forward_to_bus(self, event: dict) -> None:
         """Workload changes made here (or reported to our mirrors) go out on our PUB."""
         if event["type"] == "workload":
-            self.outbox.event("workload", event["workload"])
+            self.outbox.event("workload", event["workload"], to=event.get(TO))
         elif event["type"] == "workload_deleted":
-            self.outbox.event("workload_deleted", {"id": event["id"], "node_id": event["node_id"]})
+            self.outbox.event("workload_deleted", {"id": event["id"], "node_id": event["node_id"]},
+                              to=event.get(TO))
 
     async def _member_op(self, op: str, member_id: str) -> dict:
         """Run ``op`` on a replica set's member as the set's origin (see cnet.replica_sets)."""

@@ -9,9 +9,16 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[dict], None]
 
+# The neighbour a workload event is for: the node that placed the workload here (its
+# ``FROM``), which keeps a mirror of it; None for one submitted here. Only the bus reads it:
+# clients are not shown keys starting with "_".
+TO = "_to"
+
 
 class EventHub:
-    """Synchronous fan-out of small event dicts (``{"type": ..., ...}``) to listeners."""
+    """Synchronous fan-out of small event dicts (``{"type": ..., ...}``) to listeners.
+
+    Keys starting with "_" are for the agent's own listeners (:data:`TO`), not for clients."""
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []

@@ -61,7 +61,8 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
 
     def _send(self, event: dict) -> None:
         try:
-            self.write_message(json.dumps(event, separators=(",", ":")))
+            shown = {k: v for k, v in event.items() if not k.startswith("_")}
+            self.write_message(json.dumps(shown, separators=(",", ":")))
         except tornado.websocket.WebSocketClosedError:
             self.on_close()
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .devices import GPU_DEVICES
 from .errors import CnetError, Conflict, NotFound
+from .events import TO
 from .resources import Resources
 from .workload import (
     COMPLETED,
@@ -266,7 +267,8 @@ class Manager:
         self.live.pop(wl.id, None)
         self.register.release(wl.id)
         self.store.delete_workload(wl.id)
-        self.hub.publish({"type": "workload_deleted", "id": wl.id, "node_id": self.node_id})
+        self.hub.publish({"type": "workload_deleted", "id": wl.id, "node_id": self.node_id,
+                          TO: wl.runtime.get(FROM)})
 
     # -- executor callbacks (ExecutorHost) -----------------------------------------------
 
@@ -368,7 +370,7 @@ class Manager:
         self._publish(wl)
 
     def _publish(self, wl: Workload) -> None:
-        self.hub.publish({"type": "workload", "workload": wl.to_dict()})
+        self.hub.publish({"type": "workload", "workload": wl.to_dict(), TO: wl.runtime.get(FROM)})
 
     async def close(self) -> None:
         for executor in self.executors.values():

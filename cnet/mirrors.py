@@ -22,6 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .events import TO
 from .resources import Resources
 from .workload import FAILED, FROM, LOST, Workload
 
@@ -157,10 +158,11 @@ class MirrorBook:
                                 "and has no such workload: it never started"})
 
     def remove(self, workload_id: str) -> None:
-        if self.records.pop(workload_id, None) is not None:
+        wl = self.records.pop(workload_id, None)
+        if wl is not None:
             self.store.delete_workload(workload_id)
             self.hub.publish({"type": "workload_deleted", "id": workload_id,
-                              "node_id": self.node_id})
+                              "node_id": self.node_id, TO: wl.runtime.get(FROM)})
 
     def _keep_early(self, workload_id: str, remote: dict, via: str | None) -> None:
         if workload_id not in self._expected or len(self._early) >= MAX_EARLY:
@@ -170,7 +172,7 @@ class MirrorBook:
             self._early[workload_id] = (remote, via)
 
     def _publish(self, wl: Workload) -> None:
-        self.hub.publish({"type": "workload", "workload": wl.to_dict()})
+        self.hub.publish({"type": "workload", "workload": wl.to_dict(), TO: wl.runtime.get(FROM)})
 
 
 def _version(report: dict) -> int | None:

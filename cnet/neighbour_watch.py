@@ -68,6 +68,10 @@ class NeighbourWatch:
         if state.status == "lost":
             self.mirrors.mark_lost(state.node_id)
 
+    # The events this node takes from its children and peers: those addressed to it, about
+    # the workloads it placed on them (its mirrors).
+    EVENTS = ("workload", "workload_deleted")
+
     def event(self, state: "NeighbourState", event: "Event") -> None:
         """A workload event from a neighbour: it changes only mirrors that go through it."""
         if event.kind == "workload":

@@ -43,9 +43,9 @@ class Outbox:
             self._snapshot_queued = True
             self._put(_SNAPSHOT)
 
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        """Publish event ``kind`` with ``data``."""
-        self._put((kind, data))
+    def event(self, kind: str, data: dict[str, Any], to: str | None = None) -> None:
+        """Publish event ``kind`` with ``data`` (for neighbour ``to`` alone, if given)."""
+        self._put((kind, data, to))
 
     def _put(self, item: Any) -> None:
         if self.bus is None:

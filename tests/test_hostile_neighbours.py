@@ -52,7 +52,8 @@ async def test_junk_from_a_fake_child_leaves_the_nodes_answers_whole(inprocess_c
                 assert where in (await _nodes(cluster))["mallory"]["rejected"]
             def junk_event() -> str:
                 fake.publish(p.Event(node_id="mallory", epoch=1, seq=9, kind="workload",
-                                     data={"id": 5, "status": "running"}, sent_at=0.0))
+                                     data={"id": 5, "status": "running"}, sent_at=0.0),
+                             to="jiangsu")
                 return root.bus.neighbour("mallory").rejected
             for _ in range(200):                       # until the agent's SUB has joined
                 if "workload data.id" in junk_event():

@@ -325,3 +325,51 @@ async def test_a_request_in_flight_survives_our_own_link_to_the_peer_joining() -
         await until(lambda: a._links[0].joined, 5.0, "a's link to b")
         answer.set()
         assert (await asyncio.wait_for(call, 5.0)) == {"from": "suqian"}
+
+
+async def test_addressed_events_reach_only_their_neighbour() -> None:
+    """With ``events`` kinds, a node takes from its children and peers only the events of those
+    kinds addressed to it; a watcher's prefix still sees every event."""
+    got: dict[str, list] = {"jiangsu": [], "suqian": []}
+
+    def keep(node_id):
+        return lambda state, ev: got[node_id].append((state.node_id, ev.kind, ev.data["id"]))
+
+    parent = BusNode("jiangsu", on_event=keep("jiangsu"), events=("workload",), **FAST)
+    async with running(parent):
+        peer = BusNode("suqian", on_event=keep("suqian"), events=("workload",), **FAST)
+        async with running(peer):
+            child = BusNode("nanjing", parent=endpoints(parent), peers=[endpoints(peer)], **FAST)
+            async with running(child):
+                await until(lambda: status(parent, "nanjing") == "alive"
+                            and status(peer, "nanjing") == "alive")
+                await subscribed(child, parent)
+                await subscribed(child, peer)
+                watcher = Watcher(child.pub_endpoint, topics=[b"event."])
+                try:
+                    for _ in range(100):              # until the watcher's SUB has joined
+                        child.publish_event("node", {"node_id": "probe", "id": "probe"})
+                        with contextlib.suppress(RequestTimeout):
+                            await watcher.next(timeout=0.05)
+                            break
+                    while True:                       # drain the probes still queued
+                        with contextlib.suppress(RequestTimeout):
+                            await watcher.next(timeout=0.05)
+                            continue
+                        break
+                    sent = [("workload", None, "broadcast"), ("workload", "suqian", "s1"),
+                            ("node", None, "n1"), ("workload_deleted", "jiangsu", "d1"),
+                            ("workload", "jiangsu2", "other"), ("workload", "jiangsu", "j1"),
+                            ("workload", "suqian", "s2")]
+                    for kind, to, wid in sent:
+                        child.publish_event(kind, {"id": wid, "node_id": "nanjing"}, to=to)
+                    # One connection keeps order: anything let through would come before these.
+                    await until(lambda: got["jiangsu"] and got["suqian"][-1:] == [
+                        ("nanjing", "workload", "s2")], what="the addressed events")
+                    assert got["jiangsu"] == [("nanjing", "workload", "j1")]
+                    assert got["suqian"] == [("nanjing", "workload", "s1"),
+                                             ("nanjing", "workload", "s2")]
+                    seen = [(await watcher.next(timeout=2.0)).data["id"] for _ in sent]
+                    assert seen == [wid for _, _, wid in sent]
+                finally:
+                    watcher.close()

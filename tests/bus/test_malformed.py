@@ -56,8 +56,9 @@ class RawNeighbour:
                                 **fields))
         return (await self.answers())[0]
 
-    def publish(self, msg: p.Update | p.Event) -> None:
-        topic = p.TOPIC_UPDATE if isinstance(msg, p.Update) else p.TOPIC_EVENT + msg.kind.encode()
+    def publish(self, msg: p.Update | p.Event, to: str | None = None) -> None:
+        """Send ``msg`` on our PUB (an event addressed to node ``to``, if given)."""
+        topic = p.TOPIC_UPDATE if isinstance(msg, p.Update) else p.event_topic(msg.kind, to)
         self.pub.send_multipart(p.encode(msg, topic=topic))
 
     async def read_epoch(self, pub: str, publish: Callable[[], None]) -> int:
