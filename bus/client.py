@@ -22,6 +22,7 @@ from bus.pending import PendingReplies
 from bus.protocol import (
     Event,
     Hello,
+    Message,
     ProtocolError,
     Reply,
     Request,
@@ -34,7 +35,7 @@ from bus.protocol import (
 )
 from bus.security import CurveKeys
 from bus.tasks import cancel_and_wait
-from bus.wire import DropLog, close_socket, new_socket, receive, send_now
+from bus.wire import DropLog, close_socket, new_socket, send_now, serve
 
 __all__ = ["BusClient", "Watcher"]
 
@@ -97,11 +98,13 @@ class BusClient:
         return self._sock
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
-        async for msg in receive(sock, decode, self._drops):
-            if isinstance(msg, Reply):
-                self._pending.resolve(msg)
-            elif isinstance(msg, Welcome):
-                self._welcomes.put_nowait(msg)
+        await serve(sock, decode, self._take, self._drops)
+
+    def _take(self, msg: Message) -> None:
+        if isinstance(msg, Reply):
+            self._pending.resolve(msg)
+        elif isinstance(msg, Welcome):
+            self._welcomes.put_nowait(msg)
 
     async def hello(self, name: str = "client", timeout: float | None = None) -> Welcome:
         """Optional client handshake: returns the agent's :class:`Welcome` (its id, endpoints)."""

@@ -34,7 +34,7 @@ from bus.protocol import (
 )
 from bus.security import CurveKeys
 from bus.tasks import cancel_and_wait
-from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now, serve
 
 __all__ = ["Link"]
 
@@ -210,16 +210,18 @@ class Link:
             self._on_bad(self, err)
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
-        async for msg in receive(sock, decode, self._drops, self._bad_frame):
-            self.last_heard = self._clock()
-            if isinstance(msg, Welcome):
-                self._welcomed(msg)
-            elif isinstance(msg, Refuse):
-                self._refused(msg)
-            elif isinstance(msg, Bye):
-                self.restart(f"{msg.node_id} said bye ({msg.reason})", delay=min(0.1, self._interval))
-            elif self._joined:
-                self._on_message(self, msg)
+        await serve(sock, decode, self._take, self._drops, self._bad_frame)
+
+    def _take(self, msg: Message) -> None:
+        self.last_heard = self._clock()
+        if isinstance(msg, Welcome):
+            self._welcomed(msg)
+        elif isinstance(msg, Refuse):
+            self._refused(msg)
+        elif isinstance(msg, Bye):
+            self.restart(f"{msg.node_id} said bye ({msg.reason})", delay=min(0.1, self._interval))
+        elif self._joined:
+            self._on_message(self, msg)
 
     def _welcomed(self, msg: Welcome) -> None:
         expected = self.endpoints.node_id if self.endpoints else ""

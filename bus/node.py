@@ -65,7 +65,7 @@ from bus.protocol import (
 )
 from bus.refusals import RefusalLog
 from bus.security import CurveKeys, start_authenticator
-from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now, serve
 
 __all__ = ["BusNode"]
 
@@ -523,12 +523,8 @@ class BusNode:
     async def _router_loop(self) -> None:
         if self._router is None:
             return
-        async for identity, msg in receive(self._router, _split_identity, self._router_drops,
-                                           self._answer_bad_frame):
-            try:
-                self._on_router(identity, msg)
-            except Exception:
-                log.exception("handling %s on ROUTER failed", msg.TYPE.decode())
+        await serve(self._router, _split_identity, lambda found: self._on_router(*found),
+                    self._router_drops, self._answer_bad_frame)
 
     def _reply_to(self, identity: bytes) -> Callable[[list[bytes]], bool]:
         return lambda frames: send_now(self._router, [identity, *frames])
@@ -661,7 +657,7 @@ class BusNode:
         sub, task = self._subs.pop(endpoint, (None, None))
         if task is not None:
             task.cancel()
-        close_socket(sub)      # also cancels the reader's pending receive
+        close_socket(sub)      # also stops its reader
 
     def _publishers(self, endpoint: str) -> list[str]:
         return [node_id for node_id, pub in self._sub_of.items() if pub == endpoint]
@@ -671,26 +667,28 @@ class BusNode:
             self._reject(node_id, _why(err))
 
     async def _sub_loop(self, endpoint: str, sub: zmq.asyncio.Socket) -> None:
-        on_error = functools.partial(self._bad_published, endpoint)
-        async for _topic, msg in receive(sub, decode_published, self._sub_drops, on_error):
-            if self._sub_of.get(msg.node_id) != endpoint:
-                for node_id in self._publishers(endpoint):
-                    self._refused_message(node_id, f"published as {msg.node_id}",
-                                          self._sub_drops)
-                continue
-            if isinstance(msg, Update):
-                self._take_snapshot(msg, self._sub_drops)
-            elif isinstance(msg, Event):
-                reason = self._neighbours.seq_refusal(msg.node_id, msg.epoch, msg.seq)
-                if reason is not None:
-                    self._refused_message(msg.node_id, f"event: {reason}", self._sub_drops)
-                    continue
-                state = self._heard(msg.node_id, msg.epoch)
-                if state is not None and self._on_event is not None:
-                    try:
-                        self._on_event(state.copy(), msg)
-                    except Exception:
-                        log.exception("on_event callback failed for %s", msg.node_id)
+        await serve(sub, decode_published, functools.partial(self._on_published, endpoint),
+                    self._sub_drops, functools.partial(self._bad_published, endpoint))
+
+    def _on_published(self, endpoint: str, published: tuple[bytes, Message]) -> None:
+        msg = published[1]
+        if self._sub_of.get(msg.node_id) != endpoint:
+            for node_id in self._publishers(endpoint):
+                self._refused_message(node_id, f"published as {msg.node_id}", self._sub_drops)
+            return
+        if isinstance(msg, Update):
+            self._take_snapshot(msg, self._sub_drops)
+        elif isinstance(msg, Event):
+            reason = self._neighbours.seq_refusal(msg.node_id, msg.epoch, msg.seq)
+            if reason is not None:
+                self._refused_message(msg.node_id, f"event: {reason}", self._sub_drops)
+                return
+            state = self._heard(msg.node_id, msg.epoch)
+            if state is not None and self._on_event is not None:
+                try:
+                    self._on_event(state.copy(), msg)
+                except Exception:
+                    log.exception("on_event callback failed for %s", msg.node_id)
 
     # ----------------------------------------------------------------- link callbacks
 

@@ -2,12 +2,13 @@
 and logging dropped frames without flooding the log.
 
 Sending and receiving go through the socket's plain (synchronous) view with ``NOBLOCK``, and a
-receiver waits on the socket's file descriptor with the loop's own reader callback: a message
-costs the loop one turn to reach its reader, and no future, callback list or option read of
+receiver is the loop's own reader callback on the socket's file descriptor, which reads and
+handles what arrived there and then (``serve``): a message reaches its handler in the loop turn
+it is read in, with no task woken and no future, callback list or option read of
 ``zmq.asyncio``'s per-call machinery. libzmq's descriptor is edge-like (any call on the socket
 may consume the signal that a message arrived), so after each send on a socket that someone
-reads, ``send_now`` looks for a message waiting and wakes the reader itself, as
-``zmq.asyncio`` does.
+reads, ``send_now`` has the reader look again on the loop's next turn, as ``zmq.asyncio``
+does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import zmq
@@ -24,9 +25,11 @@ import zmq.asyncio
 
 from bus.protocol import MAX_FRAME_SIZE, ProtocolError
 
-__all__ = ["BYE_LINGER_MS", "DropLog", "close_socket", "new_socket", "receive", "send_now"]
+__all__ = ["BYE_LINGER_MS", "DropLog", "close_socket", "new_socket", "send_now", "serve"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("bus.wire")
 
 HWM = 10_000
 YIELD_EVERY = 64           # messages taken in a row before other tasks get a turn
@@ -55,7 +58,7 @@ def send_now(sock: zmq.asyncio.Socket | None, frames: list[bytes]) -> bool:
         return False
     reader = _readers.get(sock)
     if reader is not None:
-        reader.check()
+        reader.poke()
     return True
 
 
@@ -80,40 +83,58 @@ def _plain(sock: zmq.Socket) -> zmq.Socket:
 
 
 class _Reader:
-    """The wait of one ``receive`` on its socket's descriptor."""
+    """The messages of one socket, handed to ``handle`` from the loop's reader callback as
+    they arrive: no task wakes up per message."""
 
-    def __init__(self, plain: zmq.Socket, loop: asyncio.AbstractEventLoop):
+    def __init__(self, plain: zmq.Socket, loop: asyncio.AbstractEventLoop,
+                 take: Callable[[list[bytes]], None]):
         self.plain = plain
         self.fd = plain.FD
         self.loop = loop
-        self.future: asyncio.Future[None] | None = None
+        self.take = take
+        self.done: asyncio.Future[None] = loop.create_future()
         self.stopped = False
+        self._draining = False
+        self._poked = False
         loop.add_reader(self.fd, self.check)
 
     def check(self) -> None:
-        """Read the socket's events (which also re-arms its descriptor); wake the reader when a
-        message waits."""
-        if self.stopped or self.plain.closed:
+        """Take what waits (reading the socket's events also re-arms its descriptor)."""
+        self._poked = False
+        if self.stopped or self._draining:
             return
-        if self.plain.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            future = self.future
-            if future is not None and not future.done():
-                future.set_result(None)
-
-    async def wait(self) -> None:
-        self.future = self.loop.create_future()
+        self._draining = True
         try:
-            self.check()            # what came after the last read
-            await self.future
+            for _ in range(YIELD_EVERY):
+                if self.stopped or self.plain.closed:
+                    return
+                try:
+                    frames = self.plain.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    if not (self.stopped or self.plain.closed):
+                        raise
+                    return
+                self.take(frames)
+            # A flood: let the tick and the other sockets have a turn, then go on.
+            self.poke()
         finally:
-            self.future = None
+            self._draining = False
+
+    def poke(self) -> None:
+        """Look at the socket again on the loop's next turn (after a send on it, which may
+        have consumed the descriptor's signal that a message arrived)."""
+        if not self._poked and not self.stopped:
+            self._poked = True
+            self.loop.call_soon(self.check)
 
     def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
             self.loop.remove_reader(self.fd)
-            if self.future is not None and not self.future.done():
-                self.future.cancel()
+            if not self.done.done():
+                self.done.set_result(None)
 
 
 _readers: weakref.WeakKeyDictionary[zmq.Socket, _Reader] = weakref.WeakKeyDictionary()
@@ -144,41 +165,37 @@ class DropLog:
         self._since, self._last = 0, now
 
 
-async def receive(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T], drops: DropLog,
-                  on_error: Callable[[list[bytes], ProtocolError], None] | None = None,
-                  ) -> AsyncIterator[T]:
-    """Decoded messages from ``sock`` forever; bad frames go to ``drops`` (and ``on_error``).
+async def serve(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],
+                handle: Callable[[T], None], drops: DropLog,
+                on_error: Callable[[list[bytes], ProtocolError], None] | None = None) -> None:
+    """Decode each message from ``sock`` and call ``handle`` with it, until the socket is
+    closed (``close_socket``) or this is cancelled; bad frames go to ``drops`` (and
+    ``on_error``). One reader per socket.
 
-    A flood of ready messages does not starve the loop: every ``YIELD_EVERY`` messages the
-    generator lets other tasks (the tick, other sockets) run. One reader per socket.
+    ``handle`` runs in the loop's reader callback, as the message is read: it must not block,
+    and what it raises is logged, not let out. A flood of ready messages does not starve the
+    loop: after ``YIELD_EVERY`` messages in a row the rest waits for the loop's next turn.
     """
     if sock in _readers:
         raise RuntimeError("this socket already has a reader")
-    plain = _plain(sock)
-    reader = _readers[sock] = _Reader(plain, asyncio.get_running_loop())
-    count = 0
+
+    def take(frames: list[bytes]) -> None:
+        try:
+            msg = decoder(frames)
+        except ProtocolError as err:
+            drops.drop(err)
+            if on_error is not None:
+                on_error(frames, err)
+            return
+        try:
+            handle(msg)
+        except Exception:
+            log.exception("handling a %s failed", type(msg).__name__)
+
+    reader = _readers[sock] = _Reader(_plain(sock), asyncio.get_running_loop(), take)
     try:
-        while True:
-            try:
-                frames = plain.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                await reader.wait()
-                continue
-            except zmq.ZMQError:
-                if reader.stopped or plain.closed:    # closed under us: the end
-                    return
-                raise
-            count += 1
-            if count % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            try:
-                msg = decoder(frames)
-            except ProtocolError as err:
-                drops.drop(err)
-                if on_error is not None:
-                    on_error(frames, err)
-                continue
-            yield msg
+        reader.check()                # what came before the reader was there
+        await asyncio.shield(reader.done)
     finally:
         if _readers.get(sock) is reader:
             del _readers[sock]
