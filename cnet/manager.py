@@ -126,7 +126,7 @@ class Manager:
             self.store.insert_workload(wl.to_row())
             start = asyncio.ensure_future(self.executors[wl.type].start(wl))
             if ready_within is not None:
-                await asyncio.wait({start}, timeout=ready_within)
+                await _done_or_late(start, ready_within)
                 if not start.done():
                     start.add_done_callback(lambda task: self._started_late(wl, task, started))
                     return wl
@@ -381,3 +381,22 @@ def _log_failed_delete(workload_id: str, task: asyncio.Future) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.warning("finishing the delete of %s failed (a DELETE or a restart retries): %r",
                     workload_id, exc)
+
+
+async def _done_or_late(task: asyncio.Future, within: float) -> None:
+    """Wait until ``task`` is done or ``within`` seconds passed, whichever is first (it keeps
+    running): ``asyncio.wait({task}, timeout=within)`` without its sets and extra callbacks."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(_=None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(within, wake)
+    task.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)

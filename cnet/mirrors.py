@@ -107,7 +107,7 @@ class MirrorBook:
         if upstream is not None:
             wl.runtime[FROM] = upstream
         self.records[wl.id] = wl
-        self.store.insert_soon(wl.to_row())
+        self.store.insert_soon(wl)
         self._publish(wl)
         return wl
 

@@ -70,8 +70,9 @@ class Placer:
         # is a workload to its clients (listed, stopped, deleted by its id), so no other
         # workload here may take one's id.
         self.set_ids = set_ids
-        # Workloads being placed on a neighbour right now: id -> (outcome, what it looks like).
-        self._placing: dict[str, tuple[asyncio.Future, Workload]] = {}
+        # Workloads being placed on a neighbour right now: id -> (outcome, the submission, its
+        # origin and when it came; what it looks like is made only when asked).
+        self._placing: dict[str, tuple[asyncio.Future, Any, str | None, float]] = {}
         self._snap: tuple[tuple, Snapshot] | None = None   # (what it was made from, snapshot)
 
     def known(self, workload_id: str) -> Workload | None:
@@ -121,7 +122,7 @@ class Placer:
             return await self.manager.admit(sub, origin=origin, upstream=upstream,
                                             ready_within=_ready_within(deadline)), True
         outcome = asyncio.get_running_loop().create_future()
-        self._placing[sub.id] = (outcome, self._pending_record(sub, self.node_id, origin))
+        self._placing[sub.id] = (outcome, sub, origin, time.time())
         self.mirrors.expect(sub.id)
         try:
             wl = await self._place(sub, body, placement, hops, visited, upstream, origin, deadline,
@@ -166,7 +167,10 @@ class Placer:
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""
         entry = self._placing.get(workload_id)
-        return entry[1] if entry is not None else None
+        if entry is None:
+            return None
+        _, sub, origin, created_at = entry
+        return self._pending_record(sub, self.node_id, origin, created_at)
 
     async def _place(self, sub, body, placement: Placement, hops: int, visited: tuple[str, ...],
                      upstream: str | None, origin: str | None, deadline: float | None,
@@ -258,10 +262,12 @@ class Placer:
                 return None
         return None
 
-    def _pending_record(self, sub, node_id: str, origin: str | None) -> Workload:
+    def _pending_record(self, sub, node_id: str, origin: str | None,
+                        created_at: float | None = None) -> Workload:
         return Workload(id=sub.id, name=sub.name, type=sub.type, config=sub.config,
                         requirements=sub.requirements, placement=sub.placement,
-                        labels=sub.labels, node_id=node_id, origin=origin or self.node_id)
+                        labels=sub.labels, node_id=node_id, origin=origin or self.node_id,
+                        created_at=created_at or time.time())
 
     def _await_answer(self, sub, via: str, origin: str | None, upstream: str | None) -> Workload:
         """``via`` did not answer: never try another node (it may have started it); keep a

@@ -21,8 +21,12 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import peewee as pw
+
+if TYPE_CHECKING:
+    from .workload import Workload
 
 PRAGMAS = {
     "journal_mode": "wal",
@@ -150,9 +154,10 @@ class Store:
 
     # -- writes that may wait for the end of the step --------------------------------------
 
-    def insert_soon(self, fields: dict) -> None:
-        """``insert_workload``, committed after the current step."""
-        self._queue("_insert", (fields,))
+    def insert_soon(self, record: "Workload") -> None:
+        """``insert_workload`` of ``record``, committed after the current step with the row it
+        has then (made then, not on the path that made the record)."""
+        self._queue("_insert_record", (record,))
 
     def update_soon(self, workload_id: str, fields: dict) -> None:
         """``update_workload``, committed after the current step."""
@@ -187,7 +192,7 @@ class Store:
                     getattr(self, method)(*args)
             except pw.PeeweeException as exc:
                 log.error("writing workload %s to %s failed: %s", args[0] if method == "_update"
-                          else args[0].get("id"), self.path, exc)
+                          else args[0].id, self.path, exc)
 
     # -- workloads -----------------------------------------------------------------------
 
@@ -215,6 +220,9 @@ class Store:
         self.db.execute_sql(sql, [_db_value(c, fields[c]) for c in columns])
         self.db.execute_sql(_INSERT_TRANSITION, (fields["id"], time.time(), fields["status"],
                                                  fields.get("message")))
+
+    def _insert_record(self, record: "Workload") -> None:
+        self._insert(record.to_row())
 
     def _update(self, workload_id: str, fields: dict, transition: str | None,
                 message: str | None) -> None:

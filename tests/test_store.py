@@ -29,10 +29,14 @@ def test_a_database_without_versions_gains_the_column(tmp_path):
         store.close()
 
 
-def _row(workload_id: str) -> dict:
+def _record(workload_id: str) -> Workload:
     return Workload(id=workload_id, name="job", type="process", config={},
                     requirements=Resources(cpu=1.0), placement={}, labels={}, node_id="nanjing",
-                    origin="jiangsu", status="running", version=1).to_row()
+                    origin="jiangsu", status="running", version=1)
+
+
+def _row(workload_id: str) -> dict:
+    return _record(workload_id).to_row()
 
 
 def _committed(path) -> dict[str, tuple]:
@@ -45,17 +49,19 @@ async def test_writes_that_may_wait_are_committed_after_the_step_in_order(tmp_pa
     path = tmp_path / "cnet.db"
     store = Store(path)
     try:
-        store.insert_soon(_row("w1"))
+        store.insert_soon(_record("w1"))
         store.update_soon("w1", {"status": "completed", "version": 2})
-        store.insert_soon(_row("w2"))
+        late = _record("w2")
+        store.insert_soon(late)
+        late.status, late.version = "stopped", 2            # the row it has when written
         assert _committed(path) == {}                       # not within the step
         await asyncio.sleep(0)
-        assert _committed(path) == {"w1": ("completed", 2), "w2": ("running", 1)}
+        assert _committed(path) == {"w1": ("completed", 2), "w2": ("stopped", 2)}
         # A write that cannot wait lands after whatever was queued before it.
-        store.insert_soon(_row("w3"))
+        store.insert_soon(_record("w3"))
         store.update_workload("w3", {"status": "stopped", "version": 2})
         assert _committed(path)["w3"] == ("stopped", 2)
-        store.insert_soon(_row("w4"))
+        store.insert_soon(_record("w4"))
         store.delete_workload("w4")
         await asyncio.sleep(0)
         assert "w4" not in _committed(path)
@@ -68,9 +74,9 @@ async def test_a_queued_write_that_fails_does_not_take_the_others_with_it(tmp_pa
     store = Store(path)
     try:
         store.insert_workload(_row("w1"))
-        store.insert_soon(_row("w2"))
-        store.insert_soon(_row("w1"))                       # the same id again: refused
-        store.insert_soon(_row("w3"))
+        store.insert_soon(_record("w2"))
+        store.insert_soon(_record("w1"))                       # the same id again: refused
+        store.insert_soon(_record("w3"))
         await asyncio.sleep(0)
         assert set(_committed(path)) == {"w1", "w2", "w3"}
         assert any("writing workload w1" in r.getMessage() for r in caplog.records)
@@ -81,7 +87,7 @@ async def test_a_queued_write_that_fails_does_not_take_the_others_with_it(tmp_pa
 def test_without_a_loop_and_at_close_nothing_queued_is_left_behind(tmp_path):
     path = tmp_path / "cnet.db"
     store = Store(path)
-    store.insert_soon(_row("w1"))                           # no loop: written at once
+    store.insert_soon(_record("w1"))                           # no loop: written at once
     assert set(_committed(path)) == {"w1"}
 
     async def queue_and_close() -> None:
