@@ -110,7 +110,7 @@ class SetBook:
                 summary = state.summary if isinstance(state.summary, dict) else {}
                 ids = summary.get("node_ids")
                 below.update(i for i in (ids if isinstance(ids, list) else []) if isinstance(i, str))
-        members = []    # (member, usable, its node's last health check passed)
+        replicas = []
         for mid in rs.members:
             wl = self._record(mid)
             if wl is None:
@@ -118,16 +118,12 @@ class SetBook:
             via = wl.runtime.get("via")
             reached = via is None or (via in states and states[via].status == "alive")
             endpoint = wl.runtime.get("endpoint")
-            usable = bool(endpoint) and wl.status == RUNNING and reached and rs.state == ACTIVE
-            members.append((mid, wl, endpoint, usable, wl.runtime.get("healthy") is not False))
-        # A member failing its health checks is skipped while another one passes them; when
-        # none does, the running ones are still tried (a blip of all is not a refusal of all).
-        any_healthy = any(usable and healthy for _, _, _, usable, healthy in members)
-        replicas = tuple(Replica(id=mid, node_id=wl.node_id, endpoint=endpoint or "",
-                                 near=wl.node_id in below,
-                                 usable=usable and (healthy or not any_healthy))
-                         for mid, wl, endpoint, usable, healthy in members)
-        return ServiceSet(id=rs.id, replicas=replicas, retry_post=True)
+            replicas.append(Replica(id=mid, node_id=wl.node_id, endpoint=endpoint or "",
+                                    near=wl.node_id in below,
+                                    usable=bool(endpoint) and wl.status == RUNNING and reached
+                                    and rs.state == ACTIVE,
+                                    healthy=wl.runtime.get("healthy") is not False))
+        return ServiceSet(id=rs.id, replicas=tuple(replicas), retry_post=True)
 
     def watch(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(set_id)`` whenever a member of that set may have changed usability

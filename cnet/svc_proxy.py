@@ -80,7 +80,8 @@ class ServiceRouter:
 
     def changed(self, set_id: str) -> None:
         """The source's word that a member of ``set_id`` may have become unusable: cut the
-        requests in flight to each one that is (nothing to do, and nothing asked, when idle)."""
+        requests in flight to each one that is (nothing to do, and nothing asked, when idle).
+        One that only failed a health check is still usable: its requests go on."""
         flights = self._flights.get(set_id)
         if not flights or self.source is None:
             return

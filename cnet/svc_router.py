@@ -21,7 +21,8 @@ class Replica:
     node_id: str     # the node it runs on
     endpoint: str    # base URL of its service, e.g. "http://10.0.0.5:18123"
     near: bool       # on this node or one of its children: preferred over peers/parent
-    usable: bool     # running, healthy (its supervisor's health check), its node not lost
+    usable: bool     # running, its node not lost
+    healthy: bool = True   # its last health check (its supervisor's) passed
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ReplicaSource(Protocol):
     (at once, on the event loop) whenever a member of that set may have changed usability
     (its record, its node's status), and the router cuts short the requests in flight to a
     member that is no longer usable. Without the hook those wait for their answer or time out.
+    A member that fails a health check stays usable (``healthy`` False): new requests avoid it
+    while another passes, and those in flight to it wait for its answer (it is slow, not gone).
     """
 
     def service_set(self, set_id: str) -> ServiceSet | None: ...   # None: no such set on this node
@@ -52,6 +55,9 @@ class Chooser:
     - A replica this router just failed to reach is skipped for ``quarantine`` seconds (passive
       health), unless every usable one is in that state: then the one whose mark ends first is
       tried rather than refusing outright.
+    - Of the rest, those failing their health checks are skipped while one passing them is
+      left, and taken when none is: a member that is slow (a loaded machine fails a check) is
+      still where a request goes when the others are out, or were tried and failed.
     - Among the rest, the fewest requests in flight wins. Near replicas (this node and its
       children) are preferred: a far one (peer, parent) is taken only when it has at least
       ``near_slack`` fewer requests in flight than every near one. With the default of 1 this
@@ -83,6 +89,7 @@ class Chooser:
         up = [r for r in usable if self._down_until.get(r.id, 0.0) <= now]
         if not up:
             return min(usable, key=lambda r: self._down_until[r.id])
+        up = [r for r in up if r.healthy] or up
         near = [r for r in up if r.near]
         far = [r for r in up if not r.near]
         if near and far:

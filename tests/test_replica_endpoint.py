@@ -12,8 +12,15 @@ import time
 import pytest
 import requests
 
-from .harness import MODELS_DIR, wait_for
-from .test_replica_sets import ROOT, faces, submit_set, tree  # noqa: F401 (the fixture)
+from .harness import MODELS_DIR, deep_merge, wait_for
+from .test_replica_sets import (  # noqa: F401 (tree: the fixture)
+    CONFIG,
+    ROOT,
+    faces,
+    start_tree,
+    submit_set,
+    tree,
+)
 
 LOAD_THREADS = 3
 
@@ -123,3 +130,40 @@ def test_a_killed_replica_node_loses_no_request_and_is_replaced(tree, astronaut_
     assert victim["id"] not in after
     print(f"node lost and its member replaced within {time.monotonic() - started:.1f} s; "
           f"{len(load.ok)} requests answered, none failed")
+
+
+@pytest.fixture
+def slow_checks_tree(make_cluster):
+    """The tree, its services' health checks given 5 s: a member that stops answering fails
+    its first check after 5 s, and its third (which has its node restart it) 10 s later."""
+    return start_tree(make_cluster, deep_merge(CONFIG, {"services": {"health_timeout": 5.0}}))
+
+
+def test_a_member_failing_its_checks_takes_over_when_the_other_members_node_is_killed(
+        slow_checks_tree, astronaut_b64):
+    """A loaded machine: one member is slow (stopped here) and fails a health check, so new
+    requests go to the other; then the other's node is killed. Until its origin sees that
+    node lost, that member still looks healthy and usable: a request it refuses is retried on
+    the slow member rather than failed, and none in flight to the slow one is cut short for
+    its failed check. Once the slow member answers again, every request has been answered."""
+    nodes = slow_checks_tree
+    root = nodes[ROOT]
+    record, victim, host = submit_set(nodes, 2)
+    slow = next(m for m in record["members"] if m["id"] != victim["id"])
+    slow_pid = nodes[slow["node_id"]].workload(slow["id"])["process_pid"]
+    victim_pid = host.workload(victim["id"])["process_pid"]
+    with Load(record["endpoint"], astronaut_b64) as load:
+        load.wait_answers(10)
+        os.kill(slow_pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: root.workload(slow["id"]).get("healthy") is False, timeout=20,
+                     message="the stopped member failing its health check")
+            host.kill()
+            os.killpg(victim_pid, signal.SIGKILL)
+            wait_for(lambda: root.workload("faces")["restart_count"] == 1, timeout=30,
+                     message="the killed node's member replaced")
+        finally:
+            os.kill(slow_pid, signal.SIGCONT)
+        load.wait_answers(20)
+    assert not load.failed, load.failed[:5]
+    assert root.workload(slow["id"])["restart_count"] == 0     # it was slow, never restarted

@@ -32,11 +32,15 @@ def faces(set_id: str = "faces", replicas: int = 3, **extra) -> dict:
             "requirements": {"cpu": 1.0, "memory": GIB // 2}, **extra}
 
 
-@pytest.fixture
-def tree(make_cluster):
+def start_tree(make_cluster, config: dict = CONFIG) -> dict:
     # Each agent its own service ports: they share this machine.
     node_config = {n: {"services": {"port_range": list(free_port_range(20))}} for n in TREE}
-    return make_cluster(TREE, config=CONFIG, node_config=node_config)
+    return make_cluster(TREE, config=config, node_config=node_config)
+
+
+@pytest.fixture
+def tree(make_cluster):
+    return start_tree(make_cluster)
 
 
 def _detect(endpoint: str, image_b64: str) -> dict:

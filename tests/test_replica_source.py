@@ -5,6 +5,7 @@ and reached, a lost peer's member unusable at once and then replaced."""
 from __future__ import annotations
 
 from cnet.ops import Submit
+from cnet.svc_router import Chooser
 
 from .bus.harness import until
 from .ports import free_port_range
@@ -78,20 +79,29 @@ async def test_a_member_failing_its_health_checks_is_skipped_while_another_passe
         record = (await cluster.run("jiangsu", Submit(workload=SET)))["workload"]
         host_of = {m["id"]: m["node_id"] for m in record["members"]}
 
-        def usable() -> dict[str, bool]:
-            return {r.id: r.usable for r in root.sets.service_set("faces").replicas}
+        def seen() -> dict[str, tuple[bool, bool]]:      # (usable, healthy) of each member
+            return {r.id: (r.usable, r.healthy) for r in root.sets.service_set("faces").replicas}
 
         def health(member: str, ok: bool) -> None:   # what its node's supervisor records
             cluster[host_of[member]].manager.updated(member, runtime={"healthy": ok})
 
+        def order() -> list[str]:       # the router's tries, each one excluding those before
+            replicas, chooser, tried = root.sets.service_set("faces").replicas, Chooser(), []
+            while (replica := chooser.pick(replicas, exclude=tried)) is not None:
+                tried.append(replica.id)
+            return tried
+
         sick, *others = sorted(host_of)
         health(sick, False)
-        await until(lambda: usable() == {sick: False, **{m: True for m in others}}, 5,
-                    "the member failing its checks skipped, the others used")
+        await until(lambda: seen() == {sick: (True, False), **{m: (True, True) for m in others}},
+                    5, "the member failing its checks still usable, and known to fail them")
+        tries = order()                              # skipped while another passes; then
+        assert set(tries[:-1]) == set(others) and tries[-1] == sick   # tried, not refused
         for member in others:
             health(member, False)
-        await until(lambda: all(usable().values()), 5,
-                    "with none passing its checks, every running member is still tried")
+        await until(lambda: all(not healthy for _, healthy in seen().values()), 5,
+                    "every member failing its checks")
+        assert sorted(order()) == sorted(host_of)    # none passes: every running one is tried
         health(sick, True)
-        await until(lambda: usable() == {sick: True, **{m: False for m in others}}, 5,
-                    "only the member passing its checks again is used")
+        await until(lambda: seen()[sick] == (True, True), 5, "the member passing again")
+        assert order()[0] == sick

@@ -1,5 +1,6 @@
 """The router's choice of replica (cnet.svc_router.Chooser), without sockets: least in flight,
-near preferred, unusable and recently unreachable replicas skipped."""
+near preferred, unusable and recently unreachable replicas skipped, those failing their health
+checks only while another is left."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from cnet.svc_router import Chooser, Replica
 from .inprocess import ManualClock
 
 
-def rep(rid: str, near: bool = True, usable: bool = True) -> Replica:
-    return Replica(rid, f"node-{rid}", f"http://10.0.0.1:{1000 + len(rid)}", near, usable)
+def rep(rid: str, near: bool = True, usable: bool = True, healthy: bool = True) -> Replica:
+    return Replica(rid, f"node-{rid}", f"http://10.0.0.1:{1000 + len(rid)}", near, usable,
+                   healthy)
 
 
 def test_the_fewest_in_flight_wins():
@@ -96,6 +98,25 @@ def test_when_every_usable_replica_is_marked_the_first_to_recover_is_tried():
     assert chooser.pick([a, b]) == a
     chooser.reached("b")
     assert chooser.pick([a, b]) == b
+
+
+def test_a_replica_failing_its_checks_is_taken_only_when_no_other_is_left():
+    clock = ManualClock()
+    chooser = Chooser(clock=clock, quarantine=3.0)
+    sick, ok, far = rep("sick", healthy=False), rep("ok"), rep("far", near=False)
+    for _ in range(3):
+        chooser.started("ok")                     # busy, and far too: the sick one still waits
+    assert {chooser.pick([sick, ok, far]).id for _ in range(5)} == {"far"}
+    assert chooser.pick([sick, ok]) == ok
+    # The retry of a request that the healthy one failed: the sick one, not a refusal.
+    assert chooser.pick([sick, ok, far], exclude={"ok", "far"}) == sick
+    chooser.unreachable("ok")                      # this router cannot reach the healthy one
+    assert chooser.pick([sick, ok]) == sick
+    assert chooser.pick([rep("sick", usable=False, healthy=False), ok]) == ok   # marked, but
+    clock.advance(3.0)                                                         # all that is left
+    assert chooser.pick([sick, ok]) == ok
+    also = rep("also", healthy=False)
+    assert {chooser.pick([sick, also]).id for _ in range(4)} == {"sick", "also"}   # none passes
 
 
 def test_counts_go_back_to_zero_and_are_not_kept_for_idle_replicas():

@@ -122,7 +122,8 @@ async def bed(replicas: dict[str, dict], *, retry_post: bool = False, book: Book
             server.listen(port, "127.0.0.1")
             servers.append(server)
             endpoint = f"http://127.0.0.1:{port}"
-        members.append(Replica(name, f"node-{name}", endpoint, spec.get("near", True), True))
+        members.append(Replica(name, f"node-{name}", endpoint, spec.get("near", True), True,
+                               spec.get("healthy", True)))
     book = book or Book()
     book.sets["s"] = ServiceSet("s", tuple(members), retry_post)
     app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict,
@@ -314,6 +315,22 @@ async def test_a_refused_connection_is_retried_even_for_a_post():
         assert resp.code == 503 and error(resp)["code"] == "no_replica"
 
 
+async def test_a_retry_goes_to_a_member_failing_its_checks_rather_than_failing():
+    """The only member passing its checks refuses (its node was just killed, and nobody knows
+    yet): the retry goes to the member failing its checks (slow, on a loaded machine)."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    async with bed({"gone": {"endpoint": closed}, "slow": {"healthy": False}},
+                   retry_post=True) as b:
+        for _ in range(3):
+            resp = await b.fetch("/svc/s/predict", method="POST", body=b"image")
+            assert resp.code == 200 and resp.headers["X-CNET-Replica"] == "slow"
+        assert b.state("slow")["requests"] == 3
+        assert "gone" in service_router(b.app).chooser._down_until   # it was tried first
+        b.book.mark("s", "slow", usable=False)             # stopped: nothing is left
+        resp = await b.fetch("/svc/s/predict", method="POST", body=b"image")
+        assert resp.code == 503 and error(resp)["code"] == "no_replica"
+
+
 async def test_a_timeout_after_a_post_was_accepted_is_not_retried():
     async with bed({"slow": {}, "ok": {"near": False}}, svc_timeout=0.3) as b:
         resp = await b.fetch("/svc/s/slow?s=hold", method="POST", body=b"x")
@@ -417,6 +434,7 @@ async def test_other_changes_leave_requests_in_flight_alone():
         await asyncio.wait_for(silent.got_one.wait(), 10)
         b.book.mark("s", "ok", usable=False)               # another member: nothing to cut
         b.book.mark("s", "cut", near=False)                # still usable
+        b.book.mark("s", "cut", healthy=False)             # failed a check: slow, not gone
         service_router(b.app).changed("nope")       # a set with nothing in flight
         b.book.mark("s", "ok", usable=True)
         other = await b.fetch("/svc/s/echo")               # a whole round trip meanwhile

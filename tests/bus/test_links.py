@@ -289,15 +289,33 @@ async def test_client_to_a_down_agent_times_out() -> None:
 
 
 async def test_mixed_heartbeat_intervals_do_not_flicker() -> None:
+    """A parent beating 4x as often as its child: each side judges the other by the slower
+    interval (3 x 1.0 s), not the parent's (3 x 0.25 s, shorter than the child's silence
+    between two beats), so nobody is ever lost. On a clock moved by hand, a quarter interval at
+    a time, each side ticking at each step: a loaded machine that stalls the loop (both nodes
+    are in it) only makes the test wait longer, and cannot make a silence."""
     seen_parent, seen_child = Recorder(), Recorder()
-    parent = BusNode("jiangsu", on_neighbour=seen_parent, **{**FAST, "heartbeat_interval": 0.05})
+    clock = [100.0]
+    parent = BusNode("jiangsu", on_neighbour=seen_parent, clock=lambda: clock[0],
+                     **{**FAST, "heartbeat_interval": 0.25})
     async with running(parent):
         child = BusNode("nanjing", parent=endpoints(parent), on_neighbour=seen_child,
-                        **{**FAST, "heartbeat_interval": 0.2})
+                        clock=lambda: clock[0], **{**FAST, "heartbeat_interval": 1.0})
         async with running(child):
-            await until(lambda: status(parent, "nanjing") == "alive" and status(child, "jiangsu") == "alive")
+            await until(lambda: status(parent, "nanjing") == "alive" and
+                        (child.neighbour("jiangsu") or 0) and child.neighbour("jiangsu").seq >= 0,
+                        what="the answer to the child's first beat")
             seq = child.neighbour("jiangsu").seq
-            await until(lambda: child.neighbour("jiangsu").seq >= seq + 6, what="a second of replies")
+            for _ in range(24):                     # 6 of the child's intervals
+                clock[0] += 0.25
+                parent.tick()                       # the child's beat of this step not in yet
+                child.tick()                        # it beats on whole seconds
+                if clock[0] % 1.0 == 0:             # then the parent answers it
+                    await until(lambda: parent.neighbour("nanjing").last_seen == clock[0] and
+                                child.neighbour("jiangsu").last_seen == clock[0],
+                                what=f"the child's beat at {clock[0]} and its answer")
+                assert status(parent, "nanjing") == status(child, "jiangsu") == "alive", clock[0]
+            assert child.neighbour("jiangsu").seq >= seq + 6
             assert not seen_parent.seen("nanjing", "lost") and not seen_child.seen("jiangsu", "lost")
 
 
