@@ -9,7 +9,7 @@ from bus.dispatch import Handler, Sender
 from bus.errors import BusError, LostInFlight, RemoteError, RequestTimeout, Unreachable
 from bus.liveness import ALIVE, LOST, NeighbourState
 from bus.node import BusNode
-from bus.protocol import PROTOCOL, VERSION, Event, ProtocolError, Reply, Request, Update
+from bus.protocol import PROTOCOL, TO_ANY, VERSION, Event, ProtocolError, Reply, Request, Update
 from bus.security import CurveKeys, generate_keys, token_matches
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "LOST",
     "LostInFlight",
     "PROTOCOL",
+    "TO_ANY",
     "VERSION",
     "BusClient",
     "BusError",

@@ -42,6 +42,7 @@ from bus.liveness import LOST, Neighbours, NeighbourState
 from bus.pending import PendingReplies
 from bus.protocol import (
     PROTOCOL,
+    TO_ANY,
     TOPIC_UPDATE,
     VERSION,
     Bye,
@@ -94,8 +95,8 @@ class BusNode:
     ``discover``, default ``GET /api/bus``) or fixed :class:`Endpoints`. With a ``token``, this
     node sends it in its hellos and refuses a child's or peer's hello without the same one
     (clients are checked per request by the handler instead). With ``events`` (kinds), the only
-    events it takes from its children and peers are those of these kinds addressed to it
-    (``publish_event(..., to=)``); without, every event they publish.
+    events it takes from its children and peers are those of these kinds addressed to it or to
+    any neighbour (``publish_event(..., to=)``); without, every event they publish.
     """
 
     def __init__(self, node_id: str, *, http: str = "",
@@ -129,7 +130,7 @@ class BusNode:
         # given) their updates and the events of those kinds addressed to this node; from its
         # parent only updates. Nothing else wakes it.
         self._neighbour_topics: tuple[bytes, ...] = (b"",) if events is None else (
-            TOPIC_UPDATE, *(event_topic(kind, node_id) for kind in events))
+            TOPIC_UPDATE, *(event_topic(kind, to) for kind in events for to in (node_id, TO_ANY)))
         self.interval = heartbeat_interval
         self.misses = heartbeat_misses
         self.request_timeout = request_timeout

@@ -81,6 +81,7 @@ __all__ = [
     "SNAPSHOT",
     "SUMMARY",
     "TOPIC_EVENT",
+    "TO_ANY",
     "TOPIC_UPDATE",
     "VERSION",
     "Bye",
@@ -128,10 +129,13 @@ TOPIC_EVENT = b"event."
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 
 
+TO_ANY = "*"    # the address of an event for every neighbour that takes addressed events
+
+
 def event_topic(kind: str, to: str | None = None) -> bytes:
     """The PUB topic of an event of ``kind``: ``event.<kind>``, or addressed to neighbour
-    ``to``, ``event.<kind>@<to>/`` (a node id never holds ``@`` or ``/``, so one node's
-    prefix never matches another's)."""
+    ``to`` (or to :data:`TO_ANY`), ``event.<kind>@<to>/`` (a node id never holds ``@``,
+    ``/`` or ``*``, so one node's prefix never matches another's)."""
     topic = TOPIC_EVENT + kind.encode()
     return topic if to is None else topic + b"@" + to.encode() + b"/"
 

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+from bus import TO_ANY
+
+from .workload import FROM
+
+if TYPE_CHECKING:
+    from .workload import Workload
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict], None]
 
-# The neighbour a workload event is for: the node that placed the workload here (its
-# ``FROM``), which keeps a mirror of it; None for one submitted here. Only the bus reads it:
-# clients are not shown keys starting with "_".
+# The neighbour a workload event is for (:func:`addressee`). Only the bus reads it: clients
+# are not shown keys starting with "_".
 TO = "_to"
+
+
+def addressee(wl: "Workload", node_id: str) -> str | None:
+    """Who node ``node_id``'s events about ``wl`` are for: the neighbour that placed it here
+    (its ``FROM``), which keeps a mirror of it; nobody for one submitted here; any neighbour
+    when it came from elsewhere through a node not known any more (a record of an earlier
+    version, a mirror listed after its answer was lost and the agent restarted)."""
+    upstream = wl.runtime.get(FROM)
+    if upstream is not None:
+        return upstream
+    return None if wl.origin == node_id else TO_ANY
 
 
 class EventHub:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .devices import GPU_DEVICES
 from .errors import CnetError, Conflict, NotFound
-from .events import TO
+from .events import TO, addressee
 from .resources import Resources
 from .workload import (
     COMPLETED,
@@ -268,7 +268,7 @@ class Manager:
         self.register.release(wl.id)
         self.store.delete_workload(wl.id)
         self.hub.publish({"type": "workload_deleted", "id": wl.id, "node_id": self.node_id,
-                          TO: wl.runtime.get(FROM)})
+                          TO: addressee(wl, self.node_id)})
 
     # -- executor callbacks (ExecutorHost) -----------------------------------------------
 
@@ -370,7 +370,7 @@ class Manager:
         self._publish(wl)
 
     def _publish(self, wl: Workload) -> None:
-        self.hub.publish({"type": "workload", "workload": wl.to_dict(), TO: wl.runtime.get(FROM)})
+        self.hub.publish({"type": "workload", "workload": wl.to_dict(), TO: addressee(wl, self.node_id)})
 
     async def close(self) -> None:
         for executor in self.executors.values():

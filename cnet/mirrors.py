@@ -22,7 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .events import TO
+from .events import TO, addressee
 from .resources import Resources
 from .workload import FAILED, FROM, LOST, Workload
 
@@ -50,7 +50,8 @@ class MirrorBook:
         self.hub = hub
         self.records: dict[str, Workload] = {}
         self._expected: set[str] = set()              # ids being placed on a neighbour now
-        self._abandoned: dict[str, str] = {}          # id -> neighbour: lost in flight there
+        # id -> (neighbour, who delegated it here): its delegation was lost in flight there.
+        self._abandoned: dict[str, tuple[str, str | None]] = {}
         self._early: dict[str, tuple[dict, str | None]] = {}   # id -> (newest report, via)
 
     def load(self, records: list[Workload]) -> None:
@@ -78,11 +79,22 @@ class MirrorBook:
         """Whether its placement on a neighbour is under way (its answer will add the mirror)."""
         return workload_id in self._expected
 
-    def abandon(self, workload_id: str | None, via: str) -> None:
-        """Its delegation through ``via`` was lost in flight: it may still start over there.
-        A report of it through ``via`` later adds it as a mirror (it is listed, not unseen)."""
+    def abandon(self, workload_id: str | None, via: str, upstream: str | None = None) -> None:
+        """Its delegation through ``via`` (delegated here by ``upstream``, if any) was lost in
+        flight: it may still start over there. A report of it through ``via`` later adds it
+        as a mirror (it is listed, not unseen), its reports going on to ``upstream``."""
         if workload_id and len(self._abandoned) < MAX_EARLY:
-            self._abandoned[workload_id] = via
+            self._abandoned[workload_id] = (via, upstream)
+
+    def adopt(self, remote: dict, via: str) -> Workload:
+        """Add a workload reported through ``via`` that this node placed there without hearing
+        how it went (a lost answer: a reconcile's ``extra``), with the upstream it had."""
+        found = self._abandoned.get(remote["id"])
+        ours = found is not None and found[0] == via
+        wl = self.add(remote, via, upstream=found[1] if ours else None)
+        if ours:
+            del self._abandoned[remote["id"]]
+        return wl
 
     def settled(self, workload_id: str) -> None:
         """Its placement ended (added as a mirror, or not placed at all)."""
@@ -116,10 +128,9 @@ class MirrorBook:
         ``via`` is given); None if it is not a mirror of ours."""
         workload_id = remote.get("id", "")
         wl = self.records.get(workload_id)
-        if wl is None and via is not None and self._abandoned.get(workload_id) == via:
-            del self._abandoned[workload_id]
+        if wl is None and via is not None and self._abandoned.get(workload_id, ("",))[0] == via:
             try:
-                wl = self.add(remote, via)
+                wl = self.adopt(remote, via)
             except (KeyError, TypeError, ValueError):
                 return None
             log.warning("workload %s runs on %s although its delegation was lost in flight; "
@@ -162,7 +173,7 @@ class MirrorBook:
         if wl is not None:
             self.store.delete_workload(workload_id)
             self.hub.publish({"type": "workload_deleted", "id": workload_id,
-                              "node_id": self.node_id, TO: wl.runtime.get(FROM)})
+                              "node_id": self.node_id, TO: addressee(wl, self.node_id)})
 
     def _keep_early(self, workload_id: str, remote: dict, via: str | None) -> None:
         if workload_id not in self._expected or len(self._early) >= MAX_EARLY:
@@ -172,7 +183,7 @@ class MirrorBook:
             self._early[workload_id] = (remote, via)
 
     def _publish(self, wl: Workload) -> None:
-        self.hub.publish({"type": "workload", "workload": wl.to_dict(), TO: wl.runtime.get(FROM)})
+        self.hub.publish({"type": "workload", "workload": wl.to_dict(), TO: addressee(wl, self.node_id)})
 
 
 def _version(report: dict) -> int | None:

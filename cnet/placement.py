@@ -197,7 +197,7 @@ class Placer:
                 continue
             try:
                 result = await self._delegate(candidate.node_id, spec, hops + 1, visited,
-                                              origin or self.node_id, tried, deadline)
+                                              origin or self.node_id, tried, deadline, upstream)
             except _NoAnswer:
                 return self._await_answer(sub, candidate.node_id, origin, upstream)
             if result is not None:
@@ -212,7 +212,8 @@ class Placer:
                                     details={"reasons": reasons})
 
     async def _delegate(self, node_id: str, spec: dict, hops: int, visited: tuple[str, ...],
-                        origin: str, tried: list[str], deadline: float | None) -> dict | None:
+                        origin: str, tried: list[str], deadline: float | None,
+                        upstream: str | None) -> dict | None:
         """Ask one neighbour to admit the workload; None (and a reason in ``tried``) if not.
 
         Each try waits at most ``bus.request_timeout`` (less when our own caller's deadline
@@ -237,7 +238,7 @@ class Placer:
                 # It went out, so it may have arrived: not another node, and no guess either.
                 # If it did start there, it is listed here once the node is back (its report
                 # or the reconcile at the next join adds the mirror).
-                self.mirrors.abandon(spec.get("id"), node_id)
+                self.mirrors.abandon(spec.get("id"), node_id, upstream)
                 raise Unavailable(f"{exc.message} (placing workload {spec.get('id')}); if it "
                                   f"started there it will be listed here once {node_id} is back",
                                   code="node_lost", details={"node_id": node_id}) from None
@@ -250,7 +251,7 @@ class Placer:
                 if exc.code == "node_lost":
                     # Lost further on, in flight: it may still start there, reached through
                     # ``node_id``; the same answer, and its report through node_id is taken.
-                    self.mirrors.abandon(spec.get("id"), node_id)
+                    self.mirrors.abandon(spec.get("id"), node_id, upstream)
                     raise remote_error(exc) from None
                 if exc.code == "insufficient_resources":
                     tried.extend(exc.details.get("reasons") or [f"{node_id}: {exc.message}"])

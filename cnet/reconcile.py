@@ -93,7 +93,7 @@ class Reconciler:
                 self.mirrors.update(item, via=via)
             elif self.mirrors.get(item["id"]) is None:
                 try:
-                    self.mirrors.add(item, via=via)
+                    self.mirrors.adopt(item, via=via)
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("reconcile record %s from %s is malformed (%s); ignored",
                                 item["id"], via, exc)
