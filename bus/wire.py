@@ -8,6 +8,11 @@ costs the loop one turn to reach its reader, and no future, callback list or opt
 may consume the signal that a message arrived), so after each send on a socket that someone
 reads, ``send_now`` looks for a message waiting and wakes the reader itself, as
 ``zmq.asyncio`` does.
+
+Bulk bytes are not copied in Python: a frame of ``ZERO_COPY_MIN`` bytes or more is sent
+without a copy (libzmq sends from the Python object's buffer), and a frame after a message's
+body (a reply's blob) is received as a ``zmq.Frame`` (libzmq's buffer, which the kernel wrote
+into), where the small frames before it keep the fast copying path.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ T = TypeVar("T")
 HWM = 10_000
 YIELD_EVERY = 64           # messages taken in a row before other tasks get a turn
 BYE_LINGER_MS = 200        # a socket that just queued a Bye gets this long to deliver it
+ZERO_COPY_MIN = 64 << 10   # a frame this large is sent without a copy (pyzmq's threshold)
 
 
 def new_socket(context: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
@@ -50,7 +56,8 @@ def send_now(sock: zmq.asyncio.Socket | None, frames: list[bytes]) -> bool:
         return False
     plain = _plain(sock)
     try:
-        plain.send_multipart(frames, flags=zmq.NOBLOCK)
+        plain.send_multipart(frames, flags=zmq.NOBLOCK,
+                             copy=len(frames[-1]) < ZERO_COPY_MIN)
     except zmq.ZMQError:
         return False
     reader = _readers.get(sock)
@@ -144,6 +151,14 @@ class DropLog:
         self._since, self._last = 0, now
 
 
+def _recv(plain: zmq.Socket, bulk_at: int) -> list:
+    """One multipart message: its first ``bulk_at`` frames as bytes, any after as Frames."""
+    frames: list = [plain.recv(zmq.NOBLOCK)]
+    while plain.getsockopt(zmq.RCVMORE):
+        frames.append(plain.recv(zmq.NOBLOCK, copy=len(frames) < bulk_at))
+    return frames
+
+
 async def receive(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T], drops: DropLog,
                   on_error: Callable[[list[bytes], ProtocolError], None] | None = None,
                   ) -> AsyncIterator[T]:
@@ -156,11 +171,14 @@ async def receive(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],
         raise RuntimeError("this socket already has a reader")
     plain = _plain(sock)
     reader = _readers[sock] = _Reader(plain, asyncio.get_running_loop())
+    # Frames before this index are the message's own (a ROUTER's or SUB's first is the peer's
+    # identity or the topic); those after it are bulk (a reply's blob), taken without a copy.
+    bulk_at = 3 if plain.type in (zmq.DEALER, zmq.REQ) else 4
     count = 0
     try:
         while True:
             try:
-                frames = plain.recv_multipart(zmq.NOBLOCK)
+                frames = _recv(plain, bulk_at)
             except zmq.Again:
                 await reader.wait()
                 continue

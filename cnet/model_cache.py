@@ -329,10 +329,12 @@ def _unwritable(node_id: str, ref: ModelRef, exc: OSError) -> CnetError:
                      f"({exc.strerror or exc})", code="storage_error")
 
 
-def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str) -> bytes:
-    """The bytes of one fetch answer, if it is the chunk at ``offset`` of that very file."""
+def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int,
+                   sha256: str) -> bytes | memoryview:
+    """The bytes of one fetch answer (a memoryview of the frame they came in, from a
+    neighbour), if it is the chunk at ``offset`` of that very file."""
     data = answer.get("data") if isinstance(answer, dict) else None
-    if (not isinstance(data, bytes) or answer.get("offset") != offset
+    if (not isinstance(data, (bytes, memoryview)) or answer.get("offset") != offset
             or answer.get("size") != size or answer.get("sha256") != sha256
             or not data or len(data) > min(CHUNK, size - offset)):
         raise CnetError(f"model {ref.key}: a fetch answer at offset {offset} is not a chunk of "

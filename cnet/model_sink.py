@@ -31,7 +31,7 @@ class FileSink:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="model-write")
         self._pending: deque[asyncio.Future] = deque()
 
-    async def put(self, data: bytes) -> None:
+    async def put(self, data: bytes | memoryview) -> None:
         """Hash and write ``data`` after the chunks put before it; raises the OSError of a
         write that failed."""
         loop = asyncio.get_running_loop()
@@ -55,7 +55,7 @@ class FileSink:
         self._hasher.shutdown(wait=False)
         self._writer.shutdown(wait=False)
 
-    def _write(self, data: bytes, offset: int) -> None:
+    def _write(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, offset)
