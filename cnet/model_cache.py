@@ -191,7 +191,7 @@ class ModelCache:
         """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked: the first
         chunk alone (it tells the chunk size, ``_first``), then ``WINDOW`` chunk requests in
         flight, the chunks that came hashed and written (``FileSink``)."""
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
         except OSError as exc:
@@ -233,8 +233,9 @@ class ModelCache:
             tmp.unlink(missing_ok=True)
             raise
         elapsed = max(time.monotonic() - started, 1e-6)
-        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.3fs (%.1f MB/s)",
-                 ref.key, size, sha256[:12], route[-1], elapsed, size / elapsed / 1e6)
+        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.3fs (%.1f MB/s, "
+                 "%.0f ms CPU of this process)", ref.key, size, sha256[:12], route[-1], elapsed,
+                 size / elapsed / 1e6, (time.process_time() - cpu) * 1000)
 
     async def _first(self, ref: ModelRef, route: list[str]) -> tuple[int, dict]:
         """The chunk size for this fetch and the first chunk: ``CHUNK``, or ``EARLIER_CHUNK``
