@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["FileSink"]
 
-SYNC_EVERY = 32 << 20
+SYNC_EVERY = 8 << 20
 WRITE_PIECE = 1 << 20
 
 

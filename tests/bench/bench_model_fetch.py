@@ -224,13 +224,13 @@ async def _transport(cache, ref: ModelRef, size: int) -> float:
     route = (await cache._find(ref))[0]
     started = time.perf_counter()
     offsets = iter(range(0, size, model_cache.CHUNK))
-    ahead = [asyncio.ensure_future(cache._chunk(ref, route, o))
+    ahead = [asyncio.ensure_future(cache._chunk(ref, route, o, model_cache.CHUNK))
              for _, o in zip(range(model_cache.WINDOW), offsets)]
     while ahead:
         await ahead.pop(0)
         nxt = next(offsets, None)
         if nxt is not None:
-            ahead.append(asyncio.ensure_future(cache._chunk(ref, route, nxt)))
+            ahead.append(asyncio.ensure_future(cache._chunk(ref, route, nxt, model_cache.CHUNK)))
     return time.perf_counter() - started
 
 
