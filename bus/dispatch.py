@@ -83,7 +83,7 @@ class Dispatcher:
             result = await handler(request, sender)
             if not isinstance(result, dict):
                 raise TypeError(f"handler for {request.op!r} returned {type(result).__name__}, not dict")
-            reply = Reply(corr_id=request.corr_id, ok=True, result=result, node_id=self._node_id)
+            reply = Reply.answer(request, result, self._node_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -291,7 +291,7 @@ class BusNode:
         ``request_timeout``); ``ValueError`` for a malformed op or args.
         """
         req = Request(corr_id=new_corr_id(), op=op, args=args or {}, token=token, hops=hops,
-                      visited=list(visited))
+                      visited=list(visited), blobs=True)
         req.validate()
         send, via = self._route(node_id)
         frames = encode(req)
@@ -303,7 +303,7 @@ class BusNode:
         reply = await self._pending.wait(req.corr_id, future, wait, f"{op!r} sent to {node_id}")
         if reply.ok:
             try:
-                reply.result = check_result(op, reply.result)
+                reply.result = check_result(op, reply.result, reply.blob)
             except ValueError as exc:
                 self._refused_message(node_id, f"reply to {op}: {exc}", self._link_drops)
                 return Reply(corr_id=reply.corr_id, ok=False, node_id=reply.node_id, error={

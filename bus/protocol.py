@@ -7,6 +7,7 @@ declares its schemas with is in ``bus.schema``).
 Envelope (ZeroMQ multipart; a ROUTER sees its peer's routing id as an extra first frame)::
 
     DEALER <-> ROUTER    [VERSION, TYPE, BODY]
+                         [VERSION, b"reply", BODY, BLOB]     (a reply with bulk bytes)
     PUB    ->  SUB       [TOPIC, VERSION, TYPE, BODY]
 
 ``VERSION`` is the tag ``b"CNET1"`` (``b"CNET"`` + protocol number). ``TYPE`` is the short ASCII
@@ -35,7 +36,12 @@ Conversations:
 * broadcast: :class:`Update` (snapshot) and :class:`Event` go out on PUB at once. A node
   follows its parent's updates only, and its children's and peers' updates and the events
   addressed to it (or all of their events, if it asks for every kind).
-* request/reply: :class:`Request` carries ``corr_id``; the :class:`Reply` echoes it.
+* request/reply: :class:`Request` carries ``corr_id``; the :class:`Reply` echoes it. The
+  bulk bytes of a result (a ``fetch`` chunk: :data:`BLOBS` names the op and the result's key)
+  travel as a ``BLOB`` frame of their own after the body, never through msgpack, when the
+  request says its sender takes that (``blobs``, which a node of this protocol sets on every
+  request). A requester that did not say so (an earlier CNET1 node, which refuses a fourth
+  frame) gets the bytes inside the body, as before; a blob frame may follow a reply only.
 * :class:`Bye` says a link is closing on purpose.
 
 ``seq`` is one counter per node incarnation (``epoch``); a receiver ignores a snapshot whose
@@ -70,6 +76,7 @@ from typing import Any, ClassVar
 import msgpack
 
 __all__ = [
+    "BLOBS",
     "ERROR",
     "EVENT_DATA",
     "MAX_FRAME_SIZE",
@@ -107,6 +114,7 @@ __all__ = [
 ]
 
 from bus.schema import (
+    Bytes,
     ListOf,
     MapOf,
     Maybe,
@@ -334,6 +342,8 @@ class Request(Message):
     """An agent operation; ``op`` and ``args`` are the agent's, the bus only carries them.
 
     ``hops`` and ``visited`` serve delegation (no loops); ``token`` is the caller's bearer token.
+    ``blobs``: the sender takes a reply's bulk bytes as a frame of their own (see :data:`BLOBS`);
+    absent, as from a node of an earlier CNET1, they come inside the body.
     """
 
     TYPE: ClassVar[bytes] = b"request"
@@ -343,6 +353,7 @@ class Request(Message):
     token: str | None = None
     hops: int = 0
     visited: list[str] = field(default_factory=list)
+    blobs: bool = False
 
     def validate(self) -> None:
         if not _CORR.fullmatch(self.corr_id):
@@ -359,7 +370,11 @@ class Request(Message):
 
 @dataclass
 class Reply(Message):
-    """The answer to a Request: ``result`` when ``ok``, else ``error`` = {code, message[, details]}."""
+    """The answer to a Request: ``result`` when ``ok``, else ``error`` = {code, message[, details]}.
+
+    ``blob``: the bulk bytes of an ok result, sent as the frame after the body (not a body
+    field); :func:`check_result` puts them back under the key :data:`BLOBS` names for the op.
+    """
 
     TYPE: ClassVar[bytes] = b"reply"
     corr_id: str
@@ -367,6 +382,18 @@ class Reply(Message):
     result: dict | None = None
     error: dict | None = None
     node_id: str = ""              # who answered
+    blob: bytes | memoryview | None = field(default=None, repr=False, metadata={"frame": True})
+
+    @classmethod
+    def answer(cls, request: Request, result: dict[str, Any], node_id: str) -> "Reply":
+        """The ok reply to ``request``: the bytes under the op's :data:`BLOBS` key travel as
+        the blob frame when the requester takes one, else inside the body."""
+        key = BLOBS.get(request.op) if request.blobs else None
+        if key is not None and isinstance(result.get(key), (bytes, memoryview)):
+            rest = {k: v for k, v in result.items() if k != key}
+            return cls(corr_id=request.corr_id, ok=True, result=rest, node_id=node_id,
+                       blob=result[key])
+        return cls(corr_id=request.corr_id, ok=True, result=result, node_id=node_id)
 
     def validate(self) -> None:
         if self.corr_id and not _CORR.fullmatch(self.corr_id):
@@ -375,6 +402,8 @@ class Reply(Message):
             if not isinstance(self.error, dict):
                 raise ValueError("an error reply needs error {code: str, message: str}")
             self.error = ERROR.check(self.error, "error")
+            if self.blob is not None:
+                raise ValueError("an error reply carries no blob frame")
 
 
 @dataclass
@@ -455,8 +484,13 @@ ERROR = Record({"code": Text(64), "message": _ANY_TEXT,
 
 _REPORT = replace(WORKLOAD, required=frozenset())   # a mirror takes only a report with its id
 
+_SHA256 = Text(64, re.compile(r"[0-9a-f]{64}"))
+
 RESULTS: dict[str, Schema] = {
     "delegate": replace(WORKLOAD, required=frozenset({"id", "name", "type", "node_id"})),
+    "fetch": Record({"size": _COUNT, "sha256": _SHA256, "offset": _COUNT,
+                     "data": Bytes(MAX_FRAME_SIZE)},
+                    frozenset({"size", "sha256", "offset", "data"}), Plain()),
     "get": _REPORT,
     "stop": _REPORT,
     "logs": Record({"logs": Text(MAX_FRAME_SIZE)}, frozenset({"logs"}), Plain()),
@@ -465,10 +499,24 @@ RESULTS: dict[str, Schema] = {
 }
 """The results a node keeps of the operations it asks its neighbours for, by op."""
 
+BLOBS: dict[str, str] = {"fetch": "data"}
+"""The ops whose result carries bulk bytes, and the result's key for them: a :class:`Reply`
+sends them as its blob frame (to a requester that takes one), and the requester's
+:func:`check_result` puts them back there."""
 
-def check_result(op: str, result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``result`` of ``op`` as declared in :data:`RESULTS` (unchanged for other ops), or
+
+def check_result(op: str, result: dict[str, Any] | None,
+                 blob: bytes | memoryview | None = None) -> dict[str, Any] | None:
+    """``result`` of ``op`` (with ``blob``, the reply's blob frame, put under the op's
+    :data:`BLOBS` key) as declared in :data:`RESULTS` (unchanged for other ops), or
     ValueError naming what is wrong."""
+    if blob is not None:
+        key = BLOBS.get(op)
+        if key is None:
+            raise ValueError(f"a {op} result carries no blob frame")
+        if result is not None and key in result:
+            raise ValueError(f"{op} result has {key} both in its body and as a blob frame")
+        result = {**(result or {}), key: blob}
     schema = RESULTS.get(op)
     if schema is None:
         return result
@@ -482,8 +530,9 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
 
 
 def _field_hints(cls: type[Message]) -> dict[str, Any]:
+    """The body's fields (not a frame of their own, as a reply's blob) and their types."""
     hints = typing.get_type_hints(cls)      # once per class: it evaluates every annotation
-    return {f.name: hints[f.name] for f in fields(cls)}
+    return {f.name: hints[f.name] for f in fields(cls) if not f.metadata.get("frame")}
 
 
 _HINTS: dict[type[Message], dict[str, Any]] = {cls: _field_hints(cls) for cls in MESSAGE_TYPES.values()}
@@ -504,12 +553,18 @@ def new_epoch() -> int:
 
 
 def encode(msg: Message, *, topic: bytes | None = None) -> list[bytes]:
-    """The frames for ``msg`` (with a leading topic frame for PUB). Raises ValueError when the
-    body is too large and TypeError when a field holds something msgpack cannot carry."""
+    """The frames for ``msg`` (with a leading topic frame for PUB; a reply's blob as the last
+    frame, not copied). Raises ValueError when the body or blob is too large and TypeError when
+    a field holds something msgpack cannot carry."""
     body = msgpack.packb(msg.to_body(), use_bin_type=True)
     if len(body) > MAX_FRAME_SIZE:
         raise ValueError(f"{msg.TYPE.decode()} body of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
     frames = [VERSION, msg.TYPE, body]
+    blob = getattr(msg, "blob", None)
+    if blob is not None:
+        if len(blob) > MAX_FRAME_SIZE:
+            raise ValueError(f"blob of {len(blob)} bytes exceeds {MAX_FRAME_SIZE}")
+        frames.append(blob)
     return [topic, *frames] if topic is not None else frames
 
 
@@ -550,15 +605,21 @@ _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(_HINTS[cls]) for cls in MESSAGE_TYPES.values()}
 
 
-def decode(frames: list[bytes]) -> Message:
-    """Decode ``[VERSION, TYPE, BODY]`` into a message, or raise :class:`ProtocolError`."""
-    if len(frames) != 3:
-        raise ProtocolError("bad_frame", f"expected 3 frames (version, type, body), got {len(frames)}")
-    version, type_, body = (bytes(f) for f in frames)
+def decode(frames: list[Any]) -> Message:
+    """Decode ``[VERSION, TYPE, BODY]`` (or a reply's ``[VERSION, TYPE, BODY, BLOB]``; each
+    frame bytes or a buffer, as a ``zmq.Frame``) into a message, or raise
+    :class:`ProtocolError`. A blob is kept as a memoryview of its frame, not copied."""
+    if not 3 <= len(frames) <= 4:
+        raise ProtocolError("bad_frame", f"expected 3 frames (version, type, body) or a reply's "
+                                         f"4 (and its blob), got {len(frames)}")
+    version, type_, body = (bytes(f) for f in frames[:3])
     if len(version) > MAX_HEADER_SIZE or len(type_) > MAX_HEADER_SIZE:
         raise ProtocolError("bad_frame", "header frame too long")
     if len(body) > MAX_FRAME_SIZE:
         raise ProtocolError("too_large", f"body of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
+    blob = memoryview(frames[3]).cast("B") if len(frames) == 4 else None
+    if blob is not None and len(blob) > MAX_FRAME_SIZE:
+        raise ProtocolError("too_large", f"blob of {len(blob)} bytes exceeds {MAX_FRAME_SIZE}")
     if not version.startswith(b"CNET"):
         raise ProtocolError("bad_frame", "not a CNET frame (bad version tag)")
     cls = MESSAGE_TYPES.get(type_)
@@ -577,6 +638,9 @@ def decode(frames: list[bytes]) -> Message:
                        f"this node speaks {VERSION.decode()}", type_name)
     if cls is None:
         raise _refusal(raw, "unknown_type", f"unknown message type {type_name[:40]!r}", type_name)
+    if blob is not None and cls is not Reply:
+        raise _refusal(raw, "bad_frame", f"a {type_name} carries no blob frame (only a reply "
+                                         f"may)", type_name)
     if not _REQUIRED[cls] <= raw.keys():
         missing = _REQUIRED[cls] - raw.keys()
         raise _refusal(raw, "bad_field", f"{type_name} lacks {', '.join(sorted(missing))}",
@@ -590,6 +654,8 @@ def decode(frames: list[bytes]) -> Message:
             raise _refusal(raw, "bad_field", f"{type_name}.{name} must be {what}", type_name)
         values[name] = float(value) if as_float else value
     msg = cls(**values)
+    if blob is not None:
+        msg.blob = blob             # type: ignore[attr-defined]  # a Reply (checked above)
     try:
         msg.validate()
     except (ValueError, TypeError) as exc:

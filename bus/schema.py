@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
-__all__ = ["MAX_ITEMS", "MAX_PLAIN_ITEMS", "MAX_TEXT", "ListOf", "MapOf", "Maybe", "Number",
-           "Plain", "Record", "Schema", "Text"]
+__all__ = ["MAX_ITEMS", "MAX_PLAIN_ITEMS", "MAX_TEXT", "Bytes", "ListOf", "MapOf", "Maybe",
+           "Number", "Plain", "Record", "Schema", "Text"]
 
 MAX_TEXT = 1 << 20          # characters in one string of a payload
 MAX_ITEMS = 1024            # entries in a declared list or map of a payload
@@ -124,6 +124,38 @@ class Text(Schema):
             raise ValueError(f"{where} holds a NUL character")
         if self.pattern is not None and not self.pattern.fullmatch(value):
             raise ValueError(f"{where} {value[:40]!r} is not a valid value")
+        return value
+
+
+@dataclass(frozen=True)
+class Bytes(Schema):
+    """Binary data of ``min_len`` to ``max_len`` bytes: ``bytes``, or a flat ``memoryview`` of
+    bytes (a frame received without a copy)."""
+
+    max_len: int
+    min_len: int = 0
+
+    def _compile(self) -> Check:
+        lo, hi = self.min_len, self.max_len
+
+        def check(value: Any) -> Any:
+            kind = type(value)
+            if (kind is bytes or (kind is memoryview and value.c_contiguous
+                                  and value.itemsize == 1 and value.ndim == 1)) \
+                    and lo <= len(value) <= hi:
+                return value
+            raise _REFUSED
+        return check
+
+    def explain(self, value: Any, where: str) -> Any:
+        if type(value) is memoryview:
+            if not (value.c_contiguous and value.itemsize == 1 and value.ndim == 1):
+                raise ValueError(f"{where} must be a flat buffer of bytes")
+        elif type(value) is not bytes:
+            raise ValueError(f"{where} must be binary data")
+        if not self.min_len <= len(value) <= self.max_len:
+            raise ValueError(f"{where} must be {self.min_len} to {self.max_len} bytes, "
+                             f"not {len(value)}")
         return value
 
 

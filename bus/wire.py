@@ -9,6 +9,11 @@ it is read in, with no task woken and no future, callback list or option read of
 may consume the signal that a message arrived), so after each send on a socket that someone
 reads, ``send_now`` has the reader look again on the loop's next turn, as ``zmq.asyncio``
 does.
+
+Bulk bytes are not copied in Python: a frame of ``ZERO_COPY_MIN`` bytes or more is sent
+without a copy (libzmq sends from the Python object's buffer), and a frame after a message's
+body (a reply's blob) is received as a ``zmq.Frame`` (libzmq's buffer, which the kernel wrote
+into), where the small frames before it keep the fast copying path.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ log = logging.getLogger("bus.wire")
 HWM = 10_000
 YIELD_EVERY = 64           # messages taken in a row before other tasks get a turn
 BYE_LINGER_MS = 200        # a socket that just queued a Bye gets this long to deliver it
+ZERO_COPY_MIN = 64 << 10   # a frame this large is sent without a copy (pyzmq's threshold)
 
 
 def new_socket(context: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
@@ -53,7 +59,8 @@ def send_now(sock: zmq.asyncio.Socket | None, frames: list[bytes]) -> bool:
         return False
     plain = _plain(sock)
     try:
-        plain.send_multipart(frames, flags=zmq.NOBLOCK)
+        plain.send_multipart(frames, flags=zmq.NOBLOCK,
+                             copy=len(frames[-1]) < ZERO_COPY_MIN)
     except zmq.ZMQError:
         return False
     reader = _readers.get(sock)
@@ -94,6 +101,9 @@ class _Reader:
         self.take = take
         self.done: asyncio.Future[None] = loop.create_future()
         self.stopped = False
+        # Frames before this index are the message's own (a ROUTER's or SUB's first is the
+        # peer's identity or the topic); those after it are bulk (a reply's blob), not copied.
+        self.bulk_at = 3 if plain.type in (zmq.DEALER, zmq.REQ) else 4
         self._draining = False
         self._poked = False
         loop.add_reader(self.fd, self.check)
@@ -109,7 +119,7 @@ class _Reader:
                 if self.stopped or self.plain.closed:
                     return
                 try:
-                    frames = self.plain.recv_multipart(zmq.NOBLOCK)
+                    frames = _recv(self.plain, self.bulk_at)
                 except zmq.Again:
                     return
                 except zmq.ZMQError:
@@ -163,6 +173,14 @@ class DropLog:
         else:
             self._log.warning("%s: dropped a bad frame (%s)", self._where, reason)
         self._since, self._last = 0, now
+
+
+def _recv(plain: zmq.Socket, bulk_at: int) -> list:
+    """One multipart message: its first ``bulk_at`` frames as bytes, any after as Frames."""
+    frames: list = [plain.recv(zmq.NOBLOCK)]
+    while plain.getsockopt(zmq.RCVMORE):
+        frames.append(plain.recv(zmq.NOBLOCK, copy=len(frames) < bulk_at))
+    return frames
 
 
 async def serve(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],

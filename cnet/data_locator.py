@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .manager import Manager
     from .remote import NeighbourPort
 
-__all__ = ["CHUNK", "MAX_HOLDERS", "ModelRef", "ObjectRef", "Source", "StoredFile", "find",
+__all__ = ["CHUNK", "EARLIER_CHUNK", "MAX_HOLDERS", "ModelRef", "ObjectRef", "Source", "StoredFile", "find",
            "model_ref", "model_source", "model_url", "read_chunk", "stored_file"]
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ MAX_PATH = 1024     # bytes of a file's path inside its upload
 MAX_KEY = 1024      # bytes of an object key (as S3)
 MAX_HOLDERS = 64    # node ids of holders and copies an answer carries
 SCHEME = "s3://"
-CHUNK = 1 << 20                     # bytes per fetch answer: well within the bus's 4 MiB frames
+CHUNK = (4 << 20) - 4096            # bytes per fetch answer: within the bus's 4 MiB frames, also
+                                    # inside a body (a requester that takes no blob frame)
+EARLIER_CHUNK = 1 << 20             # the largest chunk a node of an earlier CNET1 serves
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data_locator import CHUNK, ModelRef, Source, find, model_ref, read_chunk
+from .data_locator import CHUNK, EARLIER_CHUNK, ModelRef, Source, find, model_ref, read_chunk
 from .errors import CnetError, InsufficientResources
 from .executors.data import fsync_dir
 from .model_sink import FileSink
@@ -51,8 +51,8 @@ __all__ = ["CACHE_ALLOCATION", "CHUNK", "Entry", "ModelCache"]
 log = logging.getLogger(__name__)
 
 CACHE_ALLOCATION = "cache:models"   # the register's name for the cache's storage (not a workload id)
-WINDOW = 4                          # chunk requests in flight
-BACKLOG = 8                         # chunks waiting to be hashed and written, at most
+WINDOW = 3                          # chunk requests in flight
+BACKLOG = 3                         # chunks waiting to be hashed and written, at most
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL = ".partial-"
 NAMES = "names.json"                # what each model named here was last found to be
@@ -188,27 +188,33 @@ class ModelCache:
         return Entry(sha256, self.root / sha256, self._sizes[sha256])
 
     async def _fetch(self, ref: ModelRef, route: list[str], size: int, sha256: str) -> None:
-        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked: ``WINDOW``
-        chunk requests in flight, the chunks that came hashed and written (``FileSink``)."""
-        started = time.monotonic()
+        """Stream ``ref`` from the end of ``route`` into ``<root>/<sha256>``, checked: the first
+        chunk alone (it tells the chunk size, ``_first``), then ``WINDOW`` chunk requests in
+        flight, the chunks that came hashed and written (``FileSink``)."""
+        started, cpu = time.monotonic(), time.process_time()
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f"{_PARTIAL}{sha256[:16]}-", dir=self.root)
         except OSError as exc:
             raise _unwritable(self.node_id, ref, exc) from None
         tmp = Path(tmp_name)
-        offsets = iter(range(0, size, CHUNK))
-        ahead: deque[asyncio.Future] = deque(
-            asyncio.ensure_future(self._chunk(ref, route, offset))
-            for _, offset in zip(range(WINDOW), offsets))   # range first: no offset lost
+        ahead: deque[asyncio.Future] = deque()
         sink = FileSink(fd, BACKLOG)
         try:
             try:
+                step = CHUNK
+                if size:
+                    step, first = await self._first(ref, route)
+                    ahead.append(asyncio.get_running_loop().create_future())
+                    ahead[0].set_result(first)
+                offsets = iter(range(step, size, step))
+                ahead.extend(asyncio.ensure_future(self._chunk(ref, route, offset, step))
+                             for _, offset in zip(range(WINDOW), offsets))  # range first: none lost
                 while ahead:
                     answer = await ahead.popleft()
                     nxt = next(offsets, None)
                     if nxt is not None:
-                        ahead.append(asyncio.ensure_future(self._chunk(ref, route, nxt)))
-                    await sink.put(_checked_chunk(ref, answer, sink.written, size, sha256))
+                        ahead.append(asyncio.ensure_future(self._chunk(ref, route, nxt, step)))
+                    await sink.put(_checked_chunk(ref, answer, sink.written, size, sha256, step))
                 digest = await sink.finish()
             finally:
                 for task in ahead:
@@ -227,14 +233,28 @@ class ModelCache:
             tmp.unlink(missing_ok=True)
             raise
         elapsed = max(time.monotonic() - started, 1e-6)
-        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.3fs (%.1f MB/s)",
-                 ref.key, size, sha256[:12], route[-1], elapsed, size / elapsed / 1e6)
+        log.info("model cache: %s (%d bytes, sha256 %s) fetched from %s in %.3fs (%.1f MB/s, "
+                 "%.0f ms CPU of this process)", ref.key, size, sha256[:12], route[-1], elapsed,
+                 size / elapsed / 1e6, (time.process_time() - cpu) * 1000)
 
-    async def _chunk(self, ref: ModelRef, route: list[str], offset: int) -> dict:
+    async def _first(self, ref: ModelRef, route: list[str]) -> tuple[int, dict]:
+        """The chunk size for this fetch and the first chunk: ``CHUNK``, or ``EARLIER_CHUNK``
+        where a node of an earlier version on the route refuses chunks that large."""
+        try:
+            return CHUNK, await self._chunk(ref, route, 0, CHUNK)
+        except CnetError as exc:
+            if exc.code != "invalid_argument" or len(route) == 1:
+                raise
+            log.info("model cache: %s: a node on the route %s refuses %d-byte chunks (%s); "
+                     "fetching in %d-byte chunks", ref.key, "/".join(route), CHUNK, exc.message,
+                     EARLIER_CHUNK)
+        return EARLIER_CHUNK, await self._chunk(ref, route, 0, EARLIER_CHUNK)
+
+    async def _chunk(self, ref: ModelRef, route: list[str], offset: int, length: int) -> dict:
         if len(route) == 1:                       # stored on this node
-            return await read_chunk(self.manager, ref, offset, CHUNK)
+            return await read_chunk(self.manager, ref, offset, length)
         return await self.port.ask(route[1], "fetch", {**ref.args(), "offset": offset,
-                                                       "length": CHUNK, "route": route[2:]},
+                                                       "length": length, "route": route[2:]},
                                    visited=(self.node_id,))
 
     # -- storage -------------------------------------------------------------------------
@@ -329,12 +349,14 @@ def _unwritable(node_id: str, ref: ModelRef, exc: OSError) -> CnetError:
                      f"({exc.strerror or exc})", code="storage_error")
 
 
-def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str) -> bytes:
-    """The bytes of one fetch answer, if it is the chunk at ``offset`` of that very file."""
+def _checked_chunk(ref: ModelRef, answer: Any, offset: int, size: int, sha256: str,
+                   step: int) -> bytes | memoryview:
+    """The bytes of one fetch answer (a memoryview of the frame they came in, from a
+    neighbour), if it is the chunk at ``offset`` of that very file (of ``step`` bytes at most)."""
     data = answer.get("data") if isinstance(answer, dict) else None
-    if (not isinstance(data, bytes) or answer.get("offset") != offset
+    if (not isinstance(data, (bytes, memoryview)) or answer.get("offset") != offset
             or answer.get("size") != size or answer.get("sha256") != sha256
-            or not data or len(data) > min(CHUNK, size - offset)):
+            or not data or len(data) > min(step, size - offset)):
         raise CnetError(f"model {ref.key}: a fetch answer at offset {offset} is not a chunk of "
                         f"the recorded file (was it replaced meanwhile?)",
                         code="model_fetch_failed", status=502)

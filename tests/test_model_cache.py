@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from cnet import model_cache
-from cnet.data_locator import ModelRef
+from cnet.data_locator import CHUNK, EARLIER_CHUNK, ModelRef
 from cnet.errors import BadRequest, CnetError, InsufficientResources
 from cnet.model_cache import CACHE_ALLOCATION
 from cnet.ops import Stop, Submit
@@ -197,6 +197,23 @@ async def test_eviction_is_least_recently_used_and_never_of_an_entry_in_use(
         await cache.acquire(four, refs["a"])                 # so "b" goes
         assert entries(cache) == sorted([sha["a"], sha["c"]])
         assert cache.stats()["fetches"] == 4 and chunk_reads["jiangsu"] == 4
+
+
+async def test_a_holder_of_an_earlier_version_is_fetched_from_in_its_smaller_chunks(
+        inprocess_cluster, chunk_reads, monkeypatch):
+    """A node of an earlier CNET1 serves chunks of at most 1 MiB and refuses a larger one
+    (invalid_argument): the fetch, which asks its first chunk alone, goes on in 1 MiB chunks."""
+    async with inprocess_cluster(TREE) as cluster:
+        blobs = {name: os.urandom(5 * MB + 123) for name in ("now", "earlier")}
+        stored = await upload(cluster["jiangsu"], "models", blobs)
+        models = cluster["nanjing"].models
+        entry = await models.acquire("w1", ModelRef(stored["data_key"], "now"))
+        assert entry.path.read_bytes() == blobs["now"]
+        assert chunk_reads["jiangsu"] == -(-len(blobs["now"]) // CHUNK) == 2
+        monkeypatch.setattr(data_ops, "MAX_CHUNK", EARLIER_CHUNK)   # jiangsu as it was
+        entry = await models.acquire("w2", ModelRef(stored["data_key"], "earlier"))
+        assert entry.path.read_bytes() == blobs["earlier"]
+        assert chunk_reads["jiangsu"] == 2 + 6 and models.stats()["fetches"] == 2
 
 
 async def test_a_cache_that_cannot_be_written_is_a_clear_error_that_leaves_nothing(
