@@ -39,6 +39,7 @@ from bus.dispatch import Dispatcher, Handler, Sender, error_reply
 from bus.errors import BusError, RemoteError, Unreachable
 from bus.link import Link
 from bus.liveness import LOST, Neighbours, NeighbourState
+from bus.payloads import check_result
 from bus.pending import PendingReplies
 from bus.protocol import (
     PROTOCOL,
@@ -56,7 +57,6 @@ from bus.protocol import (
     Request,
     Update,
     Welcome,
-    check_result,
     decode,
     decode_published,
     encode,

@@ -6,7 +6,7 @@
 - ``node_entry`` / ``scheduler_snapshot``: neighbour states turned into ``/api/nodes`` entries
   and into the scheduler's candidates.
 
-What neighbours send passed the bus's schemas (``bus/protocol.py``); the readers here still take
+What neighbours send passed the bus's schemas (``bus/payloads.py``); the readers here still take
 each value only if it has the expected type, so no neighbour can make this node's answers fail.
 """
 
