@@ -3,17 +3,17 @@
 The node binds a ROUTER (hellos, heartbeats and requests from children, peers and clients) and
 a PUB (its resource updates and events), keeps a :class:`~bus.link.Link` to its parent and to
 each peer, and one SUB connected to the PUB of every neighbour it has shaken hands with. One
-tick task sends heartbeats (on its links, and back to the neighbours that beat to its ROUTER;
-one connection per pair of peers, see ``Neighbours.beating_to_us`` and ``beats_to_us``), runs
-link liveness and marks silent neighbours lost. The agent sees
+tick task sends heartbeats, runs link liveness and marks silent neighbours lost. The agent sees
 only callbacks (``snapshot``, ``summary``, ``handler``, ``on_neighbour``, ``on_event``) and the
 methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and ``describe``.
 
-It owns the node's ROUTER and PUB and reads the ROUTER; the rest lives beside it, each role in
-its module: ``admission`` (hellos, and who is joined on which ROUTER connection), ``links``
-(the links and the neighbour each joined; ``link``: one DEALER's life), ``heartbeats`` (what
-this node beats, when, and on which connection), ``subscriptions`` (the SUBs following
-neighbours' PUBs), ``liveness`` (neighbour states), ``dispatch`` (requests).
+BusNode is the facade: it owns the sockets' lives, sends requests and broadcasts, and wires the
+parts that live beside it, one role each: ``router`` (what comes in on the ROUTER),
+``admission`` (hellos, and who is joined on which ROUTER connection), ``links`` (the links and
+the neighbour each joined; ``link``: one DEALER's life; their messages are taken here),
+``heartbeats`` (what this node beats, when, and on which connection), ``subscriptions`` (the
+SUBs following neighbours' PUBs), ``view`` (what neighbours send, taken into the neighbour
+table: ``liveness``), ``dispatch`` (running requests), ``pending`` (awaiting replies).
 
 Nothing a neighbour sends is taken on its word: ``decode`` checks every payload against its
 schema, a message counts only on the connection (ROUTER identity, link, or that neighbour's own
@@ -35,7 +35,7 @@ import zmq.asyncio
 
 from bus.admission import Admission
 from bus.discovery import Discover, Endpoints, discover_http
-from bus.dispatch import Dispatcher, Handler, Sender, error_reply
+from bus.dispatch import Dispatcher, Handler, Sender
 from bus.errors import BusError, RemoteError, Unreachable
 from bus.heartbeats import Heartbeats
 from bus.link import Link
@@ -54,21 +54,19 @@ from bus.protocol import (
     Hello,
     Message,
     ProtocolError,
-    Refuse,
     Reply,
     Request,
     Update,
     Welcome,
-    decode,
     encode,
     new_corr_id,
     new_epoch,
 )
-from bus.refusals import RefusalLog
+from bus.router import RouterSide
 from bus.security import CurveKeys, start_authenticator
 from bus.subscriptions import Subscriptions
 from bus.view import NeighbourView
-from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, receive, send_now
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now
 
 __all__ = ["BusNode"]
 
@@ -76,13 +74,6 @@ log = logging.getLogger("bus.node")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
 _TICK_SLACK = 0.001   # seconds the tick sleeps past a deadline
-
-
-def _split_identity(frames: list[bytes]) -> tuple[bytes, Message]:
-    """ROUTER frames are [identity, VERSION, TYPE, BODY]."""
-    if len(frames) < 2:
-        raise ProtocolError("bad_frame", "frame without a body")
-    return frames[0], decode(frames[1:])
 
 
 class BusNode:
@@ -131,11 +122,10 @@ class BusNode:
         self._dispatcher = Dispatcher(node_id, handler)
         self._admission = Admission(node_id, self._neighbours, interval=heartbeat_interval,
                                     token=token, curve=curve)
-        # What is read on every message, held here too (the same dicts and methods): no lookup
-        # through the object that keeps them on the request, reply and heartbeat paths.
+        # What is read on every request and link message, held here too (the same dicts and
+        # methods): no lookup through the object that keeps them on those paths.
         self._heard = self._view.heard
         self._take_snapshot = self._view.take_snapshot
-        self._routes = self._admission.routes              # ROUTER identity -> node id
         self._identity_of = self._admission.identity_of    # node id -> ROUTER identity
         self._links = Links(node_id, self._neighbours, self._identity_of,
                             interval=heartbeat_interval, misses=heartbeat_misses, clock=clock)
@@ -150,6 +140,12 @@ class BusNode:
         self._subs = Subscriptions(node_id, curve=curve, on_update=self._view.take_snapshot,
                                    on_event=self._view.take_event, on_refused=self._view.refused,
                                    on_bad=self._view.reject_frame)
+        self._router_side = RouterSide(node_id, admission=self._admission,
+                                       neighbours=self._neighbours, view=self._view,
+                                       links=self._links, beats=self._beats, subs=self._subs,
+                                       pending=self._pending, dispatcher=self._dispatcher,
+                                       welcome=self._welcome, interval=heartbeat_interval,
+                                       clock=clock)
         self._context: zmq.asyncio.Context | None = None
         self._auth: Any = None
         self._router: zmq.asyncio.Socket | None = None
@@ -157,8 +153,6 @@ class BusNode:
         self._tasks: list[asyncio.Task[None]] = []
         self.router_endpoint = ""
         self.pub_endpoint = ""
-        self._router_drops = DropLog(log, f"{node_id} ROUTER")
-        self._refusals = RefusalLog(log, clock)
         self._link_drops = DropLog(log, f"{node_id} links")
 
     # ----------------------------------------------------------------- lifecycle
@@ -174,13 +168,14 @@ class BusNode:
         for sock in (self._router, self._pub):
             if self._curve is not None:
                 self._curve.make_server(sock)
+        self._router_side.sock = self._router
         self.router_endpoint = self._bind_to(self._router, self._bind[0])
         self.pub_endpoint = self._bind_to(self._pub, self._bind[1])
         log.info("bus node %s: router %s, pub %s%s", self.node_id, self.router_endpoint,
                  self.pub_endpoint, ", curve on" if self._curve else "")
         self._beats.next_beat = self._clock()
         self._subs.open(self._context)
-        self._tasks = [asyncio.create_task(self._router_loop(), name="bus-router"),
+        self._tasks = [asyncio.create_task(self._router_side.run(), name="bus-router"),
                        asyncio.create_task(self._tick_loop(), name="bus-tick")]
         for kind, target in self._targets:
             link = Link(kind, target, context=self._context, make_hello=lambda k=kind: self._hello(k),
@@ -255,7 +250,7 @@ class BusNode:
     @property
     def bad_frames(self) -> int:
         """Messages dropped or answered with an error since start (ROUTER, SUBs and links)."""
-        return self._router_drops.total + self._subs.drops.total + self._link_drops.total
+        return self._router_side.drops.total + self._subs.drops.total + self._link_drops.total
 
     def publish(self, snapshot: dict[str, Any] | None = None) -> None:
         """Broadcast the current snapshot on PUB now (``snapshot()`` is called when not given)."""
@@ -381,102 +376,6 @@ class BusNode:
                        router=self.router_endpoint, pub=self.pub_endpoint, http=self.http,
                        interval=self.interval, session=session,
                        curve_key=self._curve.public_text if self._curve else None)
-
-    # ----------------------------------------------------------------- receiving on the ROUTER
-
-    async def _router_loop(self) -> None:
-        if self._router is None:
-            return
-        async for identity, msg in receive(self._router, _split_identity, self._router_drops,
-                                           self._answer_bad_frame):
-            try:
-                self._on_router(identity, msg)
-            except Exception:
-                log.exception("handling %s on ROUTER failed", msg.TYPE.decode())
-
-    def _reply_to(self, identity: bytes) -> Callable[[list[bytes]], bool]:
-        return lambda frames: send_now(self._router, [identity, *frames])
-
-    def _answer_bad_frame(self, frames: list[bytes], err: ProtocolError) -> None:
-        if len(frames) < 2:
-            return
-        identity = frames[0]
-        node_id = self._routes.get(identity)
-        if node_id is not None:     # a joined neighbour's connection: only its entry says so
-            self._view.reject_frame(node_id, err)
-        if err.msg_type == "hello":
-            log.error("%s refused hello from %s: %s", self.node_id, err.node_id or "an unknown node",
-                      err.message)
-            reply: Message = Refuse(node_id=self.node_id, code=err.code, reason=err.message)
-        else:
-            reply = error_reply(err.corr_id, err.code, err.message, self.node_id)
-        send_now(self._router, [identity, *encode(reply)])
-
-    def _on_router(self, identity: bytes, msg: Message) -> None:
-        if isinstance(msg, Hello):
-            self._on_hello(identity, msg)
-        elif isinstance(msg, Request):
-            node_id = self._routes.get(identity)
-            state = self._neighbours.get(node_id) if node_id else None
-            if state is not None:
-                self._heard(state.node_id)
-            sender = Sender(node_id, state.role) if state else Sender(None, "client")
-            self._dispatcher.dispatch(msg, sender, self._reply_to(identity))
-        elif isinstance(msg, Reply):
-            self._pending.resolve(msg)
-        elif isinstance(msg, Heartbeat):
-            if self._routes.get(identity) != msg.node_id or self._neighbours.is_lost(msg.node_id):
-                # Unknown here, or given up on: only a new handshake makes it alive again.
-                send_now(self._router, [identity, *encode(Refuse(
-                    node_id=self.node_id, code="hello_required", reason="say hello first"))])
-                return
-            if self._take_snapshot(msg, self._router_drops):
-                # The first beat after a handshake is answered (it asks for our snapshot); later
-                # ones are not while our link to it is quiet: our tick beats back instead.
-                now = self._clock()
-                link = self._link_of.get(msg.node_id)
-                beaten_back = (self._quiet(link, now) if link is not None and link.joined
-                               else self._neighbours.beating_to_us(msg.node_id, self.interval, now))
-                if not beaten_back:
-                    answer = self._beats.frames()
-                    if answer is not None:
-                        send_now(self._router, [identity, *answer])
-                self._neighbours.beat_in(msg.node_id, msg.epoch, now)
-        elif isinstance(msg, Bye):
-            node_id = self._admission.leave(identity)
-            if node_id is not None and self._neighbours.lose(node_id):
-                log.info("%s said bye (%s)", node_id, msg.reason or "no reason")
-                self._pending.fail_to(node_id, "was lost")
-                state = self._neighbours.get(node_id)
-                if state is not None:
-                    self._view.fire(state)
-        else:
-            self._router_drops.drop(f"unexpected {msg.TYPE.decode()} on ROUTER")
-
-    def _refuse(self, identity: bytes, hello: Hello, code: str, reason: str) -> None:
-        self._refusals.refused(self.node_id, f"hello from {hello.node_id} ({hello.role})",
-                               f"{reason} ({code})", address=hello.router or hello.http or "?",
-                               key=hello.curve_key)
-        send_now(self._router, [identity, *encode(Refuse(node_id=self.node_id, code=code,
-                                                         reason=reason))])
-
-    def _on_hello(self, identity: bytes, hello: Hello) -> None:
-        if hello.role == "client":
-            send_now(self._router, [identity, *encode(self._welcome("server"))])
-            return
-        refused = self._admission.admit(identity, hello, self._clock())
-        if refused is not None:
-            return self._refuse(identity, hello, *refused)
-        # What went out on its old connection to us is lost; what went on our link to it is not.
-        self._pending.fail_to(hello.node_id, "joined again (a new session)", via="router")
-        self._subs.follow(hello.node_id, hello.pub, hello.curve_key)
-        state = self._neighbours.get(hello.node_id)
-        send_now(self._router, [identity, *encode(self._welcome(
-            "parent" if state.role == "child" else "peer",
-            self._admission.session_of[hello.node_id]))])
-        log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, state.role,
-                 hello.router)
-        self._view.fire(state)
 
     # ----------------------------------------------------------------- link callbacks
 
