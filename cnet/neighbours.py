@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from .candidates import NodeView, Snapshot, node_columns
 from .register import BEAT_USAGE_MAX_AGE
 from .resources import Resources
-from .scheduler import NodeView, Snapshot, node_columns
 
 if TYPE_CHECKING:
     from bus import NeighbourState
