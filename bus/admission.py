@@ -1,7 +1,9 @@
-"""Hello admission: whether a node saying hello may join as a child or peer, decided without I/O.
+"""Hello admission: whether a node saying hello may join as a child or peer, and who is joined
+on which ROUTER connection (identities, routes, session nonces), decided without I/O.
 
-A pure function of the hello and this node's view, so every refusal is testable in-process;
-the BusNode sends the Refuse (and logs it) or the Welcome.
+``refusal`` is a pure function of the hello and this node's view, so every refusal is testable
+in-process; :class:`Admission` keeps the ROUTER's connections and admits by it. The BusNode
+sends the Refuse (and logs it) or the Welcome.
 
 Identity: a node id alive here on another connection (heard within its loss window) is not
 taken over. A hello for it from a new connection is refused ``duplicate_node`` unless it proves
@@ -17,7 +19,7 @@ import hmac
 from typing import TYPE_CHECKING, Literal
 
 from bus.liveness import LOST
-from bus.protocol import PROTOCOL
+from bus.protocol import PROTOCOL, new_corr_id
 from bus.security import token_matches
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from bus.protocol import Hello
     from bus.security import CurveKeys
 
-__all__ = ["MAX_NEIGHBOURS", "Connection", "refusal"]
+__all__ = ["MAX_NEIGHBOURS", "Admission", "Connection", "refusal"]
 
 MAX_NEIGHBOURS = 4096      # hellos beyond this many distinct node ids are refused
 
@@ -78,3 +80,57 @@ def refusal(hello: "Hello", *, own_id: str, neighbours: "Neighbours", now: float
     if curve is not None and not curve.trusts(hello.curve_key):
         return "untrusted_key", "hello names a curve key that is not accepted here"
     return None
+
+
+class Admission:
+    """Who is joined on which connection to node ``own_id``'s ROUTER, and the hellos it admits.
+
+    ``routes`` (identity -> node id) and ``identity_of`` (node id -> identity) are read by the
+    node on every message it takes or sends on its ROUTER; ``session_of`` is the nonce of each
+    node id's last Welcome (what a re-join from another connection must show).
+    """
+
+    def __init__(self, own_id: str, neighbours: "Neighbours", *, interval: float,
+                 token: str | None = None, curve: "CurveKeys | None" = None):
+        self.own_id = own_id
+        self._neighbours = neighbours
+        self._interval = interval
+        self._token = token
+        self._curve = curve
+        self.routes: dict[bytes, str] = {}
+        self.identity_of: dict[str, bytes] = {}
+        self.session_of: dict[str, str] = {}
+
+    def admit(self, identity: bytes, hello: "Hello", now: float) -> tuple[str, str] | None:
+        """``(code, reason)`` if the hello of a would-be child or peer on connection
+        ``identity`` is refused. Else None: the connection now speaks for its node id, with a
+        fresh session (``session_of``), and its neighbour entry is joined."""
+        known = self.identity_of.get(hello.node_id)
+        refused = refusal(hello, own_id=self.own_id, neighbours=self._neighbours, now=now,
+                          token=self._token, curve=self._curve,
+                          connection="new" if known is None else "same" if known == identity
+                          else "other", session=self.session_of.get(hello.node_id, ""),
+                          joined_as=self.routes.get(identity))
+        if refused is not None:
+            return refused
+        role = "child" if hello.role == "child" else "peer"
+        if known is not None and known != identity:
+            self.routes.pop(known, None)     # the old connection speaks for it no more
+        self.routes[identity] = hello.node_id
+        self.identity_of[hello.node_id] = identity
+        self.session_of[hello.node_id] = new_corr_id()
+        # A child beats at its own interval; a peer is also heard through our link's replies.
+        interval = hello.interval if role == "child" else max(hello.interval, self._interval)
+        self._neighbours.joined(hello.node_id, role, now, epoch=hello.epoch, http=hello.http,
+                                router=hello.router, pub=hello.pub, interval=interval,
+                                beats_every=hello.interval)
+        return None
+
+    def leave(self, identity: bytes) -> str | None:
+        """Connection ``identity`` said bye: the node id it spoke for, if it still did."""
+        node_id = self.routes.pop(identity, None)
+        if node_id is None or self.identity_of.get(node_id) != identity:
+            return None
+        del self.identity_of[node_id]
+        self.session_of.pop(node_id, None)
+        return node_id

@@ -3,15 +3,17 @@
 The node binds a ROUTER (hellos, heartbeats and requests from children, peers and clients) and
 a PUB (its resource updates and events), keeps a :class:`~bus.link.Link` to its parent and to
 each peer, and one SUB connected to the PUB of every neighbour it has shaken hands with. One
-tick task sends heartbeats (on its links, and back to the neighbours that beat to its ROUTER;
-one connection per pair of peers, see ``Neighbours.beating_to_us`` and ``beats_to_us``), runs
-link liveness and marks silent neighbours lost. The agent sees
+tick task sends heartbeats, runs link liveness and marks silent neighbours lost. The agent sees
 only callbacks (``snapshot``, ``summary``, ``handler``, ``on_neighbour``, ``on_event``) and the
 methods ``publish``, ``publish_event``, ``request``/``call``, ``neighbours`` and ``describe``.
 
-It is longer than our other files because it is the one place that touches the node's sockets
-(STYLE.md #3); what can be decided without them lives beside it: ``admission`` (hellos),
-``liveness`` (neighbour states), ``link`` (a DEALER's life), ``dispatch`` (requests).
+BusNode is the facade: it owns the sockets' lives, sends requests and broadcasts, and wires the
+parts that live beside it, one role each: ``router`` (what comes in on the ROUTER),
+``admission`` (hellos, and who is joined on which ROUTER connection), ``links`` (the links and
+the neighbour each joined; ``link``: one DEALER's life; their messages are taken here),
+``heartbeats`` (what this node beats, when, and on which connection), ``subscriptions`` (the
+SUBs following neighbours' PUBs), ``view`` (what neighbours send, taken into the neighbour
+table: ``liveness``), ``dispatch`` (running requests), ``pending`` (awaiting replies).
 
 Nothing a neighbour sends is taken on its word: ``decode`` checks every payload against its
 schema, a message counts only on the connection (ROUTER identity, link, or that neighbour's own
@@ -22,8 +24,6 @@ neighbour's entry (``NeighbourState.rejected``) only.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,12 +33,15 @@ from urllib.parse import urlsplit, urlunsplit
 import zmq
 import zmq.asyncio
 
-from bus.admission import refusal
+from bus.admission import Admission
 from bus.discovery import Discover, Endpoints, discover_http
-from bus.dispatch import Dispatcher, Handler, Sender, error_reply
+from bus.dispatch import Dispatcher, Handler, Sender
 from bus.errors import BusError, RemoteError, Unreachable
+from bus.heartbeats import Heartbeats
 from bus.link import Link
+from bus.links import Links
 from bus.liveness import LOST, Neighbours, NeighbourState
+from bus.payloads import check_result
 from bus.pending import PendingReplies
 from bus.protocol import (
     PROTOCOL,
@@ -51,22 +54,20 @@ from bus.protocol import (
     Hello,
     Message,
     ProtocolError,
-    Refuse,
     Reply,
     Request,
     Update,
     Welcome,
-    check_result,
-    decode,
-    event_topic,
-    decode_published,
     encode,
+    event_topic,
     new_corr_id,
     new_epoch,
 )
-from bus.refusals import RefusalLog
+from bus.router import RouterSide
 from bus.security import CurveKeys, start_authenticator
-from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now, serve
+from bus.subscriptions import Subscriptions
+from bus.view import NeighbourView
+from bus.wire import BYE_LINGER_MS, DropLog, close_socket, new_socket, send_now
 
 __all__ = ["BusNode"]
 
@@ -74,18 +75,6 @@ log = logging.getLogger("bus.node")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::")
 _TICK_SLACK = 0.001   # seconds the tick sleeps past a deadline
-
-
-def _why(err: ProtocolError) -> str:
-    """A refused frame's reason, as a neighbour's entry shows it."""
-    return f"{err.msg_type or 'frame'}: {err.code}: {err.message}"
-
-
-def _split_identity(frames: list[bytes]) -> tuple[bytes, Message]:
-    """ROUTER frames are [identity, VERSION, TYPE, BODY]."""
-    if len(frames) < 2:
-        raise ProtocolError("bad_frame", "frame without a body")
-    return frames[0], decode(frames[1:])
 
 
 class BusNode:
@@ -122,13 +111,9 @@ class BusNode:
         self._bind = (router, pub)
         self._targets: list[tuple[str, str | Endpoints]] = (
             ([("parent", parent)] if parent else []) + [("peer", p) for p in peers])
-        self._snapshot = snapshot
-        self._summary = summary
-        self._on_neighbour = on_neighbour
-        self._on_event = on_event
         # What this node's SUB takes from a child's or a peer's PUB: everything, or (``events``
-        # given) their updates and the events of those kinds addressed to this node; from its
-        # parent only updates. Nothing else wakes it.
+        # given) their updates and the events of those kinds addressed to this node (or to any
+        # neighbour); from its parent only updates. Nothing else wakes it.
         self._neighbour_topics: tuple[bytes, ...] = (b"",) if events is None else (
             TOPIC_UPDATE, *(event_topic(kind, to) for kind in events for to in (node_id, TO_ANY)))
         self.interval = heartbeat_interval
@@ -140,34 +125,43 @@ class BusNode:
         self._discover = discover or (lambda address: discover_http(address, timeout=2.0))
         self._advertise = advertise_host
         self._clock = clock
-        self._seq = 0
-        # +1 whenever what ``neighbours()`` shows changes (a join, a new snapshot or summary, a
-        # loss, a refusal): what was made from one reading of it holds while this stands.
-        self.view_version = 0
         self._neighbours = Neighbours(heartbeat_misses)
+        self._view = NeighbourView(self._neighbours, clock, on_neighbour, on_event)
         self._pending = PendingReplies()
         self._dispatcher = Dispatcher(node_id, handler)
-        self._links: list[Link] = []
-        self._link_of: dict[str, Link] = {}           # node id -> joined link
-        self._routes: dict[bytes, str] = {}           # ROUTER identity -> node id
-        self._identity_of: dict[str, bytes] = {}      # node id -> ROUTER identity
-        self._session_of: dict[str, str] = {}         # node id -> session nonce of its connection
-        self._sub_of: dict[str, str] = {}             # node id -> PUB endpoint it publishes on
-        # PUB endpoint -> the SUB that follows it and its reader: one each, so a message is
-        # known to come from that PUB (a neighbour cannot publish in another's name).
-        self._subs: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
+        self._admission = Admission(node_id, self._neighbours, interval=heartbeat_interval,
+                                    token=token, curve=curve)
+        # What is read on every request and link message, held here too (the same dicts and
+        # methods): no lookup through the object that keeps them on those paths.
+        self._heard = self._view.heard
+        self._take_snapshot = self._view.take_snapshot
+        self._identity_of = self._admission.identity_of    # node id -> ROUTER identity
+        self._links = Links(node_id, self._neighbours, self._identity_of,
+                            interval=heartbeat_interval, misses=heartbeat_misses, clock=clock)
+        self._link_of = self._links.of                     # node id -> the link that joined it
+        self._quiet = self._links.quiet
+        self._beats = Heartbeats(node_id, self.epoch, interval=heartbeat_interval,
+                                 snapshot=snapshot, summary=summary, neighbours=self._neighbours,
+                                 links=self._links, identity_of=self._identity_of,
+                                 send_router=self._send_router, clock=clock)
+        self._snapshot = snapshot
+        self._summary = summary
+        self._subs = Subscriptions(node_id, curve=curve, on_update=self._view.take_snapshot,
+                                   on_event=self._view.take_event, on_refused=self._view.refused,
+                                   on_bad=self._view.reject_frame)
+        self._router_side = RouterSide(node_id, admission=self._admission,
+                                       neighbours=self._neighbours, view=self._view,
+                                       links=self._links, beats=self._beats, subs=self._subs,
+                                       pending=self._pending, dispatcher=self._dispatcher,
+                                       welcome=self._welcome, interval=heartbeat_interval,
+                                       clock=clock, topics=self._neighbour_topics)
         self._context: zmq.asyncio.Context | None = None
         self._auth: Any = None
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._next_beat = 0.0
-        self._beat_encoded = {}
         self.router_endpoint = ""
         self.pub_endpoint = ""
-        self._router_drops = DropLog(log, f"{node_id} ROUTER")
-        self._refusals = RefusalLog(log, clock)
-        self._sub_drops = DropLog(log, f"{node_id} SUB")
         self._link_drops = DropLog(log, f"{node_id} links")
 
     # ----------------------------------------------------------------- lifecycle
@@ -183,12 +177,14 @@ class BusNode:
         for sock in (self._router, self._pub):
             if self._curve is not None:
                 self._curve.make_server(sock)
+        self._router_side.sock = self._router
         self.router_endpoint = self._bind_to(self._router, self._bind[0])
         self.pub_endpoint = self._bind_to(self._pub, self._bind[1])
         log.info("bus node %s: router %s, pub %s%s", self.node_id, self.router_endpoint,
                  self.pub_endpoint, ", curve on" if self._curve else "")
-        self._next_beat = self._clock()
-        self._tasks = [asyncio.create_task(self._router_loop(), name="bus-router"),
+        self._beats.next_beat = self._clock()
+        self._subs.open(self._context)
+        self._tasks = [asyncio.create_task(self._router_side.run(), name="bus-router"),
                        asyncio.create_task(self._tick_loop(), name="bus-tick")]
         for kind, target in self._targets:
             link = Link(kind, target, context=self._context, make_hello=lambda k=kind: self._hello(k),
@@ -197,30 +193,23 @@ class BusNode:
                         discover=self._discover,
                         interval=self.interval, misses=self.misses, retry_max=self._retry_max,
                         curve=self._curve, clock=self._clock)
-            self._links.append(link)
-            link.start()
+            self._links.add(link)
 
     async def close(self) -> None:
         """Say bye to every neighbour, stop all tasks and close every socket (linger 0)."""
         if self._context is None:
             return
-        for link in self._links:
-            await link.close("node shutting down")
+        await self._links.close("node shutting down")
         bye = encode(Bye(node_id=self.node_id, reason="node shutting down"))
         byes = sum(send_now(self._router, [identity, *bye]) for identity in self._identity_of.values())
-        subs = list(self._subs.values())
-        self._subs.clear()
-        tasks = [*self._tasks, *(task for _sock, task in subs)]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, self._subs.close(), return_exceptions=True)
         self._tasks.clear()
         await self._dispatcher.close()
         self._pending.fail_all(BusError("bus node closed", code="closed"))
         close_socket(self._router, BYE_LINGER_MS if byes else 0)
         close_socket(self._pub)
-        for sock, _task in subs:
-            close_socket(sock)
         if self._auth is not None:
             self._auth.stop()
         if self._context is not None:
@@ -257,6 +246,12 @@ class BusNode:
         """Copies of every neighbour's state (parent, children, peers; alive and lost)."""
         return [state.copy() for state in self._neighbours.all()]
 
+    @property
+    def view_version(self) -> int:
+        """+1 whenever what ``neighbours()`` shows changes (a join, a new snapshot or summary, a
+        loss, a refusal): what was made from one reading of it holds while this stands."""
+        return self._view.version
+
     def neighbour(self, node_id: str) -> NeighbourState | None:
         state = self._neighbours.get(node_id)
         return state.copy() if state is not None else None
@@ -264,11 +259,11 @@ class BusNode:
     @property
     def bad_frames(self) -> int:
         """Messages dropped or answered with an error since start (ROUTER, SUBs and links)."""
-        return self._router_drops.total + self._sub_drops.total + self._link_drops.total
+        return self._router_side.drops.total + self._subs.drops.total + self._link_drops.total
 
     def publish(self, snapshot: dict[str, Any] | None = None) -> None:
         """Broadcast the current snapshot on PUB now (``snapshot()`` is called when not given)."""
-        msg = Update(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(),
+        msg = Update(node_id=self.node_id, epoch=self.epoch, seq=self._beats.next_seq(),
                      snapshot=self._snapshot() if snapshot is None else snapshot,
                      sent_at=time.time(), summary=self._summary() if self._summary else None)
         send_now(self._pub, encode(msg, topic=TOPIC_UPDATE))
@@ -276,7 +271,7 @@ class BusNode:
     def publish_event(self, kind: str, data: dict[str, Any], to: str | None = None) -> None:
         """Broadcast an event (``kind`` a short lower-case name) on PUB under ``event.<kind>``,
         or under ``event.<kind>@<to>/`` for neighbour ``to`` alone (:func:`event_topic`)."""
-        msg = Event(node_id=self.node_id, epoch=self.epoch, seq=self._next_seq(), kind=kind,
+        msg = Event(node_id=self.node_id, epoch=self.epoch, seq=self._beats.next_seq(), kind=kind,
                     data=data, sent_at=time.time())
         msg.validate()
         send_now(self._pub, encode(msg, topic=event_topic(kind, to)))
@@ -305,7 +300,7 @@ class BusNode:
             try:
                 reply.result = check_result(op, reply.result, reply.blob)
             except ValueError as exc:
-                self._refused_message(node_id, f"reply to {op}: {exc}", self._link_drops)
+                self._view.refused(node_id, f"reply to {op}: {exc}", self._link_drops)
                 return Reply(corr_id=reply.corr_id, ok=False, node_id=reply.node_id, error={
                     "code": "bad_reply", "message": f"{node_id} answered {op!r} with a "
                                                     f"malformed result: {exc}"[:500],
@@ -340,82 +335,20 @@ class BusNode:
             return link.send_frames, "link"
         raise Unreachable(f"no open link to {node_id}")
 
-    def _quiet(self, link: Link, now: float) -> bool:
-        """Whether ``link`` stays quiet: the peer's own link to our ROUTER carries the pair's
-        beats (``Neighbours.beats_to_us``); its beats heard count for this link too, and
-        requests to it go that way. A link that reconnected under our feet is told to say
-        hello at its first beat once the peer's stop."""
-        return (link.kind == "peer" and link.node_id is not None
-                and link.node_id in self._identity_of
-                and self._neighbours.beats_to_us(link.node_id, self.node_id, self.interval, now))
-
-    def _beat_frames(self, since: float | None = None, upward: bool = False) -> list[bytes] | None:
-        """This node's heartbeat (see ``_heartbeat``) encoded, once for every link and answer
-        it goes out on (None, logged, if it cannot be). Only the one ``upward`` (to the
-        parent) carries the subtree summary: nobody else reads it, and it grows with the
-        subtree (the root's names every node)."""
-        beat = self._heartbeat(since=since)
-        cached = self._beat_encoded.get(upward)
-        if cached is not None and cached[0] is beat:
-            return cached[1]
-        try:
-            frames = encode(dataclasses.replace(beat, summary=self._summary())
-                            if upward and self._summary is not None else beat)
-        except (TypeError, ValueError) as exc:
-            log.error("%s: cannot encode a heartbeat: %s", self.node_id, exc)
-            return None
-        self._beat_encoded[upward] = (beat, frames)
-        return frames
-
-    def _beat_back(self, now: float, due: float) -> None:
-        """Beat back to each neighbour that beats to our ROUTER, over its connection (a child,
-        a peer that alone lists us): see ``Neighbours.beating_to_us``. A peer we also have a
-        link to is the link's (``_beat_on``)."""
-        frames = None
-        for node_id, identity in self._identity_of.items():
-            link = self._link_of.get(node_id)
-            if (link is None or not link.joined) and self._neighbours.beating_to_us(
-                    node_id, self.interval, now):
-                frames = frames or self._beat_frames(since=due)
-                if frames is None:
-                    return
-                send_now(self._router, [identity, *frames])
-
-    def _beat_on(self, link: Link, frames: list[bytes], now: float) -> None:
-        """Send this tick's heartbeat for ``link``: on it, or back over the peer's own
-        connection when it is quiet (on it after all if that one is gone)."""
-        if self._quiet(link, now) and send_now(
-                self._router, [self._identity_of[link.node_id or ""], *frames]):
-            return
-        link.send_frames(frames)
+    def _send_router(self, identity: bytes, frames: list[bytes]) -> bool:
+        return send_now(self._router, [identity, *frames])
 
     # ----------------------------------------------------------------- ticking
 
     def tick(self) -> None:
         """One round of timers: heartbeats when due, link liveness, neighbour expiry."""
         now = self._clock()
-        due = self._next_beat
-        if now >= due:
-            # Beats fall on whole multiples of the interval on the clock, so nodes that share
-            # one (those on one host) beat together: what an idle node sends and is sent then
-            # comes in one burst each interval, one wake-up rather than one per neighbour.
-            self._next_beat = (now // self.interval + 1) * self.interval
-            if self._next_beat <= now:
-                self._next_beat += self.interval
-            for link in self._links:
-                frames = self._beat_frames(since=due, upward=link.kind == "parent") \
-                    if link.joined else None
-                if frames is not None:
-                    self._beat_on(link, frames, now)
-            self._beat_back(now, due)
-        for link in self._links:
-            if link.joined and self._quiet(link, now):
-                link.heard_elsewhere(self._neighbours.get(link.node_id or "").beat_in)
-            link.tick(now)
+        self._beats.tick(now)
+        self._links.tick(now)
         for state in self._neighbours.expire(now):
             log.warning("%s %s lost: silent for %.1f s", state.role, state.node_id, state.age(now))
             self._pending.fail_to(state.node_id, "was lost")
-            self._fire(state)
+            self._view.fire(state)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -430,43 +363,16 @@ class BusNode:
         joined link will have been silent too long; never more than one interval. So an idle
         node wakes once a heartbeat, and a silent neighbour is marked lost on time."""
         now = self._clock()
-        due = self._next_beat
+        due = self._beats.next_beat
         for state in self._neighbours.all():
             if state.status != LOST:
                 expires = state.last_seen + self.misses * state.interval
                 if now < expires < due:
                     due = expires
-        window = self.misses * self.interval
-        for link in self._links:
-            if link.joined and now < link.last_heard + window < due:
-                due = link.last_heard + window
+        due = self._links.due(now, due)
         # Just past it: "silent for more than the window" then holds, and a timer that fires a
         # hair early costs no second wake-up.
         return min(self.interval, max(due - now, 0.0)) + _TICK_SLACK
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    _beat: Heartbeat | None = None    # the last heartbeat built, and when (on the clock)
-    _beat_encoded: dict[bool, tuple[Heartbeat, list[bytes]]]   # its frames (upward or not)
-    _beat_at = float("-inf")
-
-    def _heartbeat(self, fresh: bool = False, since: float | None = None) -> Heartbeat:
-        """This node's heartbeat. The tick's is one built since the beat fell due (an answer
-        sent in the same burst may have built it); an answer to a neighbour's beat sends the
-        last one again (the same seq) while it is younger than an interval and nothing was
-        published since: no rebuild per neighbour, and a neighbour that already took that
-        snapshot just counts the beat as a sign of life. ``fresh``: build one now."""
-        now = self._clock()
-        beat = self._beat
-        if (fresh or beat is None or beat.seq != self._seq or (since is not None and self._beat_at < since)
-                or not 0 <= now - self._beat_at < self.interval):
-            beat = self._beat = Heartbeat(node_id=self.node_id, epoch=self.epoch,
-                                          seq=self._next_seq(), snapshot=self._snapshot(),
-                                          sent_at=time.time())
-            self._beat_at = now
-        return beat
 
     def _hello(self, kind: str) -> Hello:
         return Hello(node_id=self.node_id, role="child" if kind == "parent" else "peer",
@@ -481,252 +387,31 @@ class BusNode:
                        interval=self.interval, session=session,
                        curve_key=self._curve.public_text if self._curve else None)
 
-    def _fire(self, state: NeighbourState) -> None:
-        self.view_version += 1
-        if self._on_neighbour is None:
-            return
-        try:
-            self._on_neighbour(state.copy())
-        except Exception:
-            log.exception("on_neighbour callback failed for %s", state.node_id)
-
-    # ----------------------------------------------------------------- receiving
-
-    def _heard(self, node_id: str, epoch: int | None = None) -> NeighbourState | None:
-        """The neighbour's state if it is alive (the message counts as a sign of life)."""
-        state = self._neighbours.get(node_id)
-        if state is not None and self._neighbours.heard(node_id, self._clock(), epoch):
-            return state
-        return None
-
-    def _take_snapshot(self, msg: Heartbeat | Update, drops: DropLog) -> bool:
-        """Store the snapshot unless stale; False when it was refused (a seq that leaps)."""
-        reason = self._neighbours.seq_refusal(msg.node_id, msg.epoch, msg.seq)
-        if reason is not None:
-            self._refused_message(msg.node_id, f"{msg.TYPE.decode()}: {reason}", drops)
-            return False
-        state = self._heard(msg.node_id, msg.epoch)
-        if state is not None and self._neighbours.snapshot(msg.node_id, msg.epoch, msg.seq,
-                                                           msg.snapshot, msg.summary, msg.sent_at):
-            self._fire(state)
-        return True
-
-    def _refused_message(self, node_id: str, reason: str, drops: DropLog) -> None:
-        """A message from neighbour ``node_id`` is refused: log it, and say so on its entry."""
-        drops.drop(f"from {node_id}: {reason}")
-        self._reject(node_id, reason)
-
-    def _reject(self, node_id: str, reason: str) -> None:
-        state = self._neighbours.get(node_id)
-        if state is not None and self._neighbours.reject(node_id, reason[:300]):
-            self._fire(state)
-
-    async def _router_loop(self) -> None:
-        if self._router is None:
-            return
-        await serve(self._router, _split_identity, lambda found: self._on_router(*found),
-                    self._router_drops, self._answer_bad_frame)
-
-    def _reply_to(self, identity: bytes) -> Callable[[list[bytes]], bool]:
-        return lambda frames: send_now(self._router, [identity, *frames])
-
-    def _answer_bad_frame(self, frames: list[bytes], err: ProtocolError) -> None:
-        if len(frames) < 2:
-            return
-        identity = frames[0]
-        node_id = self._routes.get(identity)
-        if node_id is not None:     # a joined neighbour's connection: only its entry says so
-            self._reject(node_id, _why(err))
-        if err.msg_type == "hello":
-            log.error("%s refused hello from %s: %s", self.node_id, err.node_id or "an unknown node",
-                      err.message)
-            reply: Message = Refuse(node_id=self.node_id, code=err.code, reason=err.message)
-        else:
-            reply = error_reply(err.corr_id, err.code, err.message, self.node_id)
-        send_now(self._router, [identity, *encode(reply)])
-
-    def _on_router(self, identity: bytes, msg: Message) -> None:
-        if isinstance(msg, Hello):
-            self._on_hello(identity, msg)
-        elif isinstance(msg, Request):
-            node_id = self._routes.get(identity)
-            state = self._neighbours.get(node_id) if node_id else None
-            if state is not None:
-                self._heard(state.node_id)
-            sender = Sender(node_id, state.role) if state else Sender(None, "client")
-            self._dispatcher.dispatch(msg, sender, self._reply_to(identity))
-        elif isinstance(msg, Reply):
-            self._pending.resolve(msg)
-        elif isinstance(msg, Heartbeat):
-            if self._routes.get(identity) != msg.node_id or self._neighbours.is_lost(msg.node_id):
-                # Unknown here, or given up on: only a new handshake makes it alive again.
-                send_now(self._router, [identity, *encode(Refuse(
-                    node_id=self.node_id, code="hello_required", reason="say hello first"))])
-                return
-            if self._take_snapshot(msg, self._router_drops):
-                # The first beat after a handshake is answered (it asks for our snapshot); later
-                # ones are not while our link to it is quiet: our tick beats back instead.
-                now = self._clock()
-                link = self._link_of.get(msg.node_id)
-                beaten_back = (self._quiet(link, now) if link is not None and link.joined
-                               else self._neighbours.beating_to_us(msg.node_id, self.interval, now))
-                if not beaten_back:
-                    answer = self._beat_frames()
-                    if answer is not None:
-                        send_now(self._router, [identity, *answer])
-                self._neighbours.beat_in(msg.node_id, msg.epoch, now)
-        elif isinstance(msg, Bye):
-            node_id = self._routes.pop(identity, None)
-            if node_id is not None and self._identity_of.get(node_id) == identity:
-                del self._identity_of[node_id]
-                self._session_of.pop(node_id, None)
-                if self._neighbours.lose(node_id):
-                    log.info("%s said bye (%s)", node_id, msg.reason or "no reason")
-                    self._pending.fail_to(node_id, "was lost")
-                    state = self._neighbours.get(node_id)
-                    if state is not None:
-                        self._fire(state)
-        else:
-            self._router_drops.drop(f"unexpected {msg.TYPE.decode()} on ROUTER")
-
-    def _refuse(self, identity: bytes, hello: Hello, code: str, reason: str) -> None:
-        self._refusals.refused(self.node_id, f"hello from {hello.node_id} ({hello.role})",
-                               f"{reason} ({code})", address=hello.router or hello.http or "?",
-                               key=hello.curve_key)
-        send_now(self._router, [identity, *encode(Refuse(node_id=self.node_id, code=code,
-                                                         reason=reason))])
-
-    def _on_hello(self, identity: bytes, hello: Hello) -> None:
-        if hello.role == "client":
-            send_now(self._router, [identity, *encode(self._welcome("server"))])
-            return
-        known = self._identity_of.get(hello.node_id)
-        refused = refusal(hello, own_id=self.node_id, neighbours=self._neighbours,
-                          now=self._clock(), token=self._token, curve=self._curve,
-                          connection="new" if known is None else "same" if known == identity
-                          else "other", session=self._session_of.get(hello.node_id, ""),
-                          joined_as=self._routes.get(identity))
-        if refused is not None:
-            return self._refuse(identity, hello, *refused)
-        role = "child" if hello.role == "child" else "peer"
-        if known is not None and known != identity:
-            self._routes.pop(known, None)     # the old connection speaks for it no more
-        self._routes[identity] = hello.node_id
-        self._identity_of[hello.node_id] = identity
-        session = self._session_of[hello.node_id] = new_corr_id()
-        # A child beats at its own interval; a peer is also heard through our link's replies.
-        interval = hello.interval if role == "child" else max(hello.interval, self.interval)
-        # What went out on its old connection to us is lost; what went on our link to it is not.
-        self._pending.fail_to(hello.node_id, "joined again (a new session)", via="router")
-        state = self._neighbours.joined(hello.node_id, role, self._clock(), epoch=hello.epoch,
-                                        http=hello.http, router=hello.router, pub=hello.pub,
-                                        interval=interval, beats_every=hello.interval)
-        self._follow(hello.node_id, hello.pub, hello.curve_key, self._neighbour_topics)
-        send_now(self._router, [identity, *encode(
-            self._welcome("parent" if role == "child" else "peer", session))])
-        log.info("%s joined %s as %s (router %s)", hello.node_id, self.node_id, role, hello.router)
-        self._fire(state)
-
-    def _follow(self, node_id: str, pub: str, curve_key: str | None,
-                topics: Sequence[bytes]) -> None:
-        """Have a SUB follow ``node_id``'s PUB (once; again if the endpoint changed), for
-        ``topics`` (prefixes; the PUB sends nothing else, so nothing else wakes this node)."""
-        if self._context is None or not pub or self._sub_of.get(node_id) == pub:
-            return
-        old = self._sub_of.pop(node_id, None)
-        if old is not None and old not in self._sub_of.values():
-            self._unfollow(old)
-        if pub not in self._subs:
-            if self._curve is not None and not self._curve.trusts(curve_key):
-                log.error("not subscribing to %s: its curve key is not accepted", node_id)
-                return
-            sub = new_socket(self._context, zmq.SUB)
-            for topic in topics:
-                sub.setsockopt(zmq.SUBSCRIBE, topic)
-            if self._curve is not None:
-                self._curve.make_client(sub, curve_key or "")
-            try:
-                sub.connect(pub)
-            except zmq.ZMQError as exc:
-                log.error("not subscribing to %s: cannot connect to %r: %s", node_id, pub, exc)
-                close_socket(sub)
-                return
-            self._subs[pub] = (sub, asyncio.create_task(self._sub_loop(pub, sub), name="bus-sub"))
-        self._sub_of[node_id] = pub
-
-    def _unfollow(self, endpoint: str) -> None:
-        sub, task = self._subs.pop(endpoint, (None, None))
-        if task is not None:
-            task.cancel()
-        close_socket(sub)      # also stops its reader
-
-    def _publishers(self, endpoint: str) -> list[str]:
-        return [node_id for node_id, pub in self._sub_of.items() if pub == endpoint]
-
-    def _bad_published(self, endpoint: str, _frames: list[bytes], err: ProtocolError) -> None:
-        for node_id in self._publishers(endpoint):
-            self._reject(node_id, _why(err))
-
-    async def _sub_loop(self, endpoint: str, sub: zmq.asyncio.Socket) -> None:
-        await serve(sub, decode_published, functools.partial(self._on_published, endpoint),
-                    self._sub_drops, functools.partial(self._bad_published, endpoint))
-
-    def _on_published(self, endpoint: str, published: tuple[bytes, Message]) -> None:
-        msg = published[1]
-        if self._sub_of.get(msg.node_id) != endpoint:
-            for node_id in self._publishers(endpoint):
-                self._refused_message(node_id, f"published as {msg.node_id}", self._sub_drops)
-            return
-        if isinstance(msg, Update):
-            self._take_snapshot(msg, self._sub_drops)
-        elif isinstance(msg, Event):
-            reason = self._neighbours.seq_refusal(msg.node_id, msg.epoch, msg.seq)
-            if reason is not None:
-                self._refused_message(msg.node_id, f"event: {reason}", self._sub_drops)
-                return
-            state = self._heard(msg.node_id, msg.epoch)
-            if state is not None and self._on_event is not None:
-                try:
-                    self._on_event(state.copy(), msg)
-                except Exception:
-                    log.exception("on_event callback failed for %s", msg.node_id)
-
     # ----------------------------------------------------------------- link callbacks
 
     def _on_link_joined(self, link: Link, welcome: Welcome) -> None:
-        if welcome.node_id == self.node_id:
-            log.error("%s link at %s leads to this node itself; ignoring it", link.kind, link.address)
+        state = self._links.joined(link, welcome)
+        if state is None:
             return
-        self._link_of[welcome.node_id] = link
         # What went out on this link's last socket is lost; what went through the connection
         # the neighbour joined us on (a peer's own link) is not.
         self._pending.fail_to(welcome.node_id, "joined again (a new session)", via="link")
-        state = self._neighbours.joined(welcome.node_id, link.kind, self._clock(),
-                                        epoch=welcome.epoch, http=welcome.http,
-                                        router=welcome.router, pub=welcome.pub,
-                                        # it answers our heartbeats: at our pace, or its own
-                                        interval=max(welcome.interval, self.interval),
-                                        beats_every=welcome.interval)
         # From a parent only its snapshots: its events are of workloads it placed below it or
         # on its peers, never through this node (a child mirrors nothing through its parent),
         # and each one would wake every child of it for nothing.
-        self._follow(welcome.node_id, welcome.pub, welcome.curve_key,
-                     (TOPIC_UPDATE,) if link.kind == "parent" else self._neighbour_topics)
-        self._fire(state)
+        self._subs.follow(welcome.node_id, welcome.pub, welcome.curve_key,
+                          (TOPIC_UPDATE,) if link.kind == "parent" else self._neighbour_topics)
+        self._view.fire(state)
         # The first heartbeat at once: the parent sees us now.
-        frames = self._beat_frames(upward=link.kind == "parent")
+        frames = self._beats.frames(upward=link.kind == "parent")
         if frames is not None:
             link.send_frames(frames)
 
     def _on_link_down(self, link: Link, reason: str) -> None:
-        node_id = link.node_id
-        if node_id is None or self._link_of.get(node_id) is not link:
-            return
-        state = self._neighbours.get(node_id)
-        if state is not None and self._neighbours.lose(node_id):
-            log.warning("%s %s lost: %s", link.kind, node_id, reason)
-            self._pending.fail_to(node_id, "was lost")
-            self._fire(state)
+        state = self._links.down(link, reason)
+        if state is not None:
+            self._pending.fail_to(state.node_id, "was lost")
+            self._view.fire(state)
 
     def _on_link_message(self, link: Link, msg: Message) -> None:
         if link.node_id is not None and self._neighbours.is_lost(link.node_id):
@@ -745,4 +430,4 @@ class BusNode:
 
     def _on_link_bad(self, link: Link, err: ProtocolError) -> None:
         if link.node_id is not None:
-            self._reject(link.node_id, _why(err))
+            self._view.reject_frame(link.node_id, err)

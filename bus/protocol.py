@@ -1,8 +1,8 @@
 """The CNET bus protocol: version tag, envelope layout, message types, msgpack codec.
 
-This module is the single source of truth for what travels between agents and clients (so it
-stays one file, over our usual ~400 lines: STYLE.md #2; the generic payload checker it
-declares its schemas with is in ``bus.schema``).
+This module is the single source of truth for what travels between agents and clients
+(STYLE.md #2): the messages and their framing. What their payloads may hold is declared in
+``bus.payloads`` (with the generic checker of ``bus.schema``), the size limits in ``bus.limits``.
 
 Envelope (ZeroMQ multipart; a ROUTER sees its peer's routing id as an extra first frame)::
 
@@ -50,16 +50,9 @@ Conversations:
 :func:`decode` turns any bad input (garbage, wrong version, unknown type, missing or ill-typed
 fields, oversized frames) into :class:`ProtocolError`; it never raises anything else.
 
-Payloads are checked too, against the schemas declared below the message classes (a small
-checker: field name -> type, range, length): a heartbeat's or update's ``snapshot`` and
-``summary`` (:data:`SNAPSHOT`, :data:`SUMMARY`), an event's ``data`` by kind
-(:data:`EVENT_DATA`), an error reply's ``error`` (:data:`ERROR`), and the results of the
-operations whose answers a node keeps (:data:`RESULTS`, checked by the requester, which knows
-the op). Strings hold no NUL and have a maximum length, numbers are finite and in range, lists
-and maps have a maximum size. Unknown keys: inside a declared record (a resource vector, the
-workload counts) they are dropped; at a payload's top level they are kept only as bounded plain
-data (forward compatibility, and a workload's executor facts), and nothing reads them blindly.
-A request's ``args`` are the operation's to check (both of an agent's doors give the same error).
+Payloads are checked too, as a message is decoded, against the schemas of ``bus.payloads``:
+a heartbeat's or update's ``snapshot`` and ``summary``, an event's ``data`` by kind, an error
+reply's ``error``. A request's ``args`` are the operation's to check.
 """
 
 from __future__ import annotations
@@ -70,23 +63,17 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
 
 __all__ = [
-    "BLOBS",
-    "ERROR",
-    "EVENT_DATA",
     "MAX_FRAME_SIZE",
     "MAX_HOPS",
     "MESSAGE_TYPES",
     "PROTOCOL",
-    "RESULTS",
     "ROLES",
-    "SNAPSHOT",
-    "SUMMARY",
     "TOPIC_EVENT",
     "TO_ANY",
     "TOPIC_UPDATE",
@@ -100,11 +87,8 @@ __all__ = [
     "Refuse",
     "Reply",
     "Request",
-    "Schema",
     "Update",
-    "WORKLOAD",
     "Welcome",
-    "check_result",
     "decode",
     "decode_published",
     "encode",
@@ -113,23 +97,11 @@ __all__ = [
     "new_epoch",
 ]
 
-from bus.schema import (
-    Bytes,
-    ListOf,
-    MapOf,
-    Maybe,
-    Number,
-    Plain,
-    Record,
-    Schema,
-    Text,
-)
+from bus.limits import MAX_FRAME_SIZE, MAX_HEADER_SIZE, MAX_HOPS
+from bus.payloads import BLOBS, CURVE_KEY, ERROR, EVENT_DATA, FREE_MAP, SNAPSHOT, SUMMARY, URL, checked
 
 PROTOCOL = 1
 VERSION = b"CNET%d" % PROTOCOL
-MAX_FRAME_SIZE = 4 * 1024 * 1024       # largest BODY accepted or sent
-MAX_HEADER_SIZE = 255                  # VERSION, TYPE and TOPIC frames
-MAX_HOPS = 32
 ROLES = ("child", "peer", "client")    # what a Hello sender is to the receiver
 TOPIC_UPDATE = b"update"
 TOPIC_EVENT = b"event."
@@ -150,8 +122,6 @@ def event_topic(kind: str, to: str | None = None) -> bytes:
 _OP = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _CORR = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _ENDPOINT = re.compile(r"(tcp|ipc|inproc)://[^\s\x00]{1,250}")
-MAX_DEPTH = 32              # nesting of free-form data (a workload's config)
-MAX_RECORDS = 10_000        # workload records in one answer
 
 
 class ProtocolError(Exception):
@@ -225,9 +195,9 @@ class _Introduction(Message):
             value = getattr(self, name)
             if value and not _ENDPOINT.fullmatch(value):
                 raise ValueError(f"{name} {value[:70]!r} is not a tcp://, ipc:// or inproc:// endpoint")
-        _URL.check(self.http, "http")
+        URL.check(self.http, "http")
         if self.curve_key is not None:
-            _KEY.check(self.curve_key, "curve_key")
+            CURVE_KEY.check(self.curve_key, "curve_key")
         session = getattr(self, "session", None)
         if session and not _CORR.fullmatch(session):
             raise ValueError("session must be 1-64 characters of [0-9A-Za-z_-]")
@@ -278,29 +248,9 @@ class _Snapshot(Message):
     def validate(self) -> None:
         _check_node_id(self.node_id)
         _check_counters(self.epoch, self.seq)
-        self.snapshot = _checked(SNAPSHOT, self.snapshot, "snapshot", self.node_id)
+        self.snapshot = checked(SNAPSHOT, self.snapshot, "snapshot", self.node_id)
         if self.summary is not None:
-            self.summary = _checked(SUMMARY, self.summary, "summary", self.node_id)
-
-
-# What each node id's last snapshot and summary were, and what their check kept: an idle node
-# sends the same ones beat after beat, and a value equal to the last one is given what was kept
-# then (one comparison, not a walk through the schema). Equal is loose for numbers (1 == 1.0 ==
-# True), so what is kept is always the earlier value, which passed. Bounded: cleared when full.
-_CHECKED: dict[tuple[str, str], tuple[Any, Any]] = {}
-_CHECKED_MAX = 4096
-
-
-def _checked(schema: Schema, value: Any, where: str, node_id: str) -> Any:
-    key = (node_id, where)
-    last = _CHECKED.get(key)
-    if last is not None and last[0] == value:
-        return last[1]
-    kept = schema.check(value, where)
-    if len(_CHECKED) >= _CHECKED_MAX:
-        _CHECKED.clear()
-    _CHECKED[key] = (value, kept)
-    return kept
+            self.summary = checked(SUMMARY, self.summary, "summary", self.node_id)
 
 
 @dataclass
@@ -334,7 +284,7 @@ class Event(Message):
         _check_counters(self.epoch, self.seq)
         if not _OP.fullmatch(self.kind):
             raise ValueError(f"event kind {self.kind[:70]!r} is not a short lower-case identifier")
-        self.data = EVENT_DATA.get(self.kind, _FREE_MAP).check(self.data, f"{self.kind} data")
+        self.data = EVENT_DATA.get(self.kind, FREE_MAP).check(self.data, f"{self.kind} data")
 
 
 @dataclass
@@ -413,114 +363,6 @@ class Bye(Message):
     TYPE: ClassVar[bytes] = b"bye"
     node_id: str
     reason: str = ""
-
-
-# ----------------------------------------------------------------- payload schemas
-
-
-def _vector(cpu: float, whole: int) -> Record:
-    """cpu cores (a float), memory and storage bytes, gpu count; negative when over-allocated."""
-    return Record({"cpu": Number(-cpu, cpu), "memory": Number(-whole, whole, whole=True),
-                   "gpu": Number(-whole, whole, whole=True),
-                   "storage": Number(-whole, whole, whole=True)})
-
-
-_KEY = Text(64)                          # a Z85 Curve public key (40 characters)
-_URL = Text(1024)
-_ID = Text(64, re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"))    # a node or workload id
-_WORD = Text(64, re.compile(r"[A-Za-z0-9_.:-]{1,64}"))             # a status, type or role
-_CLOCK = Number(-1e12, 1e12)             # seconds: a wall-clock time or an uptime
-_COUNT = Number(0, 2**63 - 1, whole=True)
-_ANY_TEXT = Text()
-_FREE_MAP = Record({}, extra=Plain(MAX_DEPTH))
-_LABELS = MapOf(Text(1024), _ANY_TEXT)
-_PAIRS = ListOf(_ANY_TEXT)                   # labels as "key=value"
-
-NODE_VECTOR = _vector(1e6, 2**62)        # one node's capacity, allocation or free amounts
-TOTAL_VECTOR = _vector(1e12, 2**63 - 1)  # summed over a subtree
-USAGE = Record({**NODE_VECTOR.fields, "cpu_percent": Number(0, 1e6),
-                "memory_percent": Number(0, 1e3), "sampled_at": Maybe(_CLOCK)})
-
-SNAPSHOT = Record({
-    "node_id": _ID, "address": Maybe(_URL), "labels": _LABELS, "seq": _COUNT,
-    "capacity": NODE_VECTOR, "allocated": NODE_VECTOR, "available": NODE_VECTOR, "usage": USAGE,
-    "workloads": Record({"count": _COUNT, "names": ListOf(Text(1024)), "labels": _PAIRS}),
-    "started_at": _CLOCK, "uptime": _CLOCK,
-}, extra=Plain())
-"""A node's resource snapshot (heartbeats and updates); ``started_at`` (wall clock) is sent
-rather than an uptime, so a snapshot stays the same while nothing changes."""
-
-SUMMARY = Record({
-    "nodes": Number(1, 2**31, whole=True), "node_ids": ListOf(_ID), "labels": _PAIRS,
-    "allocated": TOTAL_VECTOR, "live_workloads": _COUNT, "max_free": NODE_VECTOR,
-    "reach_free": NODE_VECTOR, "reach_node_ids": ListOf(_ID), "reach_labels": _PAIRS,
-}, extra=Plain())
-"""A node's subtree summary (heartbeats and updates of a node with children or peers)."""
-
-WORKLOAD = Record({
-    "id": _ID, "name": Text(1024), "type": _WORD, "status": _WORD, "node_id": _ID,
-    "origin": Maybe(_ID), "via": Maybe(_ID), "process_pid": Maybe(Number(0, 2**31, whole=True)),
-    "endpoint": Maybe(_URL), "exit_code": Maybe(Number(-2**31, 2**31, whole=True)),
-    "message": Maybe(_ANY_TEXT), "restart_count": Maybe(_COUNT), "created_at": Maybe(_CLOCK),
-    "started_at": Maybe(_CLOCK), "finished_at": Maybe(_CLOCK), "config": _FREE_MAP,
-    "requirements": NODE_VECTOR, "placement": _FREE_MAP, "labels": _LABELS, "version": _COUNT,
-}, required=frozenset({"id"}), extra=Plain(MAX_DEPTH))
-"""A workload record (an event's data, an answer about a workload); other keys are its
-executor's facts (container_id, files ...)."""
-
-EVENT_DATA: dict[str, Schema] = {
-    "workload": WORKLOAD,
-    "workload_deleted": Record({"id": _ID, "node_id": _ID}, frozenset({"id"}), Plain()),
-    "node": Record({"node_id": _ID, "role": _WORD, "status": _WORD, "address": Maybe(_URL)},
-                   frozenset({"node_id"}), Plain()),
-}
-"""An event's data by kind; any other kind's data is free-form (bounded plain data)."""
-
-ERROR = Record({"code": Text(64), "message": _ANY_TEXT,
-                "details": Record({"status": Number(100, 599, whole=True),
-                                   "reasons": ListOf(_ANY_TEXT)}, extra=Plain(MAX_DEPTH))},
-               required=frozenset({"code", "message"}))
-"""An error reply's ``error``."""
-
-_REPORT = replace(WORKLOAD, required=frozenset())   # a mirror takes only a report with its id
-
-_SHA256 = Text(64, re.compile(r"[0-9a-f]{64}"))
-
-RESULTS: dict[str, Schema] = {
-    "delegate": replace(WORKLOAD, required=frozenset({"id", "name", "type", "node_id"})),
-    "fetch": Record({"size": _COUNT, "sha256": _SHA256, "offset": _COUNT,
-                     "data": Bytes(MAX_FRAME_SIZE)},
-                    frozenset({"size", "sha256", "offset", "data"}), Plain()),
-    "get": _REPORT,
-    "stop": _REPORT,
-    "logs": Record({"logs": Text(MAX_FRAME_SIZE)}, frozenset({"logs"}), Plain()),
-    "reconcile": Record({"node_id": _ID, "workloads": ListOf(WORKLOAD, MAX_RECORDS),
-                         "extra": ListOf(WORKLOAD, MAX_RECORDS)}, extra=Plain()),
-}
-"""The results a node keeps of the operations it asks its neighbours for, by op."""
-
-BLOBS: dict[str, str] = {"fetch": "data"}
-"""The ops whose result carries bulk bytes, and the result's key for them: a :class:`Reply`
-sends them as its blob frame (to a requester that takes one), and the requester's
-:func:`check_result` puts them back there."""
-
-
-def check_result(op: str, result: dict[str, Any] | None,
-                 blob: bytes | memoryview | None = None) -> dict[str, Any] | None:
-    """``result`` of ``op`` (with ``blob``, the reply's blob frame, put under the op's
-    :data:`BLOBS` key) as declared in :data:`RESULTS` (unchanged for other ops), or
-    ValueError naming what is wrong."""
-    if blob is not None:
-        key = BLOBS.get(op)
-        if key is None:
-            raise ValueError(f"a {op} result carries no blob frame")
-        if result is not None and key in result:
-            raise ValueError(f"{op} result has {key} both in its body and as a blob frame")
-        result = {**(result or {}), key: blob}
-    schema = RESULTS.get(op)
-    if schema is None:
-        return result
-    return schema.check(result if result is not None else {}, f"{op} result")
 
 
 MESSAGE_TYPES: dict[bytes, type[Message]] = {

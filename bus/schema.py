@@ -1,5 +1,5 @@
 """A small declarative checker for bus payloads: numbers, strings, lists, maps, records and
-free-form data, each bounded. ``bus.protocol`` declares the payload schemas with it.
+free-form data, each bounded. ``bus.payloads`` declares the payload schemas with it.
 
 Every payload a node receives goes through it (a snapshot with each heartbeat and broadcast, a
 workload with each event and answer), so checking is compiled: each schema is turned once into

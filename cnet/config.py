@@ -16,21 +16,16 @@ from pathlib import Path
 import psutil
 import yaml
 
+from . import config_values as read
 from .addresses import advertised_host
+from .config_values import ConfigError
 from .devices import Device, detect, numbered
 from .resources import Resources
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
-          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4, "PI": 1024**5}
 STRATEGIES = ("local_first", "least_loaded", "binpack", "spread")
 _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
 _HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
-
-
-class ConfigError(Exception):
-    """A bad configuration value; the message is one line naming the key."""
 
 
 @dataclass
@@ -119,14 +114,14 @@ def from_dict(raw) -> Config:
     """Validate a parsed config; sections may sit at the top level or under ``agent``."""
     if not isinstance(raw, dict):
         raise ConfigError("config: must be a mapping")
-    agent = _section(raw, "agent")
+    agent = read.section(raw, "agent")
 
     def sec(name: str) -> tuple[dict, str]:
         # The seed nests everything under `agent:` in one reading and keeps the sections at the
         # top level in another; accept both.
         if name in agent:
-            return _section(agent, name, f"agent.{name}"), f"agent.{name}"
-        return _section(raw, name), name
+            return read.section(agent, name, f"agent.{name}"), f"agent.{name}"
+        return read.section(raw, name), name
 
     node_id = agent.get("node_id")
     if not isinstance(node_id, str) or not node_id:
@@ -135,8 +130,8 @@ def from_dict(raw) -> Config:
         raise ConfigError(f"agent.node_id: {node_id!r} may only contain letters, digits, '_', '.', '-' "
                           "(at most 63, starting with a letter or digit)")
     cfg = Config(node_id=node_id)
-    cfg.address = _str(agent, "address", "agent.address", "127.0.0.1")
-    cfg.port = _port(agent.get("port", 8080), "agent.port")
+    cfg.address = read.text(agent, "address", "agent.address", "127.0.0.1")
+    cfg.port = read.port(agent.get("port", 8080), "agent.port")
     cfg.advertise_address = _advertise_address(agent.get("advertise_address"),
                                                "agent.advertise_address")
     labels = agent.get("labels", {}) or {}
@@ -146,15 +141,15 @@ def from_dict(raw) -> Config:
 
     # State: one directory per node; db, data and logs default inside it.
     state_default = Path(os.environ.get("CNET_HOME", "/tmp/cnet")) / node_id
-    cfg.state_dir = _path(agent.get("state_dir", state_default), "agent.state_dir", node_id)
+    cfg.state_dir = read.path(agent.get("state_dir", state_default), "agent.state_dir", node_id)
     storage, where = sec("storage")
-    sqlite = _section(storage, "sqlite", f"{where}.sqlite")
-    cfg.db_path = _path(sqlite.get("db_path", cfg.state_dir / "cnet.db"), f"{where}.sqlite.db_path", node_id)
-    cfg.data_path = _path(sqlite.get("data_path", cfg.state_dir / "data"), f"{where}.sqlite.data_path", node_id)
+    sqlite = read.section(storage, "sqlite", f"{where}.sqlite")
+    cfg.db_path = read.path(sqlite.get("db_path", cfg.state_dir / "cnet.db"), f"{where}.sqlite.db_path", node_id)
+    cfg.data_path = read.path(sqlite.get("data_path", cfg.state_dir / "data"), f"{where}.sqlite.data_path", node_id)
     logging_, where = sec("logging")
-    cfg.log_level = _choice(logging_, "level", where, ("debug", "info", "warning", "warn", "error"), "info")
-    cfg.log_format = _choice(logging_, "format", where, ("text", "json"), "text")
-    cfg.log_dir = _path(logging_.get("dir", cfg.state_dir / "logs"), f"{where}.dir", node_id)
+    cfg.log_level = read.choice(logging_, "level", where, ("debug", "info", "warning", "warn", "error"), "info")
+    cfg.log_format = read.choice(logging_, "format", where, ("text", "json"), "text")
+    cfg.log_dir = read.path(logging_.get("dir", cfg.state_dir / "logs"), f"{where}.dir", node_id)
 
     resources, where = sec("resources")
     cfg.capacity = _capacity(resources, where, cfg.data_path)
@@ -164,30 +159,30 @@ def from_dict(raw) -> Config:
 
     parent, where = sec("parent")
     if parent.get("enabled", bool(parent.get("address"))):
-        cfg.parent = _hostport(parent.get("address"), f"{where}.address")
+        cfg.parent = read.hostport(parent.get("address"), f"{where}.address")
     peers, where = sec("peers")
     if peers.get("enabled", bool(peers.get("addresses"))):
         addrs = peers.get("addresses") or []
         if not isinstance(addrs, list):
             raise ConfigError(f"{where}.addresses: must be a list of host:port")
-        cfg.peers = [_hostport(a, f"{where}.addresses[{i}]") for i, a in enumerate(addrs)]
+        cfg.peers = [read.hostport(a, f"{where}.addresses[{i}]") for i, a in enumerate(addrs)]
 
     api, where = sec("api")
     token = api.get("token") or os.environ.get("CNET_API_TOKEN") or None
     if token is not None and not isinstance(token, str):
         raise ConfigError(f"{where}.token: must be a string")
     cfg.api_token = token
-    cfg.max_json_body = _size(api.get("max_json_body", cfg.max_json_body), f"{where}.max_json_body")
+    cfg.max_json_body = read.size(api.get("max_json_body", cfg.max_json_body), f"{where}.max_json_body")
     data, where = sec("data")
-    cfg.upload_limit = _size(data.get("upload_limit", cfg.upload_limit), f"{where}.upload_limit")
-    cfg.upload_idle_timeout = _number(data.get("idle_timeout", cfg.upload_idle_timeout),
+    cfg.upload_limit = read.size(data.get("upload_limit", cfg.upload_limit), f"{where}.upload_limit")
+    cfg.upload_idle_timeout = read.number(data.get("idle_timeout", cfg.upload_idle_timeout),
                                       f"{where}.idle_timeout", 0.1, 86400)
 
     process, where = sec("process")
-    cfg.stop_grace = _number(process.get("stop_grace", cfg.stop_grace), f"{where}.stop_grace", 0, 3600)
+    cfg.stop_grace = read.number(process.get("stop_grace", cfg.stop_grace), f"{where}.stop_grace", 0, 3600)
 
     sched, where = sec("scheduler")
-    cfg.placement_strategy = _choice(sched, "strategy", where, STRATEGIES, "local_first")
+    cfg.placement_strategy = read.choice(sched, "strategy", where, STRATEGIES, "local_first")
 
     container, where = sec("container")
     url = container.get("engine_url")
@@ -226,16 +221,16 @@ def _advertise_address(value, where: str) -> str | None:
 
 def _bus(raw: dict, where: str, node_id: str, address: str) -> BusConfig:
     bus = BusConfig()
-    bus.host = _str(raw, "host", f"{where}.host", address)
-    bus.router_port = _port(raw.get("router_port", 0), f"{where}.router_port", allow_zero=True)
-    bus.pub_port = _port(raw.get("pub_port", 0), f"{where}.pub_port", allow_zero=True)
-    bus.heartbeat_interval = _number(raw.get("heartbeat_interval", 1.0), f"{where}.heartbeat_interval", 0.01, 3600)
-    bus.heartbeat_misses = int(_number(raw.get("heartbeat_misses", 3), f"{where}.heartbeat_misses", 1, 1000))
-    bus.request_timeout = _number(raw.get("request_timeout", 5.0), f"{where}.request_timeout", 0.01, 3600)
+    bus.host = read.text(raw, "host", f"{where}.host", address)
+    bus.router_port = read.port(raw.get("router_port", 0), f"{where}.router_port", allow_zero=True)
+    bus.pub_port = read.port(raw.get("pub_port", 0), f"{where}.pub_port", allow_zero=True)
+    bus.heartbeat_interval = read.number(raw.get("heartbeat_interval", 1.0), f"{where}.heartbeat_interval", 0.01, 3600)
+    bus.heartbeat_misses = int(read.number(raw.get("heartbeat_misses", 3), f"{where}.heartbeat_misses", 1, 1000))
+    bus.request_timeout = read.number(raw.get("request_timeout", 5.0), f"{where}.request_timeout", 0.01, 3600)
     curve = raw.get("curve")
     if curve:
         curve_dir = curve.get("keys_dir") if isinstance(curve, dict) else curve
-        bus.curve_dir = _path(curve_dir, f"{where}.curve.keys_dir", node_id)
+        bus.curve_dir = read.path(curve_dir, f"{where}.curve.keys_dir", node_id)
     return bus
 
 
@@ -247,19 +242,19 @@ def _services(raw: dict, where: str) -> ServiceConfig:
             or not 1 <= rng[0] <= rng[1] <= 65535):
         raise ConfigError(f"{where}.port_range: must be [first, last] ports, 1..65535, first <= last")
     svc.port_range = (rng[0], rng[1])
-    svc.start_timeout = _number(raw.get("start_timeout", svc.start_timeout), f"{where}.start_timeout", 0.1, 3600)
-    svc.health_interval = _number(raw.get("health_interval", svc.health_interval), f"{where}.health_interval", 0.05, 86400)
-    svc.health_timeout = _number(raw.get("health_timeout", svc.health_timeout), f"{where}.health_timeout", 0.05, 600)
-    svc.max_restarts = int(_number(raw.get("max_restarts", svc.max_restarts), f"{where}.max_restarts", 0, 1000))
-    svc.restart_backoff = _number(raw.get("restart_backoff", svc.restart_backoff), f"{where}.restart_backoff", 0, 600)
+    svc.start_timeout = read.number(raw.get("start_timeout", svc.start_timeout), f"{where}.start_timeout", 0.1, 3600)
+    svc.health_interval = read.number(raw.get("health_interval", svc.health_interval), f"{where}.health_interval", 0.05, 86400)
+    svc.health_timeout = read.number(raw.get("health_timeout", svc.health_timeout), f"{where}.health_timeout", 0.05, 600)
+    svc.max_restarts = int(read.number(raw.get("max_restarts", svc.max_restarts), f"{where}.max_restarts", 0, 1000))
+    svc.restart_backoff = read.number(raw.get("restart_backoff", svc.restart_backoff), f"{where}.restart_backoff", 0, 600)
     return svc
 
 
 def _capacity(raw: dict, where: str, data_path: Path) -> Resources:
     cpu = raw.get("cpu")
-    cpu = float(psutil.cpu_count(logical=True) or 1) if cpu is None else _number(cpu, f"{where}.cpu", 0, 1e6)
+    cpu = float(psutil.cpu_count(logical=True) or 1) if cpu is None else read.number(cpu, f"{where}.cpu", 0, 1e6)
     memory = raw.get("memory")
-    memory = psutil.virtual_memory().total if memory is None else _size(memory, f"{where}.memory")
+    memory = psutil.virtual_memory().total if memory is None else read.size(memory, f"{where}.memory")
     gpu = 0  # set from the devices (_gpus)
     storage = raw.get("storage")
     if storage is None:
@@ -268,7 +263,7 @@ def _capacity(raw: dict, where: str, data_path: Path) -> Resources:
             probe = probe.parent
         storage = shutil.disk_usage(probe).total
     else:
-        storage = _size(storage, f"{where}.storage")
+        storage = read.size(storage, f"{where}.storage")
     return Resources(cpu=cpu, memory=memory, gpu=gpu, storage=storage)
 
 
@@ -281,7 +276,7 @@ def _gpus(raw: dict, where: str) -> list[Device]:
     those detected (NVML, else nvidia-smi)."""
     listed, count = raw.get("gpus"), raw.get("gpu")
     if count is not None:
-        count = int(_number(count, f"{where}.gpu", 0, MAX_GPUS, whole=True))
+        count = int(read.number(count, f"{where}.gpu", 0, MAX_GPUS, whole=True))
     if isinstance(listed, list):
         devices = _gpu_list(listed, f"{where}.gpus")
         if count is not None and count != len(devices):
@@ -289,7 +284,7 @@ def _gpus(raw: dict, where: str) -> list[Device]:
                               f"device(s) of {where}.gpus")
         return devices
     if listed is not None:
-        count = int(_number(listed, f"{where}.gpus", 0, MAX_GPUS, whole=True))
+        count = int(read.number(listed, f"{where}.gpus", 0, MAX_GPUS, whole=True))
     if count == 0:
         return []
     found, _source = detect()
@@ -306,7 +301,7 @@ def _gpu_list(items: list, where: str) -> list[Device]:
         at = f"{where}[{i}]"
         if not isinstance(item, dict) or not set(item) <= {"index", "uuid", "name", "memory"}:
             raise ConfigError(f"{at}: must be a mapping of index, uuid, name, memory")
-        index = int(_number(item.get("index", i), f"{at}.index", 0, 1e6, whole=True))
+        index = int(read.number(item.get("index", i), f"{at}.index", 0, 1e6, whole=True))
         uuid = item.get("uuid", str(index))
         if not isinstance(uuid, (str, int)) or isinstance(uuid, bool) or not str(uuid).strip() \
                 or "," in str(uuid):
@@ -314,7 +309,7 @@ def _gpu_list(items: list, where: str) -> list[Device]:
         name = item.get("name", "")
         if not isinstance(name, str):
             raise ConfigError(f"{at}.name: must be a string")
-        memory = _size(item.get("memory", 0), f"{at}.memory")
+        memory = read.size(item.get("memory", 0), f"{at}.memory")
         uuid = str(uuid).strip()
         if uuid in seen or index in seen:
             raise ConfigError(f"{at}: index {index} / uuid {uuid} named twice")
@@ -326,75 +321,3 @@ def _gpu_list(items: list, where: str) -> list[Device]:
 def detect_gpus() -> int:
     """How many NVIDIA GPUs this machine has (NVML, else nvidia-smi), else 0."""
     return len(detect()[0])
-
-
-def _section(raw: dict, name: str, where: str | None = None) -> dict:
-    value = raw.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where or name}: must be a mapping")
-    return value
-
-
-def _str(raw: dict, key: str, where: str, default: str) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be a non-empty string")
-    return value
-
-
-def _choice(raw: dict, key: str, where: str, choices: tuple, default: str) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ConfigError(f"{where}.{key}: must be one of {', '.join(choices)} (got {value!r})")
-    return value.lower()
-
-
-def _number(value, where: str, low: float, high: float, whole: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: must be a number (got {value!r})")
-    if value != value:
-        raise ConfigError(f"{where}: must be a number (got NaN)")
-    if value < low:
-        raise ConfigError(f"{where}: must not be {'negative' if low == 0 else f'below {low:g}'} (got {value!r})")
-    if value > high:
-        raise ConfigError(f"{where}: must be at most {high:g} (got {value!r})")
-    if whole and value != int(value):
-        raise ConfigError(f"{where}: must be a whole number (got {value!r})")
-    return float(value)
-
-
-def _size(value, where: str) -> int:
-    """Bytes: a whole number, or a string with a unit ("16GiB", "512Mi", "10G")."""
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if not m:
-            raise ConfigError(f"{where}: {value!r} is not a size (bytes, or e.g. '16GiB')")
-        unit = (m.group(2) or "").upper().rstrip("B")
-        return int(float(m.group(1)) * _UNITS[unit])
-    return int(_number(value, where, 0, 2**62, whole=True))
-
-
-def _port(value, where: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: must be a whole number (got {value!r})")
-    if not (0 if allow_zero else 1) <= value <= 65535:
-        raise ConfigError(f"{where}: must be between 1 and 65535 (got {value})")
-    return value
-
-
-def _path(value, where: str, node_id: str) -> Path:
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise ConfigError(f"{where}: must be a path")
-    return Path(str(value).replace("{node_id}", node_id)).expanduser()
-
-
-def _hostport(value, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be host:port")
-    text = value.removeprefix("http://").removeprefix("tcp://").rstrip("/")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: {value!r} is not host:port")
-    return f"{host}:{int(port)}"

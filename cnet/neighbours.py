@@ -6,7 +6,7 @@
 - ``node_entry`` / ``scheduler_snapshot``: neighbour states turned into ``/api/nodes`` entries
   and into the scheduler's candidates.
 
-What neighbours send passed the bus's schemas (``bus/protocol.py``); the readers here still take
+What neighbours send passed the bus's schemas (``bus/payloads.py``); the readers here still take
 each value only if it has the expected type, so no neighbour can make this node's answers fail.
 """
 
@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from .candidates import NodeView, Snapshot, node_columns
 from .register import BEAT_USAGE_MAX_AGE
 from .resources import Resources
-from .scheduler import NodeView, Snapshot, node_columns
 
 if TYPE_CHECKING:
     from bus import NeighbourState

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Container, Coroutine
 
 from bus import LostInFlight, RemoteError, RequestTimeout, Unreachable
 
+from .candidates import Snapshot
 from .errors import BadRequest, CnetError, Conflict, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
 from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
-from .scheduler import Placement, Snapshot, away_from, schedule, stays_here
+from .scheduler import Placement, away_from, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:

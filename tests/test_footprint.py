@@ -42,10 +42,10 @@ def test_the_tick_never_sleeps_longer_than_an_interval_and_beats_on_its_multiple
     clock = ManualClock(100.25)
     node = _node(clock)
     node.tick()
-    assert node._next_beat == 101.0
+    assert node._beats.next_beat == 101.0
     clock.advance(0.75)
     node.tick()
-    assert node._next_beat == 102.0
+    assert node._beats.next_beat == 102.0
     assert node._until_due() <= node.interval + 0.001
 
 
@@ -53,14 +53,14 @@ def test_answers_reuse_the_heartbeat_until_it_is_stale_or_something_was_publishe
     clock = ManualClock(100.0)
     built = []
     node = _node(clock, snapshot=lambda: built.append(1) or {"n": len(built)})
-    first = node._heartbeat(fresh=True)
-    assert node._heartbeat() is first and len(built) == 1
-    node._next_seq()                               # what publish() does: a newer seq is out
-    second = node._heartbeat()
+    first = node._beats.build(fresh=True)
+    assert node._beats.build() is first and len(built) == 1
+    node._beats.next_seq()                         # what publish() does: a newer seq is out
+    second = node._beats.build()
     assert second.seq > first.seq and len(built) == 2
     clock.advance(1.0)                             # an interval old
-    assert node._heartbeat().seq > second.seq
-    assert node._heartbeat(fresh=True).seq > second.seq + 1
+    assert node._beats.build().seq > second.seq
+    assert node._beats.build(fresh=True).seq > second.seq + 1
 
 
 def test_usage_is_sampled_when_read_at_most_once_per_max_age(monkeypatch):

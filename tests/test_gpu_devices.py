@@ -19,11 +19,12 @@ from types import SimpleNamespace
 import pytest
 
 from cnet import config as cnet_config
+from cnet.candidates import NodeView, Snapshot
 from cnet.devices import Device, DeviceTable, detect
 from cnet.errors import BadRequest, InsufficientResources
 from cnet.register import Register
 from cnet.resources import Resources
-from cnet.scheduler import NodeView, Placement, Snapshot, schedule
+from cnet.scheduler import Placement, schedule
 
 from .harness import MODELS_DIR, REPO, free_port, wait_for
 

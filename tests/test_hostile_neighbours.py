@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from bus import payloads
 from bus import protocol as p
 from cnet import neighbours
 from cnet.ops import Nodes, Submit
@@ -103,10 +104,10 @@ async def test_what_an_agent_sends_fits_the_bus_schemas(inprocess_cluster):
         for agent in cluster.agents.values():
             snap = neighbours.self_snapshot(agent.local)
             summary = neighbours.summary(agent.local, agent.bus.neighbours())
-            assert p.SNAPSHOT.check(snap, "snapshot") == snap
-            assert p.SUMMARY.check(summary, "summary") == summary
-        assert p.WORKLOAD.check(wl, "workload") == wl
-        assert p.check_result("delegate", wl) == wl
+            assert payloads.SNAPSHOT.check(snap, "snapshot") == snap
+            assert payloads.SUMMARY.check(summary, "summary") == summary
+        assert payloads.WORKLOAD.check(wl, "workload") == wl
+        assert payloads.check_result("delegate", wl) == wl
 
 
 @pytest.mark.parametrize("extra,warned", [({}, True), ({"api": {"token": "t"}}, False)])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from cnet.candidates import NodeView, Snapshot
 from cnet.errors import BadRequest
 from cnet.resources import Resources
-from cnet.scheduler import NodeView, Placement, Snapshot, schedule
+from cnet.scheduler import Placement, schedule
 
 GiB = 1 << 30
 

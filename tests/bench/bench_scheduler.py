@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from cnet.candidates import NodeView, Snapshot  # noqa: E402
 from cnet.resources import Resources  # noqa: E402
-from cnet.scheduler import NodeView, Placement, Snapshot, schedule  # noqa: E402
+from cnet.scheduler import Placement, schedule  # noqa: E402
 
 GiB = 1 << 30
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.admission import refusal
+from bus.admission import Admission, refusal
 from bus.liveness import Neighbours
 from bus.protocol import PROTOCOL, Hello
 
@@ -83,3 +83,33 @@ def test_one_connection_speaks_for_one_node():
     assert _check(_hello("gulou"), _view(("nanjing", "child", 7)),
                   joined_as="nanjing") == "bad_hello"
     assert _check(_hello(), _view(), joined_as="nanjing") is None
+
+
+def test_admission_keeps_who_speaks_on_which_connection():
+    view = Neighbours(3)
+    door = Admission("jiangsu", view, interval=1.0)
+    assert door.admit(b"c1", _hello(interval=2.0), 100.0) is None
+    first = door.session_of["nanjing"]
+    assert door.routes == {b"c1": "nanjing"} and door.identity_of == {"nanjing": b"c1"}
+    state = view.get("nanjing")
+    assert (state.role, state.epoch, state.interval) == ("child", 7, 2.0)   # a child's own pace
+    # Another connection under that id, alive and without the session: refused, nothing moves.
+    assert door.admit(b"c2", _hello(), 100.5)[0] == "duplicate_node"
+    assert door.routes == {b"c1": "nanjing"} and door.session_of["nanjing"] == first
+    # The same party, reconnected (the session of its last welcome): it moves to the new one.
+    assert door.admit(b"c2", _hello(session=first), 101.0) is None
+    assert door.routes == {b"c2": "nanjing"} and door.identity_of == {"nanjing": b"c2"}
+    assert door.session_of["nanjing"] != first
+    # A bye on the old connection speaks for nobody; on the current one it ends the join.
+    assert door.leave(b"c1") is None and door.identity_of == {"nanjing": b"c2"}
+    assert door.leave(b"c2") == "nanjing"
+    assert door.routes == door.identity_of == door.session_of == {}
+
+
+def test_admission_takes_a_peer_at_the_slower_of_the_two_paces_and_checks_the_token():
+    view = Neighbours(3)
+    door = Admission("jiangsu", view, interval=1.5, token="t")
+    assert door.admit(b"p", _hello("anhui", "peer"), 100.0)[0] == "unauthorized"
+    assert door.routes == {} and view.get("anhui") is None
+    assert door.admit(b"p", _hello("anhui", "peer", token="t", interval=1.0), 100.0) is None
+    assert (view.get("anhui").role, view.get("anhui").interval) == ("peer", 1.5)

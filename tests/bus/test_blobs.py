@@ -15,6 +15,7 @@ import zmq
 
 from bus import BusNode, RemoteError, Request, Sender
 from bus import protocol as p
+from bus.payloads import check_result
 
 from .harness import FAST, endpoints, running, status, until
 from .test_malformed import RawNeighbour
@@ -40,7 +41,7 @@ def test_a_fetch_reply_carries_its_data_as_a_blob_frame_not_copied() -> None:
     assert isinstance(decoded, p.Reply) and decoded.result == {"size": len(DATA), "sha256": SHA,
                                                                "offset": 0}
     assert isinstance(decoded.blob, memoryview) and decoded.blob == DATA
-    result = p.check_result("fetch", decoded.result, decoded.blob)
+    result = check_result("fetch", decoded.result, decoded.blob)
     assert result["data"] == DATA and result["size"] == len(DATA)
 
 
@@ -50,7 +51,7 @@ def test_a_requester_that_takes_no_blob_gets_the_data_in_the_body() -> None:
     assert len(frames) == 3 and reply.blob is None
     decoded = p.decode(frames)
     assert decoded.result["data"] == DATA and decoded.blob is None
-    assert p.check_result("fetch", decoded.result)["data"] == DATA   # an earlier node's answer
+    assert check_result("fetch", decoded.result)["data"] == DATA   # an earlier node's answer
 
 
 def test_an_old_request_without_the_blobs_field_is_read_as_taking_none() -> None:
@@ -104,12 +105,12 @@ def test_encode_refuses_a_blob_over_the_frame_limit() -> None:
 ])
 def test_a_fetch_result_that_does_not_fit_its_schema_is_refused(result: dict, blob, why: str) -> None:
     with pytest.raises(ValueError, match=why):
-        p.check_result("fetch", result, blob)
+        check_result("fetch", result, blob)
 
 
 def test_a_blob_on_the_result_of_another_op_is_refused() -> None:
     with pytest.raises(ValueError, match="carries no blob"):
-        p.check_result("get", {"id": "w1"}, b"x")
+        check_result("get", {"id": "w1"}, b"x")
 
 
 async def serve(request: Request, sender: Sender) -> dict:
@@ -136,7 +137,7 @@ async def test_a_chunk_travels_between_live_nodes_as_a_blob_and_arrives_whole() 
                     await raw.dealer.send_multipart(p.encode(fetch_request(blobs)))
                     frames = await raw.dealer.recv_multipart()
                     assert len(frames) == parts
-                    assert p.check_result("fetch", *_result(p.decode(frames)))["data"] == DATA
+                    assert check_result("fetch", *_result(p.decode(frames)))["data"] == DATA
 
 
 def _result(reply: p.Message) -> tuple:
@@ -174,5 +175,5 @@ async def test_hostile_blobs_between_live_nodes_are_refused_and_change_nothing()
         assert "fetch" in parent.neighbour("mallory").rejected
         async with RawNeighbour(parent.router_endpoint) as other:      # the node goes on
             await other.dealer.send_multipart(p.encode(fetch_request(True)))
-            assert p.check_result("fetch", *_result(
+            assert check_result("fetch", *_result(
                 p.decode(await other.dealer.recv_multipart())))["data"] == DATA

@@ -336,11 +336,11 @@ async def test_a_request_in_flight_survives_our_own_link_to_the_peer_joining() -
     async with running(a, b):
         book.add("suqian:8081", a)                   # b's link to a can join; a's cannot yet
         await until(lambda: status(a, "changzhou") == "alive", 5.0, "b's link to a")
-        assert not a._links[0].joined
+        assert not a._links.all[0].joined
         call = asyncio.create_task(a.call("changzhou", "get"))
         await asyncio.wait_for(asked.wait(), 5.0)
         book.add("changzhou:8082", b)                # now a's own link joins too
-        await until(lambda: a._links[0].joined, 5.0, "a's link to b")
+        await until(lambda: a._links.all[0].joined, 5.0, "a's link to b")
         answer.set()
         assert (await asyncio.wait_for(call, 5.0)) == {"from": "suqian"}
 

@@ -242,7 +242,7 @@ async def test_a_link_that_reconnects_rejoins_at_once_with_its_session() -> None
             await until(lambda: status(parent, "nanjing") == "alive")
             joins = parent.neighbour("nanjing").joins
             started = time.monotonic()
-            child._links[0].restart("test: a new DEALER")
+            child._links.all[0].restart("test: a new DEALER")
             await until(lambda: parent.neighbour("nanjing").joins > joins, 2.0, "the re-join")
             assert time.monotonic() - started < 1.0
             await until(lambda: status(child, "jiangsu") == "alive", 2.0)

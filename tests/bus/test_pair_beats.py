@@ -47,7 +47,7 @@ class Clock:
 
 def count_beats(node: BusNode, counts: Counter) -> None:
     """Count the heartbeats ``node`` takes, by where they come in (its ROUTER or a link)."""
-    on_router, on_link = node._on_router, node._on_link_message
+    on_router, on_link = node._router_side.on_message, node._on_link_message
 
     def router(identity, msg):
         if isinstance(msg, Heartbeat):
@@ -59,7 +59,7 @@ def count_beats(node: BusNode, counts: Counter) -> None:
             counts[node.node_id, "link"] += 1
         on_link(link, msg)
 
-    node._on_router, node._on_link_message = router, link
+    node._router_side.on_message, node._on_link_message = router, link
 
 
 def pair(clock: Clock, counts: Counter) -> tuple[Directory, BusNode, BusNode]:

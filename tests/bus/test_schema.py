@@ -1,4 +1,4 @@
-"""The payload schemas of bus/protocol.py, and the seq and rejection rules of the neighbour
+"""The payload schemas of bus/payloads.py, and the seq and rejection rules of the neighbour
 table: pure checks, no sockets."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import msgpack
 import pytest
 
+from bus import payloads, schema
 from bus import protocol as p
-from bus import schema
 from bus.liveness import MAX_SEQ_STEP, Neighbours
 
 SNAPSHOT = {
@@ -36,51 +36,52 @@ WORKLOAD = {"id": "w1", "name": "web", "type": "process", "status": "running",
 
 
 def test_a_real_snapshot_summary_and_workload_pass_unchanged() -> None:
-    assert p.SNAPSHOT.check(SNAPSHOT, "snapshot") == SNAPSHOT
-    assert p.SUMMARY.check(SUMMARY, "summary") == SUMMARY
-    assert p.WORKLOAD.check(WORKLOAD, "workload") == WORKLOAD
+    assert payloads.SNAPSHOT.check(SNAPSHOT, "snapshot") == SNAPSHOT
+    assert payloads.SUMMARY.check(SUMMARY, "summary") == SUMMARY
+    assert payloads.WORKLOAD.check(WORKLOAD, "workload") == WORKLOAD
 
 
 @pytest.mark.parametrize("schema,value,where", [
-    (p.SUMMARY, {"nodes": "many"}, "summary.nodes"),
-    (p.SUMMARY, {"nodes": 0}, "summary.nodes"),
-    (p.SUMMARY, {"node_ids": ["ok", "not an id"]}, "summary.node_ids[1]"),
-    (p.SUMMARY, {"max_free": {"cpu": math.inf}}, "summary.max_free.cpu"),
-    (p.SUMMARY, {"node_ids": ["n"] * (schema.MAX_ITEMS + 1)}, "summary.node_ids"),
-    (p.SNAPSHOT, {"workloads": [1]}, "snapshot.workloads"),
-    (p.SNAPSHOT, {"workloads": {"count": -1}}, "snapshot.workloads.count"),
-    (p.SNAPSHOT, {"available": {"cpu": 1e9}}, "snapshot.available.cpu"),
-    (p.SNAPSHOT, {"available": {"cpu": math.nan}}, "snapshot.available.cpu"),
-    (p.SNAPSHOT, {"available": {"cpu": True}}, "snapshot.available.cpu"),
-    (p.SNAPSHOT, {"capacity": {"memory": 1.5}}, "snapshot.capacity.memory"),
-    (p.SNAPSHOT, {"labels": {"zone": 5}}, "snapshot.labels.zone"),
-    (p.SNAPSHOT, {"labels": "zone=south"}, "snapshot.labels"),
-    (p.SNAPSHOT, {"address": "a\x00b"}, "snapshot.address"),
-    (p.SNAPSHOT, {"extra": b"bytes"}, "snapshot.extra"),
-    (p.SNAPSHOT, {"extra": [[[[[[[[[["deep"]]]]]]]]]]}, "nested deeper"),
-    (p.SNAPSHOT, {"extra": {"a": math.inf}}, "snapshot.extra.a"),
-    (p.WORKLOAD, {"name": "no id"}, "lacks id"),
-    (p.WORKLOAD, {"id": "w1", "status": 5}, "workload.status"),
-    (p.WORKLOAD, {"id": "w1", "requirements": {"cpu": "1"}}, "workload.requirements.cpu"),
-    (p.WORKLOAD, {"id": "w1", "labels": {"a": ["b"]}}, "workload.labels.a"),
+    (payloads.SUMMARY, {"nodes": "many"}, "summary.nodes"),
+    (payloads.SUMMARY, {"nodes": 0}, "summary.nodes"),
+    (payloads.SUMMARY, {"node_ids": ["ok", "not an id"]}, "summary.node_ids[1]"),
+    (payloads.SUMMARY, {"max_free": {"cpu": math.inf}}, "summary.max_free.cpu"),
+    (payloads.SUMMARY, {"node_ids": ["n"] * (schema.MAX_ITEMS + 1)}, "summary.node_ids"),
+    (payloads.SNAPSHOT, {"workloads": [1]}, "snapshot.workloads"),
+    (payloads.SNAPSHOT, {"workloads": {"count": -1}}, "snapshot.workloads.count"),
+    (payloads.SNAPSHOT, {"available": {"cpu": 1e9}}, "snapshot.available.cpu"),
+    (payloads.SNAPSHOT, {"available": {"cpu": math.nan}}, "snapshot.available.cpu"),
+    (payloads.SNAPSHOT, {"available": {"cpu": True}}, "snapshot.available.cpu"),
+    (payloads.SNAPSHOT, {"capacity": {"memory": 1.5}}, "snapshot.capacity.memory"),
+    (payloads.SNAPSHOT, {"labels": {"zone": 5}}, "snapshot.labels.zone"),
+    (payloads.SNAPSHOT, {"labels": "zone=south"}, "snapshot.labels"),
+    (payloads.SNAPSHOT, {"address": "a\x00b"}, "snapshot.address"),
+    (payloads.SNAPSHOT, {"extra": b"bytes"}, "snapshot.extra"),
+    (payloads.SNAPSHOT, {"extra": [[[[[[[[[["deep"]]]]]]]]]]}, "nested deeper"),
+    (payloads.SNAPSHOT, {"extra": {"a": math.inf}}, "snapshot.extra.a"),
+    (payloads.WORKLOAD, {"name": "no id"}, "lacks id"),
+    (payloads.WORKLOAD, {"id": "w1", "status": 5}, "workload.status"),
+    (payloads.WORKLOAD, {"id": "w1", "requirements": {"cpu": "1"}}, "workload.requirements.cpu"),
+    (payloads.WORKLOAD, {"id": "w1", "labels": {"a": ["b"]}}, "workload.labels.a"),
 ])
 def test_junk_is_refused_naming_the_field(schema: schema.Schema, value: dict, where: str) -> None:
-    name = "workload" if schema is p.WORKLOAD else "summary" if schema is p.SUMMARY else "snapshot"
+    name = ("workload" if schema is payloads.WORKLOAD else "summary" if schema is payloads.SUMMARY
+            else "snapshot")
     with pytest.raises(ValueError) as caught:
         schema.check(value, name)
     assert where in str(caught.value)
 
 
 def test_unknown_keys_are_dropped_inside_records_and_kept_bounded_on_top() -> None:
-    snap = p.SNAPSHOT.check({"capacity": {"cpu": 1, "colour": "red"}, "future": {"x": [1]}},
+    snap = payloads.SNAPSHOT.check({"capacity": {"cpu": 1, "colour": "red"}, "future": {"x": [1]}},
                             "snapshot")
     assert snap == {"capacity": {"cpu": 1}, "future": {"x": [1]}}
 
 
 def test_event_data_by_kind_and_free_form_for_others() -> None:
-    assert p.EVENT_DATA["workload"].check({"id": "w1", "status": "running"}, "d")
+    assert payloads.EVENT_DATA["workload"].check({"id": "w1", "status": "running"}, "d")
     with pytest.raises(ValueError, match="lacks id"):
-        p.EVENT_DATA["workload_deleted"].check({"node_id": "n"}, "d")
+        payloads.EVENT_DATA["workload_deleted"].check({"node_id": "n"}, "d")
     ok = p.Event(node_id="n", epoch=1, seq=1, kind="tick", data={"n": 1}, sent_at=0.0)
     assert p.decode(p.encode(ok)) == ok
     for data in ({"n": math.nan}, {"n": "a\x00"}):
@@ -135,12 +136,12 @@ def test_error_replies_and_kept_results_are_checked() -> None:
                   {"code": "x", "message": "m", "details": {"reasons": "r"}}):
         with pytest.raises(p.ProtocolError):
             p.decode(p.encode(p.Reply(corr_id="c1", ok=False, error=error)))
-    assert p.check_result("delegate", WORKLOAD) == WORKLOAD
+    assert payloads.check_result("delegate", WORKLOAD) == WORKLOAD
     with pytest.raises(ValueError, match="lacks"):
-        p.check_result("delegate", {"id": "w1"})
+        payloads.check_result("delegate", {"id": "w1"})
     with pytest.raises(ValueError, match="logs"):
-        p.check_result("logs", {"logs": 5})
-    assert p.check_result("anything_else", {"any": object}) == {"any": object}
+        payloads.check_result("logs", {"logs": 5})
+    assert payloads.check_result("anything_else", {"any": object}) == {"any": object}
 
 
 def test_hello_endpoints_and_session_are_checked() -> None:
@@ -243,9 +244,10 @@ def test_the_compiled_checks_agree_with_the_declarative_walk() -> None:
         st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=3), st.binary(
             max_size=2)), inner, max_size=3)), max_leaves=12)
     deep = [[[[[[[[1]]]]]]]]
-    checkers = [p.SNAPSHOT, p.SUMMARY, p.WORKLOAD, p.ERROR, p.EVENT_DATA["node"],
-                p.RESULTS["delegate"], p.RESULTS["reconcile"], p.RESULTS["logs"],
-                schema.Plain(3), schema.MapOf(schema.Text(4), p._COUNT)]
+    checkers = [payloads.SNAPSHOT, payloads.SUMMARY, payloads.WORKLOAD, payloads.ERROR,
+                payloads.EVENT_DATA["node"], payloads.RESULTS["delegate"],
+                payloads.RESULTS["reconcile"], payloads.RESULTS["logs"], schema.Plain(3),
+                schema.MapOf(schema.Text(4), payloads._COUNT)]
 
     @settings(max_examples=100, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
