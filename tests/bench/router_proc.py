@@ -14,7 +14,7 @@ import tornado.httpserver
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cnet.api import Web, make_app  # noqa: E402
+from cnet.api import Web, make_app, service_router  # noqa: E402
 from cnet.svc_router import Replica, ServiceSet  # noqa: E402
 from cnet.svc_upstream import UpstreamPool  # noqa: E402
 
@@ -40,7 +40,7 @@ async def serve(args: argparse.Namespace) -> None:
     app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict,
                        replicas=source))
     if args.max_idle is not None:   # e.g. 0: a new connection per request, as Tornado's client
-        app.settings["svc_router"].pool = UpstreamPool(max_idle=args.max_idle)
+        service_router(app).pool = UpstreamPool(max_idle=args.max_idle)   # the router, made now
     server = tornado.httpserver.HTTPServer(app)
     server.listen(args.port, address="127.0.0.1")
     print(json.dumps({"event": "listening", "port": args.port}), flush=True)
