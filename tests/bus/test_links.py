@@ -98,6 +98,16 @@ async def test_published_change_arrives_at_once() -> None:
                 assert time.monotonic() - started < 0.5   # no heartbeat could have carried it
 
 
+async def first_seen(watcher: Watcher, publish) -> object:
+    """Publish until the watcher's SUB has joined (the PUB/SUB slow joiner); the first event
+    it sees."""
+    for _ in range(100):
+        publish()
+        with contextlib.suppress(RequestTimeout):
+            return await watcher.next(timeout=0.05)
+    raise AssertionError("the watcher never saw a published event")
+
+
 async def test_events_reach_neighbours_and_watchers() -> None:
     events = []
     parent = BusNode("jiangsu", on_event=lambda state, ev: events.append((state.node_id, ev)), **FAST)
@@ -108,11 +118,8 @@ async def test_events_reach_neighbours_and_watchers() -> None:
             await subscribed(child, parent)
             watcher = Watcher(child.pub_endpoint, topics=[b"event."])
             try:
-                for _ in range(100):              # until the watcher's SUB has joined
-                    child.publish_event("workload", {"id": "w1", "status": "running"})
-                    with contextlib.suppress(RequestTimeout):
-                        got = await watcher.next(timeout=0.05)
-                        break
+                got = await first_seen(watcher, lambda: child.publish_event(
+                    "workload", {"id": "w1", "status": "running"}))
                 assert got.kind == "workload" and got.data["id"] == "w1" and got.node_id == "nanjing"
                 await until(lambda: events, what="event at parent")
                 assert events[0][0] == "nanjing" and events[0][1].data["status"] == "running"
@@ -365,11 +372,8 @@ async def test_addressed_events_reach_only_their_neighbour() -> None:
                 await subscribed(child, peer)
                 watcher = Watcher(child.pub_endpoint, topics=[b"event."])
                 try:
-                    for _ in range(100):              # until the watcher's SUB has joined
-                        child.publish_event("node", {"node_id": "probe", "id": "probe"})
-                        with contextlib.suppress(RequestTimeout):
-                            await watcher.next(timeout=0.05)
-                            break
+                    await first_seen(watcher, lambda: child.publish_event(
+                        "node", {"node_id": "probe", "id": "probe"}))
                     while True:                       # drain the probes still queued
                         with contextlib.suppress(RequestTimeout):
                             await watcher.next(timeout=0.05)
