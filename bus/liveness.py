@@ -179,8 +179,14 @@ class Neighbours:
             return False
         if state.role != "child":
             summary = None            # only a child's subtree is read (a parent's scheduler)
-        changed = snapshot != state.snapshot or summary != state.summary
-        state.seq, state.snapshot, state.summary, state.sent_at = seq, snapshot, summary, sent_at
+        state.seq, state.sent_at = seq, sent_at
+        # An equal report keeps the objects already stored: what is made of them once per
+        # change (the scheduler's view of the node, keyed by identity) stays valid.
+        changed = False
+        if snapshot != state.snapshot:
+            state.snapshot, changed = snapshot, True
+        if summary != state.summary:
+            state.summary, changed = summary, True
         return changed
 
     def lose(self, node_id: str) -> bool:

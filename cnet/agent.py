@@ -107,7 +107,7 @@ class Agent:
             self.watch = NeighbourWatch(self.hub, self.mirrors,
                                         Reconciler(self.mirrors, self.port),
                                         has_parent=bool(cfg.parent), spawn=self.spawn,
-                                        clock=self.clock)
+                                        clock=self.clock, prepare=self.placer.prepare)
             self.node = Node(self.local, __version__, self.manager, self.mirrors, self.placer,
                              self.port, self.sets, on_submission=self.metrics.count_submission,
                              clock=self.clock, models=self.models)

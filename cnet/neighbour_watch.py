@@ -30,13 +30,15 @@ _VECTORS = ("capacity", "allocated", "available", "usage")
 class NeighbourWatch:
     def __init__(self, hub: "EventHub", mirrors: "MirrorBook", reconciler: "Reconciler", *,
                  has_parent: bool, spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 prepare: Callable[["NeighbourState"], None] | None = None):
         self.hub = hub
         self.mirrors = mirrors
         self.reconciler = reconciler
         self.has_parent = has_parent
         self.spawn = spawn
         self.clock = clock
+        self.prepare = prepare      # makes what the scheduler reads of the new report
         self.bus: "BusNode | None" = None
         self._statuses: dict[str, str] = {}        # neighbour id -> last published status
         self._joins: dict[str, int] = {}           # neighbour id -> handshakes seen
@@ -44,6 +46,8 @@ class NeighbourWatch:
         self._pass_up_due = False
 
     def changed(self, state: "NeighbourState") -> None:
+        if self.prepare is not None:
+            self.prepare(state)
         self._pass_up(state)
         entry = neighbours.node_entry(state, self.clock())
         self.hub.publish({"type": "node", "node": entry})

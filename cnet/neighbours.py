@@ -231,18 +231,24 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
     views = [cached[1]]
     skip = set(exclude)
     for state in neighbours:
-        if state.role not in ("child", "peer") or state.node_id in skip:
-            continue
-        # A new report is a new snapshot (or summary) object; the cache holds the old one, so
-        # the identity test cannot be fooled by a reused address.
-        cached = local.views.get(state.node_id)
-        if (cached is None or cached[0] != (state.role, state.status)
-                or cached[1] is not state.snapshot or cached[2] is not state.summary):
-            view = _neighbour_view(state)
-            cached = local.views[state.node_id] = ((state.role, state.status), state.snapshot,
-                                                   state.summary, (view, node_columns(view)))
-        views.append(cached[3])
+        if state.role in ("child", "peer") and state.node_id not in skip:
+            views.append(view_of(local, state))
     return Snapshot(local.node_id, [v[0] for v in views], [v[1] for v in views])
+
+
+def view_of(local: LocalView, state: "NeighbourState") -> tuple[NodeView, tuple]:
+    """A child's or a peer's view and columns, made once per report (``local.views``); also
+    made as the report arrives at a node that is placing work (``Placer.prepare``)."""
+    # A new report is a new snapshot (or summary) object (an equal one keeps the stored
+    # objects); the cache holds the old one, so the identity test cannot be fooled by a
+    # reused address.
+    cached = local.views.get(state.node_id)
+    if (cached is None or cached[0] != (state.role, state.status)
+            or cached[1] is not state.snapshot or cached[2] is not state.summary):
+        view = _neighbour_view(state)
+        cached = local.views[state.node_id] = ((state.role, state.status), state.snapshot,
+                                               state.summary, (view, node_columns(view)))
+    return cached[3]
 
 
 def _self_view(local: LocalView) -> tuple[NodeView, tuple]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Container, Coroutine
 
@@ -26,12 +27,14 @@ from bus import LostInFlight, RemoteError, RequestTimeout, Unreachable
 from .candidates import Snapshot
 from .errors import BadRequest, CnetError, Conflict, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
-from .neighbours import LocalView, scheduler_snapshot
+from .neighbours import LocalView, scheduler_snapshot, view_of
 from .remote import remote_error
 from .scheduler import Placement, away_from, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
+    from bus import NeighbourState
+
     from .manager import Manager
     from .mirrors import MirrorBook
     from .remote import NeighbourPort
@@ -44,6 +47,8 @@ HOP_LIMIT = 8
 ANSWER_MARGIN = 0.25      # seconds kept back from a deadline for the answer to travel
 MIN_WAIT = 0.1            # never ask a neighbour with less time than this to answer
 SETTLE_RETRY_MAX = 30.0   # seconds between asks about a delegation that timed out
+KEEP_VIEWS_WARM = 300.0   # seconds after a placement read its neighbours that their views are
+                          # made as their reports arrive (Placer.prepare)
 
 
 class _NoAnswer(Exception):
@@ -75,6 +80,7 @@ class Placer:
         # origin and when it came; what it looks like is made only when asked).
         self._placing: dict[str, tuple[asyncio.Future, Any, str | None, float]] = {}
         self._snap: tuple[tuple, Snapshot] | None = None   # (what it was made from, snapshot)
+        self._consulted = -math.inf   # when a placement last read the neighbours (monotonic)
 
     def known(self, workload_id: str) -> Workload | None:
         """The workload with this id if this node has it: its own, or a mirror."""
@@ -160,10 +166,20 @@ class Placer:
         neighbour's report or state (the bus's view version), this node's allocations or live
         workloads, or the nodes left out. The snapshot is plain data the scheduler only reads."""
         local = self.local
+        self._consulted = time.monotonic()
         key = (self.port.view_version, local.register.seq, tuple(local.live), exclude)
         if self._snap is None or self._snap[0] != key:
             self._snap = (key, scheduler_snapshot(local, self.port.neighbours(), exclude=exclude))
         return self._snap[1]
+
+    def prepare(self, state: "NeighbourState") -> None:
+        """A neighbour's report changed: if this node placed work on its neighbours lately,
+        make the scheduler's view of it after this step, off the path of the next placement
+        (a node that does not place makes none: each of its neighbours' changes costs it
+        nothing)."""
+        if (state.role in ("child", "peer")
+                and time.monotonic() - self._consulted < KEEP_VIEWS_WARM):
+            asyncio.get_running_loop().call_soon(view_of, self.local, state)
 
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""

@@ -134,6 +134,39 @@ def test_the_scheduler_makes_a_neighbours_view_once_per_report():
     assert scheduler_snapshot(local, [lost]).nodes[1].status == "lost"
 
 
+class _Port:
+    """What a Placer reads of the bus: the neighbours, and a version that changes with them."""
+
+    def __init__(self, neighbours: list):
+        self.states, self.view_version = neighbours, 0
+
+    def neighbours(self) -> list:
+        return self.states
+
+
+async def test_a_placing_node_makes_a_neighbours_view_as_its_report_arrives():
+    import asyncio
+
+    from cnet.placement import Placer
+
+    local = _local()
+    port = _Port([_child({"available": {"cpu": 2.0}})])
+    placer = Placer(local, None, None, port, default_strategy="local-first", spawn=None)
+    newer = _child({"available": {"cpu": 1.0}})
+    placer.prepare(newer)                 # has not placed anything: makes nothing
+    await asyncio.sleep(0)
+    assert "c1" not in local.views
+
+    placer._snapshot(frozenset({"n1"}))   # a placement read its neighbours ...
+    port.states, port.view_version = [newer], 1
+    placer.prepare(newer)                 # ... so the next report's view is made as it comes
+    assert local.views["c1"][1] is not newer.snapshot     # after the step, not in it
+    await asyncio.sleep(0)
+    made = local.views["c1"][3][0]
+    assert made.available.cpu == 1.0
+    assert placer._snapshot(frozenset({"n1"})).nodes[1] is made   # what the next placement reads
+
+
 def test_the_scheduler_sees_this_nodes_live_workloads_at_once():
     from cnet.workload import Workload
 

@@ -37,6 +37,21 @@ def test_stale_snapshots_are_ignored() -> None:
     assert table.get("nanjing").snapshot == {"cpu": 1} and table.get("nanjing").seq == 6
 
 
+def test_an_equal_report_keeps_the_stored_objects() -> None:
+    """What is cached per report (the scheduler's view, keyed by the snapshot's identity)
+    holds across heartbeats that repeat it."""
+    table = Neighbours()
+    join(table)
+    table.snapshot("nanjing", 1, 1, {"cpu": 1}, {"node_ids": ["a"]}, 0.0)
+    state = table.get("nanjing")
+    kept, kept_summary = state.snapshot, state.summary
+    assert table.snapshot("nanjing", 1, 2, {"cpu": 1}, {"node_ids": ["a"]}, 5.0) is False
+    assert state.snapshot is kept and state.summary is kept_summary
+    assert (state.seq, state.sent_at) == (2, 5.0)
+    assert table.snapshot("nanjing", 1, 3, {"cpu": 1}, {"node_ids": ["b"]}, 6.0) is True
+    assert state.snapshot is kept and state.summary == {"node_ids": ["b"]}
+
+
 def test_other_incarnation_needs_a_handshake() -> None:
     table = Neighbours()
     join(table, epoch=1)
