@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from .remote import NeighbourPort
     from .workload import Submission
 
-__all__ = ["LazyModels"]
+__all__ = ["MODEL_TYPES", "LazyModels", "names_a_model"]
+
+MODEL_TYPES = ("mlmodel", "opencv")   # the services whose config may name their model as data
+
+
+def names_a_model(sub: "Submission") -> bool:
+    """Whether ``sub`` names a model as data (``model`` or ``model_url``), to be located."""
+    return sub.type in MODEL_TYPES and ("model" in sub.config or "model_url" in sub.config)
 
 
 class LazyModels:
@@ -47,7 +54,10 @@ class LazyModels:
         return self._cache
 
     async def holders(self, sub: "Submission", *, survey: bool = True) -> frozenset[str]:
-        """The nodes holding the model ``sub`` names as data (:func:`cnet.model_holders`)."""
+        """The nodes holding the model ``sub`` names as data (:func:`cnet.model_holders`);
+        none, without loading the locating of models, for a workload that names none."""
+        if not names_a_model(sub):
+            return frozenset()
         from .model_holders import model_holders
 
         _, _, port, manager = self._args

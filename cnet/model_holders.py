@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data_locator import find, model_source
 from .errors import CnetError, NotFound
+from .lazy_models import MODEL_TYPES
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -27,11 +28,10 @@ if TYPE_CHECKING:
     from .remote import NeighbourPort
     from .workload import Submission
 
-__all__ = ["MODEL_TYPES", "SURVEY_WAIT", "model_holders"]
+__all__ = ["SURVEY_WAIT", "model_holders"]
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPES = ("mlmodel", "opencv")
 SURVEY_WAIT = 1.0
 
 

@@ -255,15 +255,17 @@ LAZY = ("tornado.websocket", "tornado.httpclient", "tornado.simple_httpclient", 
 HEAVY = ("numpy", "cv2", "onnxruntime", "docker", "prometheus_client")
 
 # Runs ``python -m cnet ARGS...`` as the agent command runs it, and once the agent's parent is
-# alive in its /api/nodes and its /api/health shows the container engine (down: no socket),
-# writes the names of its loaded modules to OUT and stops it.
+# alive in its /api/nodes and its /api/health shows the container engine (down: no socket), and
+# a process workload submitted to it has run, writes the names of its loaded modules to OUT and
+# stops it.
 _AGENT_LISTING_ITS_MODULES = """
 import json, os, runpy, signal, socket, sys, threading, time
 url_port, out, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
-def get(path):
+def get(path, method=b"GET", body=b""):
     with socket.create_connection(("127.0.0.1", url_port), timeout=2) as s:
-        s.sendall(b"GET " + path + b" HTTP/1.0\\r\\n\\r\\n")
+        s.sendall(method + b" " + path + b" HTTP/1.0\\r\\nContent-Length: "
+                  + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
@@ -284,6 +286,10 @@ def report():
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.05)
+    spec = {"name": "p", "type": "process", "requirements": {"cpu": 0.1},
+            "config": {"command": "sleep", "args": ["30"]}}
+    ran = get(b"/api/workloads", b"POST", json.dumps(spec).encode())
+    get(b"/api/workloads/" + ran["id"].encode() + b"/stop", b"POST")
     with open(out, "w") as f:
         json.dump(sorted(list(sys.modules)), f)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -296,7 +302,8 @@ runpy.run_module("cnet", run_name="__main__", alter_sys=True)
 
 def test_a_running_agent_has_not_loaded_what_it_loads_on_first_use(make_agent, tmp_path):
     """A real ``cnet agent`` with a parent (so it has discovered and linked to it), its modules
-    read inside it once the parent is alive in its view and its health has shown the engine."""
+    read inside it once the parent is alive in its view, its health has shown the engine and it
+    has run a process workload (which names no model: nothing of models is loaded)."""
     parent = make_agent("jiangsu")
     child = AgentProcess(tmp_path, "nanjing", {"parent": {"address": f"127.0.0.1:{parent.port}"},
                                                "container": {"engine_url":

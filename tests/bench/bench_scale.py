@@ -30,6 +30,7 @@ import asyncio
 import json
 import math
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -185,6 +186,14 @@ async def kill_to_lost(root_url: str, pid: int, node_id: str) -> float:
         ws.close()
 
 
+def silence_logged(topology: Path, node_id: str) -> str:
+    """What the root's log says of ``node_id``'s loss: how long it had been silent when the
+    root marked it lost (3 s at the defaults, plus however late the root's tick ran)."""
+    log = topology.parent / "state" / "root" / "agent.out"
+    found = re.findall(rf"{re.escape(node_id)} lost: silent for ([0-9.]+) s", log.read_text())
+    return f"silent for {found[-1]} s at the root" if found else "no loss logged by the root"
+
+
 def usage(pids: dict[str, int], seconds: float) -> dict[str, tuple[float, float]]:
     """node id -> (cpu % of one core, rss MB) over the same ``seconds``."""
     procs = {n: psutil.Process(pid) for n, pid in pids.items()}
@@ -274,8 +283,9 @@ def run(args, topology: Path, lone: Path, urls: dict[str, str], leaves: list[str
             cluster_up(topology, timeout=args.timeout)
             covered = watch.wait(60)
         pids = agent_pids(topology.parent / "state")
-        print(f"   {mid}: lost after {kills[-1]:.2f} s; started again with cnet cluster up, the "
-              f"root covered every node {covered - started:.2f} s after it began")
+        print(f"   {mid}: lost after {kills[-1]:.2f} s ({silence_logged(topology, mid)}); started "
+              f"again with cnet cluster up, the root covered every node {covered - started:.2f} s "
+              f"after it began")
     if kills:
         print(f"   max {max(kills):.2f} s")
 
