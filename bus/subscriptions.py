@@ -105,8 +105,10 @@ class Subscriptions:
             self._on_bad(node_id, err)
 
     async def _read(self, endpoint: str, sub: zmq.asyncio.Socket) -> None:
+        # After the replies read in the same turn: a delegation's answer and the snapshot and
+        # events it caused arrive together, and the answer's caller is waiting.
         await serve(sub, decode_published, functools.partial(self._take, endpoint), self.drops,
-                    functools.partial(self._bad_frame, endpoint))
+                    functools.partial(self._bad_frame, endpoint), after_replies=True)
 
     def _take(self, endpoint: str, published: tuple[bytes, Message]) -> None:
         msg, drops = published[1], self.drops

@@ -185,7 +185,8 @@ def _recv(plain: zmq.Socket, bulk_at: int) -> list:
 
 async def serve(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],
                 handle: Callable[[T], None], drops: DropLog,
-                on_error: Callable[[list[bytes], ProtocolError], None] | None = None) -> None:
+                on_error: Callable[[list[bytes], ProtocolError], None] | None = None, *,
+                after_replies: bool = False) -> None:
     """Decode each message from ``sock`` and call ``handle`` with it, until the socket is
     closed (``close_socket``) or this is cancelled; bad frames go to ``drops`` (and
     ``on_error``). One reader per socket.
@@ -193,6 +194,10 @@ async def serve(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],
     ``handle`` runs in the loop's reader callback, as the message is read: it must not block,
     and what it raises is logged, not let out. A flood of ready messages does not starve the
     loop: after ``YIELD_EVERY`` messages in a row the rest waits for the loop's next turn.
+
+    ``after_replies`` (broadcasts): each message is decoded and handled two loop turns after
+    it is read, in order, so a reply read in the same turn, and the task it wakes, go first
+    (a delegation's answer often comes with the broadcasts it caused).
     """
     if sock in _readers:
         raise RuntimeError("this socket already has a reader")
@@ -210,7 +215,14 @@ async def serve(sock: zmq.asyncio.Socket, decoder: Callable[[list[bytes]], T],
         except Exception:
             log.exception("handling a %s failed", type(msg).__name__)
 
-    reader = _readers[sock] = _Reader(_plain(sock), asyncio.get_running_loop(), take)
+    loop = asyncio.get_running_loop()
+    if after_replies:
+        take_now = take
+
+        def take(frames: list[bytes]) -> None:
+            loop.call_soon(loop.call_soon, take_now, frames)
+
+    reader = _readers[sock] = _Reader(_plain(sock), loop, take)
     try:
         reader.check()                # what came before the reader was there
         await asyncio.shield(reader.done)
