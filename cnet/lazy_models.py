@@ -20,14 +20,7 @@ if TYPE_CHECKING:
     from .remote import NeighbourPort
     from .workload import Submission
 
-__all__ = ["MODEL_TYPES", "LazyModels", "names_a_model"]
-
-MODEL_TYPES = ("mlmodel", "opencv")   # the services whose config may name their model as data
-
-
-def names_a_model(sub: "Submission") -> bool:
-    """Whether ``sub`` names a model as data (``model`` or ``model_url``), to be located."""
-    return sub.type in MODEL_TYPES and ("model" in sub.config or "model_url" in sub.config)
+__all__ = ["LazyModels"]
 
 
 class LazyModels:
@@ -56,7 +49,7 @@ class LazyModels:
     async def holders(self, sub: "Submission", *, survey: bool = True) -> frozenset[str]:
         """The nodes holding the model ``sub`` names as data (:func:`cnet.model_holders`);
         none, without loading the locating of models, for a workload that names none."""
-        if not names_a_model(sub):
+        if not sub.names_a_model:
             return frozenset()
         from .model_holders import model_holders
 

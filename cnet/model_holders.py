@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from .data_locator import find, model_source
 from .errors import CnetError, NotFound
-from .lazy_models import MODEL_TYPES
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -39,7 +38,7 @@ async def model_holders(manager: "Manager", port: "NeighbourPort", models: "Mode
                         sub: "Submission", *, survey: bool = True) -> frozenset[str]:
     """The nodes holding the model ``sub`` (validated) names as data; empty when it names
     none. NotFound (``model_not_found``) when no reachable node stores it."""
-    source = model_source(sub.config) if sub.type in MODEL_TYPES else None
+    source = model_source(sub.config) if sub.names_a_model else None
     if source is None:
         return frozenset()
     copies = models.copy_of if models is not None else None

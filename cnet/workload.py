@@ -120,6 +120,15 @@ class Submission:
     placement: dict
     labels: dict
 
+    @property
+    def names_a_model(self) -> bool:
+        """Whether its config names its model as data (``model`` or ``model_url``), which is
+        located in the tree before it is placed (:mod:`cnet.model_holders`)."""
+        return self.type in MODEL_TYPES and ("model" in self.config or "model_url" in self.config)
+
+
+MODEL_TYPES = ("mlmodel", "opencv")   # the services whose config may name their model as data
+
 
 def parse_submission(body, known_types) -> Submission:
     """Check the fields every workload has; raise BadRequest naming the first bad one."""
