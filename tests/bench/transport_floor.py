@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import signal
+import sys
 import time
+from pathlib import Path
 
 import tornado.web
 import zmq
@@ -55,10 +58,15 @@ def main() -> None:
     endpoint = f"ipc:///tmp/cnet-floor-{args.port}"
     worker = multiprocessing.Process(target=rep, args=(endpoint, args.delay), daemon=True)
     worker.start()
+    # The bench stops us with SIGTERM: exit through the finally below, so the worker goes too
+    # (a daemon child is only stopped at a normal exit) and leaves nothing holding our stdout.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         asyncio.run(serve(args.port, endpoint))
     finally:
         worker.terminate()
+        worker.join(timeout=5)
+        Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
