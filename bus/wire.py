@@ -119,6 +119,10 @@ class _Reader:
                 if self.stopped or self.plain.closed:
                     return
                 try:
+                    # Asked before each read: an empty socket says so without the exception
+                    # a read would raise (the costly part of a lone message's turn).
+                    if not self.plain.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        return
                     frames = _recv(self.plain, self.bulk_at)
                 except zmq.Again:
                     return
