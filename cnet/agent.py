@@ -77,6 +77,7 @@ class Agent:
         self._server: tornado.httpserver.HTTPServer | None = None
         self._lock = StateLock(config)
         self.watch: NeighbourWatch | None = None
+        self.placer: Placer | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -230,6 +231,8 @@ class Agent:
 
     def _resources_changed(self) -> None:
         self.outbox.snapshot()  # at once, so the parent's and peers' views follow in milliseconds
+        if self.placer is not None:
+            self.placer.prepare()
         self.hub.publish({"type": "resources", "node_id": self.config.node_id,
                           "seq": self.register.seq, "resources": self.register.resources()})
 

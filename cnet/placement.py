@@ -49,6 +49,7 @@ MIN_WAIT = 0.1            # never ask a neighbour with less time than this to an
 SETTLE_RETRY_MAX = 30.0   # seconds between asks about a delegation that timed out
 KEEP_VIEWS_WARM = 300.0   # seconds after a placement read its neighbours that their views are
                           # made as their reports arrive (Placer.prepare)
+KEPT_SNAPSHOTS = 4        # the scheduler's snapshots kept, each for one set of nodes left out
 
 
 class _NoAnswer(Exception):
@@ -79,8 +80,11 @@ class Placer:
         # Workloads being placed on a neighbour right now: id -> (outcome, the submission, its
         # origin and when it came; what it looks like is made only when asked).
         self._placing: dict[str, tuple[asyncio.Future, Any, str | None, float]] = {}
-        self._snap: tuple[tuple, Snapshot] | None = None   # (what it was made from, snapshot)
+        # The scheduler's last snapshots, by the nodes they leave out: (what it was made
+        # from, snapshot); a few, as a node places for its clients and for its neighbours.
+        self._snaps: dict[frozenset[str], tuple[tuple, Snapshot]] = {}
         self._consulted = -math.inf   # when a placement last read the neighbours (monotonic)
+        self._warming = False         # a remaking of the snapshots is due after this step
 
     def known(self, workload_id: str) -> Workload | None:
         """The workload with this id if this node has it: its own, or a mirror."""
@@ -165,21 +169,39 @@ class Placer:
         """The scheduler's candidates, made again only when what they are made of changed: a
         neighbour's report or state (the bus's view version), this node's allocations or live
         workloads, or the nodes left out. The snapshot is plain data the scheduler only reads."""
-        local = self.local
         self._consulted = time.monotonic()
-        key = (self.port.view_version, local.register.seq, tuple(local.live), exclude)
-        if self._snap is None or self._snap[0] != key:
-            self._snap = (key, scheduler_snapshot(local, self.port.neighbours(), exclude=exclude))
-        return self._snap[1]
+        return self._made(exclude)
 
-    def prepare(self, state: "NeighbourState") -> None:
-        """A neighbour's report changed: if this node placed work on its neighbours lately,
-        make the scheduler's view of it after this step, off the path of the next placement
-        (a node that does not place makes none: each of its neighbours' changes costs it
-        nothing)."""
-        if (state.role in ("child", "peer")
-                and time.monotonic() - self._consulted < KEEP_VIEWS_WARM):
-            asyncio.get_running_loop().call_soon(view_of, self.local, state)
+    def _made(self, exclude: frozenset[str]) -> Snapshot:
+        local = self.local
+        key = (self.port.view_version, local.register.seq, tuple(local.live))
+        made = self._snaps.get(exclude)
+        if made is None or made[0] != key:
+            if made is None and len(self._snaps) >= KEPT_SNAPSHOTS:
+                del self._snaps[next(iter(self._snaps))]       # the oldest made
+            made = self._snaps[exclude] = (key, scheduler_snapshot(
+                local, self.port.neighbours(), exclude=exclude))
+        return made[1]
+
+    def prepare(self, state: "NeighbourState | None" = None) -> None:
+        """What the scheduler reads changed (a neighbour's report or state; this node's
+        allocations, when ``state`` is None): if this node placed work on its neighbours
+        lately, make the scheduler's view of the neighbour and the snapshots its placements
+        read after this step, off the path of the next placement. A node that does not place
+        makes none: each of its neighbours' changes costs it nothing."""
+        if time.monotonic() - self._consulted >= KEEP_VIEWS_WARM:
+            return
+        loop = asyncio.get_running_loop()
+        if state is not None and state.role in ("child", "peer"):
+            loop.call_soon(view_of, self.local, state)
+        if not self._warming:
+            self._warming = True
+            loop.call_soon(self._warm)
+
+    def _warm(self) -> None:
+        self._warming = False
+        for exclude in list(self._snaps):
+            self._made(exclude)
 
     def placing(self, workload_id: str) -> Workload | None:
         """What a workload this node is placing on a neighbour right now looks like (pending)."""

@@ -167,6 +167,58 @@ async def test_a_placing_node_makes_a_neighbours_view_as_its_report_arrives():
     assert placer._snapshot(frozenset({"n1"})).nodes[1] is made   # what the next placement reads
 
 
+async def test_a_placing_node_makes_its_next_snapshots_after_each_change():
+    import asyncio
+
+    from cnet.placement import Placer
+
+    local = _local()
+    port = _Port([_child({"available": {"cpu": 2.0}})])
+    placer = Placer(local, None, None, port, default_strategy="local-first", spawn=None)
+    placer.prepare()                       # has not placed anything: makes nothing
+    await asyncio.sleep(0)
+    assert placer._snaps == {}
+
+    for_clients, for_neighbours = frozenset({"n1"}), frozenset({"n1", "parent"})
+    placer._snapshot(for_clients)          # placements read the neighbours, with each exclusion
+    first = placer._snapshot(for_neighbours)
+
+    # A neighbour's report: both snapshots are made after the step, not in it.
+    newer = _child({"available": {"cpu": 1.0}})
+    port.states, port.view_version = [newer], 1
+    placer.prepare(newer)
+    assert placer._snaps[for_neighbours][1] is first
+    await asyncio.sleep(0)
+    made = {ex: snap for ex, (_, snap) in placer._snaps.items()}
+    assert made[for_neighbours] is not first
+    assert made[for_neighbours].nodes[1].available.cpu == 1.0
+    assert placer._snapshot(for_clients) is made[for_clients]        # what the next reads
+    assert placer._snapshot(for_neighbours) is made[for_neighbours]
+
+    # This node's own allocation (the agent calls prepare() on every change of it).
+    local.register.allocate("w1", Resources(cpu=1.0))
+    placer.prepare()
+    placer.prepare()                       # one remaking per step, however many changes
+    await asyncio.sleep(0)
+    again = placer._snaps[for_clients][1]
+    assert again is not made[for_clients] and again.nodes[0].available.cpu == 3.0
+    assert placer._snapshot(for_clients) is again
+
+    # A change nobody reads: what a placement reads stays right, made on its path.
+    local.register.allocate("w2", Resources(cpu=1.0))
+    assert placer._snapshot(for_clients).nodes[0].available.cpu == 2.0
+
+
+def test_a_placing_node_keeps_a_few_snapshots():
+    from cnet.placement import KEPT_SNAPSHOTS, Placer
+
+    placer = Placer(_local(), None, None, _Port([]), default_strategy="local-first", spawn=None)
+    excludes = [frozenset({"n1", f"up{i}"}) for i in range(KEPT_SNAPSHOTS + 2)]
+    for exclude in excludes:
+        placer._snapshot(exclude)
+    assert list(placer._snaps) == excludes[-KEPT_SNAPSHOTS:]     # the oldest made go first
+
+
 def test_the_scheduler_sees_this_nodes_live_workloads_at_once():
     from cnet.workload import Workload
 
