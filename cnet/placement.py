@@ -47,8 +47,8 @@ HOP_LIMIT = 8
 ANSWER_MARGIN = 0.25      # seconds kept back from a deadline for the answer to travel
 MIN_WAIT = 0.1            # never ask a neighbour with less time than this to answer
 SETTLE_RETRY_MAX = 30.0   # seconds between asks about a delegation that timed out
-KEEP_VIEWS_WARM = 300.0   # seconds after a placement read its neighbours that their views are
-                          # made as their reports arrive (Placer.prepare)
+KEEP_VIEWS_WARM = 300.0   # seconds after a placement read its neighbours that their views and
+                          # its snapshots are made as changes arrive (Placer.prepare)
 KEPT_SNAPSHOTS = 4        # the scheduler's snapshots kept, each for one set of nodes left out
 
 
