@@ -113,7 +113,8 @@ class SvcHandler(JsonErrors):
     def initialize(self, router: ServiceRouter, metrics: Any, body_limit: int) -> None:
         self.router, self.metrics, self.body_limit = router, metrics, body_limit
         self._started = time.perf_counter()
-        self._body = bytearray()
+        self._pieces: list[bytes] = []   # the body as it came, joined once when whole
+        self._size = 0
         self._too_large = False
         self.relayed = False
 
@@ -133,11 +134,12 @@ class SvcHandler(JsonErrors):
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
             return
-        self._body += chunk
-        if len(self._body) > self.body_limit:
+        self._pieces.append(chunk)
+        self._size += len(chunk)
+        if self._size > self.body_limit:
             # Answer now (a chunked body has no length to refuse it by up front).
             self._too_large = True
-            self._body = bytearray()
+            self._pieces = []
             self._handle_request_exception(self._too_large_error())
 
     def _too_large_error(self) -> PayloadTooLarge:
@@ -151,7 +153,7 @@ class SvcHandler(JsonErrors):
         method = self.request.method
         headers = self._upstream_headers()
         retryable = method in IDEMPOTENT or (method == "POST" and svc.retry_post)
-        chooser, body = self.router.chooser, bytes(self._body)
+        chooser, body = self.router.chooser, b"".join(self._pieces)
         tried: list[str] = []
         failure: UpstreamError | None = None
         while True:
