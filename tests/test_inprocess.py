@@ -106,6 +106,26 @@ async def test_too_big_for_the_origin_goes_to_the_child_that_fits(inprocess_clus
         assert_no_leaks(cluster)
 
 
+async def test_a_placing_node_remakes_its_snapshot_after_each_change_before_it_is_read(
+        inprocess_cluster):
+    async with inprocess_cluster(PAIR, node_config={"jiangsu": {"resources": {"cpu": 0.5}}}) \
+            as cluster:
+        root, child = cluster.node_id("jiangsu"), cluster.node_id("nanjing")
+        placer = cluster["jiangsu"].placer
+
+        def kept_view(node_id: str):
+            snap = placer._snaps[frozenset({root})][1]
+            return snap.nodes[snap.index[node_id]]
+
+        # The first delegation reads the neighbours: from now on the root keeps its snapshot.
+        await submit(cluster, "jiangsu", process_spec(cpu=1.0))
+        # The child's report of its new allocation: the snapshot is remade as it arrives.
+        await until(lambda: kept_view(child).available.cpu == 7.0, 5, "the child's report")
+        # The root's own allocation: remade after the step that made it, not on the next read.
+        await submit(cluster, "jiangsu", process_spec(cpu=0.25, placement={"node": root}))
+        await until(lambda: kept_view(root).available.cpu == 0.25, 5, "the root's allocation")
+
+
 # -- the mirror book -----------------------------------------------------------------------
 
 
