@@ -31,14 +31,14 @@ class NeighbourWatch:
     def __init__(self, hub: "EventHub", mirrors: "MirrorBook", reconciler: "Reconciler", *,
                  has_parent: bool, spawn: Callable[[Coroutine[Any, Any, None]], None],
                  clock: Callable[[], float] = time.monotonic,
-                 prepare: Callable[["NeighbourState"], None] | None = None):
+                 prepare: Callable[[], None] | None = None):
         self.hub = hub
         self.mirrors = mirrors
         self.reconciler = reconciler
         self.has_parent = has_parent
         self.spawn = spawn
         self.clock = clock
-        self.prepare = prepare      # makes what the scheduler reads of the new report
+        self.prepare = prepare      # makes what the scheduler reads of a changed neighbour
         self.bus: "BusNode | None" = None
         self._statuses: dict[str, str] = {}        # neighbour id -> last published status
         self._joins: dict[str, int] = {}           # neighbour id -> handshakes seen
@@ -47,7 +47,7 @@ class NeighbourWatch:
 
     def changed(self, state: "NeighbourState") -> None:
         if self.prepare is not None:
-            self.prepare(state)
+            self.prepare()
         self._pass_up(state)
         entry = neighbours.node_entry(state, self.clock())
         self.hub.publish({"type": "node", "node": entry})

@@ -237,8 +237,8 @@ def scheduler_snapshot(local: LocalView, neighbours: Iterable["NeighbourState"],
 
 
 def view_of(local: LocalView, state: "NeighbourState") -> tuple[NodeView, tuple]:
-    """A child's or a peer's view and columns, made once per report (``local.views``); also
-    made as the report arrives at a node that is placing work (``Placer.prepare``)."""
+    """A child's or a peer's view and columns, made once per report (``local.views``); at a
+    node that is placing work, as the report arrives (``Placer.prepare``)."""
     # A new report is a new snapshot (or summary) object (an equal one keeps the stored
     # objects); the cache holds the old one, so the identity test cannot be fooled by a
     # reused address.

@@ -27,14 +27,12 @@ from bus import LostInFlight, RemoteError, RequestTimeout, Unreachable
 from .candidates import Snapshot
 from .errors import BadRequest, CnetError, Conflict, InsufficientResources, Unavailable
 from .mirrors import NEVER_STARTED
-from .neighbours import LocalView, scheduler_snapshot, view_of
+from .neighbours import LocalView, scheduler_snapshot
 from .remote import remote_error
 from .scheduler import Placement, away_from, schedule, stays_here
 from .workload import PENDING, Workload, parse_submission
 
 if TYPE_CHECKING:
-    from bus import NeighbourState
-
     from .manager import Manager
     from .mirrors import MirrorBook
     from .remote import NeighbourPort
@@ -183,20 +181,15 @@ class Placer:
                 local, self.port.neighbours(), exclude=exclude))
         return made[1]
 
-    def prepare(self, state: "NeighbourState | None" = None) -> None:
-        """What the scheduler reads changed (a neighbour's report or state; this node's
-        allocations, when ``state`` is None): if this node placed work on its neighbours
-        lately, make the scheduler's view of the neighbour and the snapshots its placements
-        read after this step, off the path of the next placement. A node that does not place
-        makes none: each of its neighbours' changes costs it nothing."""
-        if time.monotonic() - self._consulted >= KEEP_VIEWS_WARM:
-            return
-        loop = asyncio.get_running_loop()
-        if state is not None and state.role in ("child", "peer"):
-            loop.call_soon(view_of, self.local, state)
-        if not self._warming:
+    def prepare(self) -> None:
+        """What the scheduler reads changed (a neighbour's report or state, this node's
+        allocations): if this node placed work on its neighbours lately, make the snapshots
+        its placements read (and with them the changed neighbour's view) after this step, off
+        the path of the next placement. A node that does not place makes none: each of its
+        neighbours' changes costs it nothing."""
+        if time.monotonic() - self._consulted < KEEP_VIEWS_WARM and not self._warming:
             self._warming = True
-            loop.call_soon(self._warm)
+            asyncio.get_running_loop().call_soon(self._warm)
 
     def _warm(self) -> None:
         self._warming = False

@@ -153,13 +153,13 @@ async def test_a_placing_node_makes_a_neighbours_view_as_its_report_arrives():
     port = _Port([_child({"available": {"cpu": 2.0}})])
     placer = Placer(local, None, None, port, default_strategy="local-first", spawn=None)
     newer = _child({"available": {"cpu": 1.0}})
-    placer.prepare(newer)                 # has not placed anything: makes nothing
+    placer.prepare()                 # has not placed anything: makes nothing
     await asyncio.sleep(0)
     assert "c1" not in local.views
 
     placer._snapshot(frozenset({"n1"}))   # a placement read its neighbours ...
     port.states, port.view_version = [newer], 1
-    placer.prepare(newer)                 # ... so the next report's view is made as it comes
+    placer.prepare()                 # ... so the next report's view is made as it comes
     assert local.views["c1"][1] is not newer.snapshot     # after the step, not in it
     await asyncio.sleep(0)
     made = local.views["c1"][3][0]
@@ -186,7 +186,7 @@ async def test_a_placing_node_makes_its_next_snapshots_after_each_change():
     # A neighbour's report: both snapshots are made after the step, not in it.
     newer = _child({"available": {"cpu": 1.0}})
     port.states, port.view_version = [newer], 1
-    placer.prepare(newer)
+    placer.prepare()
     assert placer._snaps[for_neighbours][1] is first
     await asyncio.sleep(0)
     made = {ex: snap for ex, (_, snap) in placer._snaps.items()}
