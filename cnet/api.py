@@ -374,7 +374,8 @@ def make_app(web: Web) -> tornado.web.Application:
     it, holds the connections to replicas, closed with :func:`close_app`."""
     args = {"web": web}
     events, svc = OnFirstUse(_events_socket(web)), OnFirstUse(_service_router(web))
-    routes = [
+    routes = [   # /svc/ first: the data plane's requests match at the first rule
+        (r"/svc(?:/.*)?", svc),
         (r"/api/workloads/?", WorkloadsHandler, args),
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
         (rf"/api/workloads/{_ID}/stop", WorkloadStopHandler, args),
@@ -388,7 +389,6 @@ def make_app(web: Web) -> tornado.web.Application:
         (r"/api/bus", BusInfoHandler, args),
         (r"/api/openapi\.json", OpenAPIHandler, args),
         (r"/api/.*", NotFoundHandler, args),
-        (r"/svc(?:/.*)?", svc),
     ]
     if UI_DIR.is_dir():
         routes.append((r"/(.*)", tornado.web.StaticFileHandler,

@@ -4,7 +4,8 @@
 alternated so that load drift hits both alike (target: at most 1 ms added at p50), on the tiny
 echo service (``tests/echo_service.py``: what the router itself costs) and on the real YOLO
 service with a shared model when there is one; beside them, the router with a new upstream
-connection per request (``--max-idle 0``, what Tornado's own client does);
+connection per request (``--max-idle 0``, what Tornado's own client does), and a bare asyncio
+relay (``relay_floor.py``: the least any Python relay costs on the box, measured in the same run);
 (2) requests/s of 3 replicas vs 1 at concurrency 8, through the router.
 The router runs the agent's own app (``make_app``) over a static ReplicaSource
 (``router_proc.py``); ``--replica NAME=URL`` points it at running services instead.
@@ -41,6 +42,7 @@ from tests.ports import free_port  # noqa: E402
 MODEL = "yolo11n-320-int8.onnx"
 ECHO = REPO / "tests" / "echo_service.py"
 ROUTER = Path(__file__).with_name("router_proc.py")
+FLOOR = Path(__file__).with_name("relay_floor.py")
 
 
 @contextlib.contextmanager
@@ -89,6 +91,13 @@ def router(urls: list[str], max_idle: int | None = None) -> Iterator[int]:
         yield port
 
 
+@contextlib.contextmanager
+def relay_floor(url: str) -> Iterator[int]:
+    port = free_port()
+    with program([sys.executable, str(FLOOR), "--port", str(port), "--replica", url]):
+        yield port
+
+
 def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> str:
     conn.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
     response = conn.getresponse()
@@ -125,6 +134,7 @@ def report_latency(title: str, samples: dict[str, list[float]]) -> None:
     print(f"{title}: concurrency 1, {len(direct)} samples     p50 ms   p99 ms"
           "   added at p50   paired")
     for name, label in (("direct", "straight to the replica (baseline)"),
+                        ("floor", "bare asyncio relay (floor)"),
                         ("routed", "through /svc/<id>/ (kept-alive)"),
                         ("fresh", "through /svc/<id>/, new connection each")):
         lat = samples[name]
@@ -137,12 +147,15 @@ def report_latency(title: str, samples: dict[str, list[float]]) -> None:
             if name == "routed":
                 line += "  (target <= 1 ms)"
         print(line)
+    beyond = statistics.median(a - b for a, b in zip(samples["routed"], samples["floor"]))
+    print(f"  the router beyond the bare relay, paired: {beyond * 1000:+.3f} ms")
 
 
 def routing_latency(urls_of, body: bytes, path: str, n: int, title: str) -> None:
-    with urls_of(1) as urls, router(urls) as kept, router(urls, max_idle=0) as fresh:
-        targets = {"direct": (port_of(urls[0]), path), "routed": (kept, f"/svc/bench{path}"),
-                   "fresh": (fresh, f"/svc/bench{path}")}
+    with (urls_of(1) as urls, router(urls) as kept, router(urls, max_idle=0) as fresh,
+          relay_floor(urls[0]) as floor):
+        targets = {"direct": (port_of(urls[0]), path), "floor": (floor, f"/svc/bench{path}"),
+                   "routed": (kept, f"/svc/bench{path}"), "fresh": (fresh, f"/svc/bench{path}")}
         report_latency(title, latency(targets, body, n))
 
 
