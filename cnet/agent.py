@@ -74,6 +74,7 @@ class Agent:
         self.bus: BusNode | None = None
         self.port = NeighbourPort(config)
         self._background: set[asyncio.Task] = set()
+        self._stopping = False
         self._server: tornado.httpserver.HTTPServer | None = None
         self._lock = StateLock(config)
         self.watch: NeighbourWatch | None = None
@@ -203,6 +204,7 @@ class Agent:
                 DataExecutor(manager)]
 
     async def stop(self) -> None:
+        self._stopping = True    # from here nothing new starts in the background
         background = list(self._background)
         for task in background:
             task.cancel()
@@ -250,7 +252,12 @@ class Agent:
                                                           Caller(node_id=self.config.node_id))
 
     def spawn(self, coro) -> None:
-        """Run ``coro`` in the background; it is kept until done."""
+        """Run ``coro`` in the background; it is kept until done. Once the agent is stopping,
+        it is not started: what stop() cancelled must not be replaced behind its back (a
+        neighbour's rejoin seen while the bus closes would otherwise start a reconcile)."""
+        if self._stopping:
+            coro.close()
+            return
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

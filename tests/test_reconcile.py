@@ -3,6 +3,7 @@ again (after a new handshake) every mirror of the origin equals the node's own r
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from cnet.ops import Caller, Delegate, Delete, Get, List, Reconcile, Stop
@@ -128,3 +129,16 @@ async def test_a_dropped_workload_event_is_healed_by_the_next_view_change(inproc
         await submit(cluster, "nanjing", process_spec("another"))     # nanjing's view changes
         await until(lambda: root.mirrors.get(wl["id"]).status == "stopped", 5,
                     "the mirror healed from nanjing's record")
+
+
+async def test_nothing_starts_in_the_background_once_the_node_is_stopping(inprocess_cluster):
+    """stop() cancels what runs in the background, then closes the bus; a neighbour's rejoin
+    or view change seen meanwhile must not start a reconcile that nobody will cancel."""
+    async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
+        nanjing = cluster["nanjing"]
+        stopping = asyncio.ensure_future(cluster.stop("nanjing"))
+        await asyncio.sleep(0)                      # stop() has begun: its first await
+        nanjing.spawn(nanjing.watch.reconciler.reconcile(cluster.node_id("jiangsu")))
+        await stopping
+        assert not [t for t in asyncio.all_tasks() if "reconcile" in repr(t.get_coro())
+                    and not t.done()]
