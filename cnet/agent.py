@@ -20,7 +20,7 @@ from bus import BusNode, CurveKeys
 
 from . import __version__, neighbours
 from .addresses import is_loopback
-from .api import Web, close_app, make_app
+from .api import Web, close_app, http_server, make_app
 from .config import Config, ConfigError
 from .events import TO, EventHub
 from .executors import Deferred
@@ -127,9 +127,7 @@ class Agent:
                   upload_limit=cfg.upload_limit, upload_idle_timeout=cfg.upload_idle_timeout,
                   replicas=self.sets)
         self._app = make_app(web)
-        self._server = tornado.httpserver.HTTPServer(self._app, max_body_size=body_limit,
-                                                     idle_connection_timeout=120,
-                                                     xheaders=False)
+        self._server = http_server(self._app, max_body_size=body_limit)
         self._server.add_sockets(sockets)
         # The first sample starts the cpu measurement. The agent runs no timer of its own: the
         # bus's one tick (heartbeats, liveness) is all that wakes an idle agent, and usage is

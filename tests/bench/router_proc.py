@@ -10,11 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-import tornado.httpserver
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cnet.api import Web, make_app, service_router  # noqa: E402
+from cnet.api import Web, http_server, make_app, service_router  # noqa: E402
 from cnet.svc_router import Replica, ServiceSet  # noqa: E402
 from cnet.svc_upstream import UpstreamPool  # noqa: E402
 
@@ -41,7 +39,7 @@ async def serve(args: argparse.Namespace) -> None:
                        replicas=source))
     if args.max_idle is not None:   # e.g. 0: a new connection per request, as Tornado's client
         service_router(app).pool = UpstreamPool(max_idle=args.max_idle)   # the router, made now
-    server = tornado.httpserver.HTTPServer(app)
+    server = http_server(app)   # as the agent's
     server.listen(args.port, address="127.0.0.1")
     print(json.dumps({"event": "listening", "port": args.port}), flush=True)
     await asyncio.Event().wait()
