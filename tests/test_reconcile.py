@@ -136,9 +136,18 @@ async def test_nothing_starts_in_the_background_once_the_node_is_stopping(inproc
     or view change seen meanwhile must not start a reconcile that nobody will cancel."""
     async with inprocess_cluster(PAIR, node_config=SMALL_ROOT) as cluster:
         nanjing = cluster["nanjing"]
+        begun = []
+
+        async def background() -> None:
+            begun.append(True)
+            await asyncio.Event().wait()
+
         stopping = asyncio.ensure_future(cluster.stop("nanjing"))
         await asyncio.sleep(0)                      # stop() has begun: its first await
         nanjing.spawn(nanjing.watch.reconciler.reconcile(cluster.node_id("jiangsu")))
+        nanjing.spawn(background())
         await stopping
+        await asyncio.sleep(0)
+        assert not begun
         assert not [t for t in asyncio.all_tasks() if "reconcile" in repr(t.get_coro())
                     and not t.done()]
