@@ -38,6 +38,7 @@ from .ops import (
     Submit,
     check_token,
 )
+from .svc_dispatch import AgentApp
 
 if TYPE_CHECKING:
     from .events import EventHub
@@ -330,7 +331,8 @@ class NotFoundHandler(BaseHandler):
 class OnFirstUse(tornado.routing.Router):
     """A route whose handler is imported (and its arguments made) by the first request it gets,
     so that what only it needs costs an idle agent no memory: the events socket
-    (tornado.websocket), the /svc/ router and its connections."""
+    (tornado.websocket); and, asked by AgentApp rather than routed, the /svc/ router and its
+    connections."""
 
     def __init__(self, load: Callable[[tornado.web.Application], tuple[type, dict[str, Any]]]):
         self.load = load
@@ -357,11 +359,12 @@ def _events_socket(web: Web) -> Callable[[tornado.web.Application], tuple[type, 
 
 def _service_router(web: Web) -> Callable[[tornado.web.Application], tuple[type, dict]]:
     def load(app: tornado.web.Application) -> tuple[type, dict]:
-        from .svc_proxy import ServiceRouter, SvcHandler  # noqa: PLC0415 -- lazy: the first /svc/
+        from .svc_proxy import ServiceRouter, SvcExchange  # noqa: PLC0415 -- lazy: the first /svc/
         from .svc_upstream import UpstreamPool  # noqa: PLC0415
         router = ServiceRouter(web.replicas, pool=UpstreamPool(read_timeout=web.svc_timeout))
         app.settings["svc_router"] = router
-        return SvcHandler, {"router": router, "metrics": web.metrics, "body_limit": web.svc_body_limit}
+        return SvcExchange, {"router": router, "metrics": web.metrics,
+                             "body_limit": web.svc_body_limit}
     return load
 
 
@@ -375,8 +378,7 @@ def make_app(web: Web) -> tornado.web.Application:
     it, holds the connections to replicas, closed with :func:`close_app`."""
     args = {"web": web}
     events, svc = OnFirstUse(_events_socket(web)), OnFirstUse(_service_router(web))
-    routes = [   # /svc/ first: the data plane's requests match at the first rule
-        (r"/svc(?:/.*)?", svc),
+    routes = [   # /svc/ is met before these (AgentApp)
         (r"/api/workloads/?", WorkloadsHandler, args),
         (rf"/api/workloads/{_ID}", WorkloadHandler, args),
         (rf"/api/workloads/{_ID}/stop", WorkloadStopHandler, args),
@@ -394,8 +396,7 @@ def make_app(web: Web) -> tornado.web.Application:
     if UI_DIR.is_dir():
         routes.append((r"/(.*)", tornado.web.StaticFileHandler,
                        {"path": str(UI_DIR), "default_filename": "index.html"}))
-    app = tornado.web.Application(routes, websocket_ping_interval=20, log_function=_log_request,
-                                  svc_route=svc)
+    app = AgentApp(routes, websocket_ping_interval=20, log_function=_log_request, svc_route=svc)
     events.application = svc.application = app
     return app
 

@@ -9,6 +9,8 @@ reads Content-Length, chunked and until-close bodies. It speaks only what the ro
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ CHUNK = 64 * 1024
 MAX_HEAD = 64 * 1024       # status line and headers of one response
 ONE_WRITE = 1 << 20        # a request body up to this is sent in one write with its head
 NO_BODY = {204, 304}
+_LONE_BREAK = re.compile(r"\r(?!\n)|(?<!\r)\n")
 
 
 class UpstreamError(Exception):
@@ -79,6 +82,7 @@ class Attempt:
             raise Aborted(f"the request was cut short{f' ({exc})' if exc else ''}") from None
 
 
+@functools.lru_cache(maxsize=1024)   # the same few endpoints, asked once a request
 def endpoint_address(endpoint: str) -> tuple[str, int]:
     """(host, port) of an ``http://host:port`` endpoint; ValueError for anything else."""
     parts = urlsplit(endpoint)
@@ -350,7 +354,10 @@ def connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
 
 def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]], str]:
     """Status, reason, headers and version of a response head; ValueError if malformed."""
-    lines = raw[:-4].decode("latin-1").split("\r\n")
+    text = raw[:-4].decode("latin-1")
+    if "\x00" in text or _LONE_BREAK.search(text):
+        raise ValueError("a NUL, or a CR or LF not ending a line, in the response head")
+    lines = text.split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
@@ -358,7 +365,7 @@ def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]], str]:
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in line for c in "\r\n\x00"):
+        if not sep or not name or name != name.strip():
             raise ValueError(f"malformed header line: {line[:80]!r}")
         headers.append((name, value.strip(" \t")))
     return int(code), reason, headers, version

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -459,6 +460,18 @@ async def test_without_the_watch_hook_a_silent_replica_waits_for_the_timeout():
         await silent.stop()
 
 
+async def test_closing_the_app_cuts_the_answers_it_was_making():
+    async with silent_bed() as (b, silent):
+        pending = asyncio.ensure_future(b.fetch("/svc/s/predict", method="POST", body=b"x"))
+        await asyncio.wait_for(silent.got_one.wait(), 10)
+        router = service_router(b.app)
+        assert len(router._answers) == 1
+        close_app(b.app)
+        with pytest.raises(tornado.simple_httpclient.HTTPStreamClosedError):
+            await asyncio.wait_for(pending, 10)   # cut: no answer made up
+        await until(lambda: not router._answers, timeout=5)
+
+
 async def test_closing_the_app_stops_watching():
     async with silent_bed() as (b, silent):
         assert len(b.book.watchers) == 1
@@ -477,6 +490,50 @@ async def test_unknown_and_malformed_sets_are_404():
     app = make_app(Web(node=None, hub=None, metrics=None, uploads=None, bus_endpoints=dict))
     assert "svc_router" not in app.settings   # made by the first /svc/ request, not before
     close_app(app)
+
+
+async def test_an_unknown_method_is_405_and_never_forwarded():
+    async with bed({"a": {}}) as b:
+        for method in ("TRACE", "PROPFIND", "CONNECT"):
+            answer = await raw(b.url, f"{method} /svc/s/echo HTTP/1.1\r\nHost: x\r\n"
+                                      "Connection: close\r\n\r\n".encode())
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 405 "), (method, head)
+            assert b"\r\nAllow: GET, HEAD, POST, DELETE, PATCH, PUT, OPTIONS" in head
+            assert json.loads(body)["error"]["code"] == "method_not_allowed"
+        resp = await b.fetch("/svc/nope/echo", method="HEAD")
+        assert resp.code == 404 and resp.body == b"" and int(resp.headers["Content-Length"]) > 0
+        assert b.state("a")["requests"] == 0
+
+
+async def test_svc_and_api_requests_share_a_kept_alive_connection():
+    async with bed({"a": {}}) as b:
+        requests = (b"GET /svc/s/echo HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /no-such-page.html HTTP/1.1\r\nHost: x\r\n\r\n"   # the UI's
+                    b"POST /svc/s/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                    b"Expect: 100-continue\r\n\r\nabc"
+                    b"GET /svc/s/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await raw(b.url, requests)   # pipelined: answered in order, one connection
+        statuses = re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", answer)
+        assert statuses == [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found",
+                            b"HTTP/1.1 100 (Continue)", b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
+        assert answer.lower().count(b"x-cnet-replica: a\r\n") == 3
+        assert b'"size": 3' in answer or b'"size":3' in answer
+        assert b.state("a")["requests"] == 3
+
+
+async def test_a_client_gone_before_its_body_is_whole_sends_nothing_on():
+    async with bed({"a": {}}) as b:
+        host, port = b.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /svc/s/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                     + b"x" * 10)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        resp = await b.fetch("/svc/s/echo")                # the router goes on serving
+        assert resp.code == 200
+        assert b.state("a")["requests"] == 1 and not service_router(b.app)._answers
 
 
 async def test_a_set_without_a_trailing_path_reaches_the_root():
