@@ -111,9 +111,8 @@ class BaseHandler(JsonErrors):
         return {name: value for name, value in found.items() if value is not None}
 
     def on_finish(self) -> None:
-        self.web.metrics.requests.labels(self.request.method, self.route,
-                                         str(self.get_status())).observe(
-            time.perf_counter() - self._started)
+        self.web.metrics.observe_request(self.request.method, self.route, self.get_status(),
+                                         time.perf_counter() - self._started)
 
 
 @tornado.web.stream_request_body

@@ -91,6 +91,9 @@ def gauge(name: str, help_text: str, samples: Iterable[tuple[dict[str, str], flo
         yield _sample(name, labels, value)
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class AgentMetrics:
     def __init__(self, books: Iterable[Book], register: "Register"):
         self.books, self.register = list(books), register
@@ -98,6 +101,13 @@ class AgentMetrics:
                                   ["method", "route", "status"], LATENCY_BUCKETS)
         self.submissions = Counter("cnet_workload_submissions_total",
                                    "Workload submissions by type and result", ["type", "result"])
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered request. A method outside HTTP's usual ones is counted as ``other``:
+        any token is a valid method, and each new label value would be a series kept for
+        good (a client sending made-up methods must not grow the agent's memory)."""
+        label = method if method in METHODS else "other"
+        self.requests.labels(label, route, str(status)).observe(seconds)
 
     def count_submission(self, wtype: str, result: str) -> None:
         self.submissions.inc(wtype, result)

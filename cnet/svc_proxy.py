@@ -346,8 +346,7 @@ class SvcExchange(tornado.httputil.HTTPMessageDelegate):
         elapsed = time.perf_counter() - self._started
         status = self._status or 500
         if self.metrics is not None:
-            self.metrics.requests.labels(self.request.method, "/svc/{id}",
-                                         str(status)).observe(elapsed)
+            self.metrics.observe_request(self.request.method, "/svc/{id}", status, elapsed)
         level = logging.WARNING if status >= 500 and not self._relayed else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "%d %s %.1fms", status, self._summary(), 1000.0 * elapsed)

@@ -131,6 +131,16 @@ def test_health_and_metrics(agent):
     assert "cnet_http_request_duration_seconds_bucket" in text
 
 
+def test_made_up_methods_are_refused_and_counted_as_one_label(agent):
+    for i in range(20):
+        for path in ("/api/health", "/svc/nope/predict"):
+            resp = agent.api(f"FROB{i}", path)
+            assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+    text = agent.api("GET", "/metrics").text
+    assert "FROB" not in text   # every made-up method would be a series kept for good
+    assert 'method="other",route="/svc/{id}",status="405"' in text
+
+
 def test_metrics_count_submissions_by_type_and_outcome(agent):
     spec = process_spec(id="counted-1")
     agent.submit(spec)
