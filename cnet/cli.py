@@ -103,6 +103,9 @@ def _parser(client_commands: bool = True) -> argparse.ArgumentParser:
 
 
 def _cmd_agent(args) -> int:
+    # tornado.log imports curses to colour a terminal's log lines; our formatters never
+    # colour, and an agent that does without it keeps ncurses (~0.5 MB) out of memory.
+    sys.modules.setdefault("curses", None)
     from . import config as config_mod
     from .agent import serve
     from .logsetup import configure
