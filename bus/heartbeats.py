@@ -109,6 +109,20 @@ class Heartbeats:
                 self._beat_on(link, frames, now)
         self._beat_back(now, due)
 
+    def beat_up(self, now: float) -> bool:
+        """Send the parent a beat built now, out of turn, with the subtree summary: how a
+        change below this node reaches the parent at once without a broadcast, which would wake
+        every child and peer for a summary only the parent reads. False without a joined link
+        to a parent."""
+        for link in self._links.all:
+            if link.kind == "parent" and link.joined:
+                self.build(fresh=True)
+                frames = self.frames(upward=True)
+                if frames is not None:
+                    self._beat_on(link, frames, now)
+                return frames is not None
+        return False
+
     def _beat_back(self, now: float, due: float) -> None:
         """Beat back to each neighbour that beats to our ROUTER, over its connection (a child,
         a peer that alone lists us): see ``Neighbours.beating_to_us``. A peer we also have a

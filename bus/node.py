@@ -268,6 +268,11 @@ class BusNode:
                      sent_at=time.time(), summary=self._summary() if self._summary else None)
         send_now(self._pub, encode(msg, topic=TOPIC_UPDATE))
 
+    def beat_up(self) -> bool:
+        """Tell the parent alone what changed below this node, now (a beat out of turn, see
+        :meth:`Heartbeats.beat_up`); False without a joined parent link."""
+        return self._beats.beat_up(self._clock())
+
     def publish_event(self, kind: str, data: dict[str, Any], to: str | None = None) -> None:
         """Broadcast an event (``kind`` a short lower-case name) on PUB under ``event.<kind>``,
         or under ``event.<kind>@<to>/`` for neighbour ``to`` alone (:func:`event_topic`)."""

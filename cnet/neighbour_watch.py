@@ -89,9 +89,10 @@ class NeighbourWatch:
         """A change anywhere below a child goes up the tree at once, not with the next beat.
 
         So does a peer joining or leaving (the parent schedules through this node's peers).
-        A change passed on is published to the parent, which passes on only its children's
-        changes: it travels upwards once per level and cannot circle. Changes in one loop turn
-        go out together.
+        A change passed on goes to the parent alone, as a beat out of turn on the link to it
+        (the summary is the parent's only: a broadcast would wake every child and peer for
+        nothing), and the parent passes on only its children's changes: it travels upwards
+        once per level and cannot circle. Changes in one loop turn go out together.
         """
         key = neighbours.subtree_key(state)
         if key is None or self._subtree_keys.get(state.node_id) == key:
@@ -99,9 +100,9 @@ class NeighbourWatch:
         self._subtree_keys[state.node_id] = key
         if self.bus is not None and self.has_parent and not self._pass_up_due:
             self._pass_up_due = True
-            asyncio.get_running_loop().call_soon(self._publish_passed_up)
+            asyncio.get_running_loop().call_soon(self._send_passed_up)
 
-    def _publish_passed_up(self) -> None:
+    def _send_passed_up(self) -> None:
         self._pass_up_due = False
         if self.bus is not None:
-            self.bus.publish()
+            self.bus.beat_up()
